@@ -1,0 +1,156 @@
+"""The modality plugin contract and its registry.
+
+A modality is one declarative `Modality` object in its own module, registered under the Python entry-point group
+`avctl.modalities` (see pyproject.toml), so a third-party package can add one without touching avctl. The core never
+names a modality: it reads these fields.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from avctl.errors import AvctlError, BadInput
+
+ENTRY_POINT_GROUP = "avctl.modalities"
+
+Stream = Literal["video", "audio"]
+Context = Literal["noised", "clean", "absent"]
+Layout = Literal["parallel", "side-by-side"]
+Direction = Literal["target", "symmetric"]
+
+#: LoRA target groups, in the paper's notation (Table 5): stream.SA / .CA (text) / .FF, and the audio-video
+#: cross-attentions. `avctl.lora` maps each to diffusers module names.
+TARGET_GROUPS = ("V.SA", "V.CA", "V.FF", "A.SA", "A.CA", "A.FF", "A→V", "V→A")
+ALL_GROUPS = TARGET_GROUPS
+
+
+@dataclass
+class Clip:
+    """What an extractor receives: one clip already cut and resized to the dataset bucket."""
+
+    frames: np.ndarray  # [F, H, W, 3] uint8 RGB, bucket size
+    fps: float
+    key: str  # the clip's path relative to the input root; extractors seed randomness from it
+    seed: int  # the run's --seed
+    reference_size: tuple[int, int]  # (height, width) the reference must have (bucket size ÷ downscale)
+    audio: np.ndarray | None = None  # [channels, samples] float32, when the source has audio
+    sample_rate: int | None = None
+
+
+@dataclass
+class Control:
+    """What an extractor returns: the reference media (and, for masked controls, the hole mask)."""
+
+    frames: np.ndarray | None = None  # [F, h, w, 3] uint8 RGB at Clip.reference_size
+    mask: np.ndarray | None = None  # [F, h, w] uint8, 255 = hole (inpaint); None when not applicable
+    audio: np.ndarray | None = None  # [channels, samples] float32 reference audio
+    sample_rate: int | None = None
+
+
+class Extractor(Protocol):
+    """Turns a clip into its control. Model-backed extractors load once (`from_pretrained`) and are then called
+    per clip; weightless ones are plain callables."""
+
+    backend: str
+    version: str
+
+    def __call__(self, clip: Clip) -> Control: ...
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One control modality: data only. Defaults come from the AVControl paper's Table 5 and §8."""
+
+    name: str
+    category: Literal["spatial", "editing", "camera", "motion", "audio", "audio-visual"]
+    description: str
+    streams: tuple[Stream, ...]  # the stream(s) the reference lives on
+    targets: tuple[str, ...]  # LoRA target groups (TARGET_GROUPS)
+    rank: int
+    steps: int
+    train_samples: int  # the paper's training-set size, for reference
+    downscale: int = 1  # reference canvas downscale s (small-to-large grid)
+    layout: Layout = "parallel"
+    # The stream(s) that carry loss. Defaults to the reference stream(s); who-is-talking also trains audio.
+    loss_streams: tuple[Stream, ...] | None = None
+    # The stream the LoRA does not control: generated jointly with no loss, real media at t = 0, or left out.
+    context: Context = "noised"
+    strength_direction: Direction = "target"
+    paired: bool = False  # data come as (source, target) pairs from a manifest instead of extraction
+    first_frame_image: bool = False  # also conditions on an input image as the first frame
+    # Builds the default extractor (called once per worker); None when this modality's data are paired media.
+    extractor: Callable[..., Extractor] | None = field(default=None, compare=False, repr=False)
+    extractor_note: str = ""  # what the default extractor is, or where its data come from
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGET_GROUPS]
+        if unknown:
+            raise ValueError(f"modality {self.name!r}: unknown LoRA target groups {unknown}; use {TARGET_GROUPS}")
+        if self.downscale not in (1, 2, 4, 8):
+            raise ValueError(f"modality {self.name!r}: downscale must be 1, 2, 4 or 8")
+        if self.layout == "side-by-side" and self.downscale != 1:
+            raise ValueError(f"modality {self.name!r}: side-by-side layout needs downscale 1")
+
+    @property
+    def alpha(self) -> int:
+        return self.rank  # the paper: alpha = rank everywhere
+
+    @property
+    def trained_streams(self) -> tuple[Stream, ...]:
+        return self.loss_streams or self.streams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "category": self.category,
+            "description": self.description,
+            "streams": list(self.streams),
+            "loss_streams": list(self.trained_streams),
+            "context": self.context,
+            "layout": self.layout,
+            "downscale": self.downscale,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(self.targets),
+            "steps": self.steps,
+            "train_samples": self.train_samples,
+            "strength_direction": self.strength_direction,
+            "paired": self.paired,
+            "first_frame_image": self.first_frame_image,
+            "extractor": self.extractor_note,
+        }
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def all_modalities() -> dict[str, Modality]:
+    """Every registered modality, by name, in registration order. Re-reads the entry points on each call so a
+    plugin installed at run time shows up."""
+    found: dict[str, Modality] = {}
+    for ep in _entry_points():
+        if ep.name in found:
+            continue  # the same distribution seen twice on sys.path (editable installs)
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not break every command
+            raise AvctlError(f"modality plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        if not isinstance(obj, Modality):
+            raise AvctlError(f"modality plugin {ep.name!r} ({ep.value}) is not a modalities.base.Modality")
+        if obj.name != ep.name:
+            raise AvctlError(f"modality plugin {ep.value} is registered as {ep.name!r} but is named {obj.name!r}")
+        found[ep.name] = obj
+    return found
+
+
+def get_modality(name: str) -> Modality:
+    registry = all_modalities()
+    if name not in registry:
+        raise BadInput(f"unknown modality {name!r}; known: {', '.join(registry) or 'none (is avctl installed?)'}")
+    return registry[name]
