@@ -24,8 +24,6 @@ processor's single SDPA call runs (the fast path, flash kernels allowed).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -219,13 +217,9 @@ def install_strength(transformer: torch.nn.Module) -> StrengthState:
     return state
 
 
-@contextlib.contextmanager
-def strength_applied(transformer: torch.nn.Module, canvas: Canvas) -> Iterator[StrengthState]:
-    """Within the block, the transformer's attentions apply `canvas`'s strengths. Keep backward inside the block
-    when gradient checkpointing is on."""
+def set_strength(transformer: torch.nn.Module, canvas: Canvas) -> StrengthState:
+    """Make the transformer's attentions apply `canvas`'s strengths from now on. The plan stays set after the
+    forward (until the next call) because gradient checkpointing recomputes the blocks during backward."""
     state = install_strength(transformer)
     state.plans = plan_strength(canvas)
-    try:
-        yield state
-    finally:
-        state.plans = {}
+    return state

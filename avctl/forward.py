@@ -1,0 +1,61 @@
+"""One transformer pass over a canvas: the single place where training and sampling call LTX-2."""
+
+from __future__ import annotations
+
+import torch
+
+from avctl.canvas import Canvas, audio_coords, video_coords
+from avctl.strength import set_strength
+
+
+def _placeholder(transformer: torch.nn.Module, stream: str, batch: int, device: torch.device, dtype: torch.dtype):
+    """One zero token for an absent stream. The model cannot take an empty sequence, so an absent stream gets a
+    single token and audio↔video attention is switched off (`isolate_modalities`): the present stream then cannot
+    see it at all."""
+    if stream == "video":
+        tokens = torch.zeros(batch, 1, transformer.config.in_channels, device=device, dtype=dtype)
+        coords = video_coords(transformer, batch, (1, 1, 1), 24.0, device)
+    else:
+        tokens = torch.zeros(batch, 1, transformer.config.audio_in_channels, device=device, dtype=dtype)
+        coords = audio_coords(transformer, batch, 1, device)
+    return tokens, coords, torch.zeros(batch, 1, device=device)
+
+
+def predict(
+    transformer: torch.nn.Module,
+    canvas: Canvas,
+    text_video: torch.Tensor,
+    text_audio: torch.Tensor,
+    text_mask: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The model's velocity prediction on every token of each present stream ([B, T, C]); None for an absent one.
+    Strength biases from the canvas apply inside (and stay set for a checkpointed backward)."""
+    present = canvas.video if canvas.video is not None else canvas.audio
+    if present is None:
+        raise ValueError("a canvas needs at least one stream")
+    batch, device = present.tokens.shape[0], present.tokens.device
+    dtype = next(transformer.parameters()).dtype
+
+    def stream_inputs(sc, name):
+        if sc is None:
+            return _placeholder(transformer, name, batch, device, dtype)
+        return sc.tokens.to(dtype), sc.coords, sc.timestep
+
+    v_tokens, v_coords, v_t = stream_inputs(canvas.video, "video")
+    a_tokens, a_coords, a_t = stream_inputs(canvas.audio, "audio")
+    set_strength(transformer, canvas)
+    video_out, audio_out = transformer(
+        hidden_states=v_tokens,
+        audio_hidden_states=a_tokens,
+        encoder_hidden_states=text_video.to(dtype),
+        audio_encoder_hidden_states=text_audio.to(dtype),
+        timestep=v_t,
+        audio_timestep=a_t,
+        encoder_attention_mask=text_mask,
+        audio_encoder_attention_mask=text_mask,
+        video_coords=v_coords,
+        audio_coords=a_coords,
+        isolate_modalities=canvas.video is None or canvas.audio is None,
+        return_dict=False,
+    )
+    return (video_out if canvas.video is not None else None, audio_out if canvas.audio is not None else None)

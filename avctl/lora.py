@@ -1,0 +1,182 @@
+"""LoRA on LTX-2: target groups → PEFT adapters, and files in the ComfyUI / ltx-trainer format.
+
+File contract (what ComfyUI, ltx-pipelines, ltx-trainer and diffusers all read):
+- keys `diffusion_model.<module>.lora_A.weight` / `.lora_B.weight` (e.g.
+  `diffusion_model.transformer_blocks.7.attn1.to_q.lora_A.weight`), bf16, no `.alpha` keys — avctl trains with
+  alpha = rank, so loaders that assume alpha = rank (diffusers) or scale 1 (ComfyUI) apply the same delta;
+- header metadata `reference_downscale_factor` (read by ComfyUI-LTXVideo and ltx-pipelines) plus `avctl.*` keys,
+  each a JSON string.
+Loading goes through diffusers' own `LTX2LoraLoaderMixin.lora_state_dict` (it converts the ComfyUI prefix) and
+`load_lora_adapter`, so a file that loads here loads in diffusers too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from avctl.errors import BadInput
+
+COMFY_PREFIX = "diffusion_model."
+_ATTN_LINEARS = ("to_q", "to_k", "to_v", "to_out.0")
+_FF_LINEARS = ("net.0.proj", "net.2")
+
+#: The paper's module groups (Table 5) → diffusers module prefixes inside each `transformer_blocks.N`.
+#: PEFT list-form matching is "equals or ends with '.' + entry", so "attn1.to_q" never matches "audio_attn1.to_q".
+GROUP_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "V.SA": ("attn1", _ATTN_LINEARS),
+    "V.CA": ("attn2", _ATTN_LINEARS),
+    "V.FF": ("ff", _FF_LINEARS),
+    "A.SA": ("audio_attn1", _ATTN_LINEARS),
+    "A.CA": ("audio_attn2", _ATTN_LINEARS),
+    "A.FF": ("audio_ff", _FF_LINEARS),
+    "A→V": ("audio_to_video_attn", _ATTN_LINEARS),  # video queries attend audio
+    "V→A": ("video_to_audio_attn", _ATTN_LINEARS),  # audio queries attend video
+}
+
+
+def target_modules(groups: tuple[str, ...] | list[str]) -> list[str]:
+    """PEFT `target_modules` (list form) for the given groups."""
+    out: list[str] = []
+    for g in groups:
+        if g not in GROUP_MODULES:
+            raise BadInput(f"unknown LoRA target group {g!r}; known: {', '.join(GROUP_MODULES)}")
+        prefix, linears = GROUP_MODULES[g]
+        out += [f"{prefix}.{lin}" for lin in linears]
+    return out
+
+
+def add_lora(
+    transformer: torch.nn.Module, groups: tuple[str, ...] | list[str], rank: int, adapter_name: str = "avctl"
+) -> list[torch.nn.Parameter]:
+    """Freeze the base and add a trainable LoRA (alpha = rank, B = 0 so training starts at the base model).
+    Returns the LoRA parameters."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=target_modules(groups))
+    transformer.add_adapter(config, adapter_name=adapter_name)
+    params = [p for n, p in transformer.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def lora_state_dict(transformer: torch.nn.Module, adapter_name: str = "avctl") -> dict[str, torch.Tensor]:
+    """The adapter's weights with module keys (`transformer_blocks.0.attn1.to_q.lora_A.weight`), detached, fp32."""
+    from peft.utils import get_peft_model_state_dict
+
+    sd = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+
+
+def metadata_strings(downscale: int, avctl_meta: dict[str, Any]) -> dict[str, str]:
+    """Header metadata: `reference_downscale_factor` always, `avctl.<key>` as JSON strings."""
+    meta = {"reference_downscale_factor": str(downscale)}
+    meta.update({f"avctl.{k}": json.dumps(v) for k, v in avctl_meta.items()})
+    return meta
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_lora(
+    path: Path,
+    state_dict: dict[str, torch.Tensor],
+    downscale: int,
+    avctl_meta: dict[str, Any],
+    dtype: torch.dtype = torch.bfloat16,
+) -> None:
+    """Write a LoRA in the ComfyUI / ltx-trainer format, atomically."""
+    tensors = {COMFY_PREFIX + k: v.to(dtype).contiguous() for k, v in state_dict.items()}
+    atomic_save_safetensors(tensors, path, metadata_strings(downscale, avctl_meta))
+
+
+@dataclass
+class LoraFile:
+    path: Path
+    state_dict: dict[str, torch.Tensor]  # diffusers form: `transformer.<module>.lora_A.weight`
+    metadata: dict[str, str]
+    avctl: dict[str, Any] = field(default_factory=dict)  # parsed `avctl.*` keys
+
+    @property
+    def downscale(self) -> int:
+        for key in ("reference_downscale_factor", "ss_reference_downscale_factor"):
+            if key in self.metadata:
+                return int(float(self.metadata[key]))
+        return 1
+
+    @property
+    def rank(self) -> int:
+        return max(v.shape[0] for k, v in self.state_dict.items() if "lora_A" in k)
+
+    @property
+    def modules(self) -> set[str]:
+        return {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in self.state_dict if ".lora_" in k}
+
+
+def read_lora(path: Path) -> LoraFile:
+    """Read a LoRA file (ComfyUI / ltx-trainer `diffusion_model.` keys or diffusers `transformer.` keys), safely:
+    safetensors only, never pickle."""
+    from diffusers.loaders.lora_pipeline import LTX2LoraLoaderMixin
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: LoRA file not found")
+    if path.suffix != ".safetensors":
+        raise BadInput(f"{path}: only .safetensors LoRA files are loaded (pickle formats are unsafe); convert it first")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        sd = LTX2LoraLoaderMixin.lora_state_dict(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BadInput(f"{path}: not a readable safetensors LoRA ({exc})") from exc
+    sd = {k if k.startswith(("transformer.", "connectors.")) else f"transformer.{k}": v for k, v in sd.items()}
+    if not any(".lora_A." in k for k in sd):
+        raise BadInput(f"{path}: no LoRA weights (keys with lora_A / lora_B) in this file")
+    parsed: dict[str, Any] = {}
+    for k, v in metadata.items():
+        if k.startswith("avctl."):
+            try:
+                parsed[k.removeprefix("avctl.")] = json.loads(v)
+            except json.JSONDecodeError:
+                parsed[k.removeprefix("avctl.")] = v
+    return LoraFile(path, sd, metadata, parsed)
+
+
+def load_lora(transformer: torch.nn.Module, lora: LoraFile, adapter_name: str) -> None:
+    """Attach a LoRA file as a named adapter (diffusers' loader), after checking its modules exist in the model."""
+    model_modules = {n for n, _ in transformer.named_modules()}
+    theirs = {m for m in lora.modules if not m.startswith("connectors.")}
+    missing = sorted(theirs - model_modules)
+    if not theirs or len(missing) == len(theirs):
+        raise BadInput(
+            f"{lora.path}: none of its {len(theirs)} LoRA modules exist in this model (e.g. {sorted(theirs)[:1]}); "
+            "is it an LTX-2 LoRA?"
+        )
+    if missing:
+        raise BadInput(f"{lora.path}: {len(missing)} LoRA modules are not in this model, e.g. {missing[0]}")
+    sd = {k: v for k, v in lora.state_dict.items() if k.startswith("transformer.")}
+    try:
+        transformer.load_lora_adapter(sd, prefix="transformer", adapter_name=adapter_name)
+    except (RuntimeError, ValueError) as exc:  # shape mismatch: a LoRA made for another size of model
+        reason = str(exc).splitlines()[0]
+        raise BadInput(f"{lora.path}: does not fit this model ({reason}); made for another base model?") from exc

@@ -1,0 +1,441 @@
+"""Training a control LoRA on the parallel canvas.
+
+Rectified flow on the target tokens only: x_t = (1 − σ)·x + σ·ε, the model predicts the velocity ε − x, the loss
+is the masked MSE over target tokens. σ comes from a shifted logit-normal whose shift follows the TARGET token count
+(the same rule the sampler uses). The base model is frozen; only the LoRA on the modality's target groups trains.
+
+Exact resume: every `save_every` steps `OUT/state/` gets the fp32 LoRA weights, the AdamW moments, the step, the
+data-order permutation position and the state of the ONE torch.Generator that draws σ, noise and data order — as
+safetensors + JSON, no pickle. A resumed run therefore replays exactly the draws an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file
+
+from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
+from avctl.errors import BadInput, BadUsage
+from avctl.forward import predict
+from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora
+from modalities.base import Modality
+
+STATE_VERSION = 1
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; a YAML/TOML file can hold any of it, CLI flags override it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: str
+    data: Path | None = None  # default datasets/<modality>
+    out: Path | None = None  # default runs/<modality>
+    model: str | None = None  # default $AVCTL_MODEL, else LTX-2
+    steps: int | None = Field(default=None, gt=0)  # absolute target step; default: the modality's
+    rank: int | None = Field(default=None, gt=0)  # default: the modality's (alpha = rank)
+    lr: float = Field(default=1e-4, gt=0)
+    lr_end: float = Field(default=1e-5, ge=0)  # linear decay from lr to lr_end over `steps`
+    batch_size: int = Field(default=1, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    seed: int = 42
+    save_every: int = Field(default=250, gt=0)
+    keep_last: int = Field(default=3, ge=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    gradient_checkpointing: bool | None = None  # default: on for CUDA
+    weight_decay: float = 0.0
+
+    def fingerprint(self) -> str:
+        """What must match for a resume: everything but the step target, output and data location."""
+        d = self.model_dump(mode="json", exclude={"steps", "out", "data", "save_every", "keep_last"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Sample:
+    """One cached training sample: normalised latents and text embeddings."""
+
+    video: torch.Tensor  # [C, F, H, W]
+    audio: torch.Tensor  # [C, T, M]
+    reference: torch.Tensor  # [C, F, h, w] video reference or [C, T, M] audio reference
+    text_video: torch.Tensor  # [L, Cv]
+    text_audio: torch.Tensor  # [L, Ca]
+    text_mask: torch.Tensor  # [L]
+    fps: float
+
+
+# ------------------------------------------------------------------------------------------------ the flow math
+def sample_sigmas(generator: torch.Generator, batch: int, target_tokens: int) -> torch.Tensor:
+    """[B] σ from a logit-normal located at shift_mu(target tokens), with a 10 % uniform mix-in so the ends of the
+    schedule still get trained (ltx-trainer's recipe)."""
+    mu = shift_mu(target_tokens)
+    normal = torch.randn(batch, generator=generator)
+    uniform = torch.rand(batch, generator=generator)
+    pick_uniform = torch.rand(batch, generator=generator) < 0.1
+    sigma = torch.where(pick_uniform, uniform, torch.sigmoid(normal + mu))
+    return sigma.clamp(1e-4, 1.0)
+
+
+def noised(x: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Rectified flow: x_t = (1 − σ)·x + σ·ε, σ [B] broadcast over the rest."""
+    s = sigma.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return (1 - s) * x + s * noise
+
+
+def training_canvas(
+    modality: Modality,
+    transformer: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    sigma: torch.Tensor,
+    noise: dict[str, torch.Tensor],
+) -> tuple[Canvas, dict[str, torch.Tensor]]:
+    """The canvas for one training step and the velocity targets ([B, T_target, C]) of the streams with loss."""
+    from avctl.canvas import pack_audio, pack_video
+
+    streams: dict[str, Any] = {}
+    targets: dict[str, torch.Tensor] = {}
+    for name in ("video", "audio"):
+        x = batch[name]
+        with_loss = name in modality.trained_streams
+        has_ref = name in modality.streams
+        refs = [Reference(batch["reference"], modality.downscale if name == "video" else 1)] if has_ref else []
+        if with_loss or has_ref or modality.context == "noised":
+            x_in, is_noisy = noised(x, noise[name], sigma), True
+        elif modality.context == "clean":
+            x_in, is_noisy = x, False
+        else:  # absent
+            streams[name] = None
+            continue
+        streams[name] = build_stream(
+            name, transformer, x_in, sigma, refs, noisy=is_noisy, with_loss=with_loss,
+            fps=float(batch["fps"]), layout=modality.layout,
+        )
+        if with_loss:
+            velocity = noise[name] - x
+            targets[name] = pack_video(velocity) if name == "video" else pack_audio(velocity)
+    canvas = Canvas(streams["video"], streams["audio"], direction=modality.strength_direction)
+    return canvas, targets
+
+
+def schedule_tokens(modality: Modality, batch: dict[str, torch.Tensor]) -> int:
+    """Target token count that sets the σ shift: the video target when video is generated, else the audio."""
+    v = batch["video"]
+    if "video" in modality.trained_streams or modality.context == "noised":
+        return int(v.shape[2] * v.shape[3] * v.shape[4])
+    return int(batch["audio"].shape[2])
+
+
+def step_loss(
+    modality: Modality,
+    transformer: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    sigma: torch.Tensor,
+    noise: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean loss over the batch (summed over the streams with loss) and the per-stream values for logging."""
+    canvas, targets = training_canvas(modality, transformer, batch, sigma, noise)
+    video_pred, audio_pred = predict(
+        transformer, canvas, batch["text_video"], batch["text_audio"], batch["text_mask"]
+    )
+    preds = {"video": video_pred, "audio": audio_pred}
+    total = torch.zeros((), device=sigma.device)
+    parts: dict[str, float] = {}
+    for name, target in targets.items():
+        sc = canvas.stream(name)
+        pred = sc.target(preds[name])
+        loss = masked_mse(pred, target, sc.target(sc.loss_mask)).mean()
+        total = total + loss
+        parts[f"loss_{name}"] = float(loss.detach())
+    return total, parts
+
+
+# ------------------------------------------------------------------------------------------------ data
+def collate(samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        "video": torch.stack([s.video for s in samples]).to(device),
+        "audio": torch.stack([s.audio for s in samples]).to(device),
+        "reference": torch.stack([s.reference for s in samples]).to(device),
+        "text_video": torch.stack([s.text_video for s in samples]).to(device),
+        "text_audio": torch.stack([s.text_audio for s in samples]).to(device),
+        "text_mask": torch.stack([s.text_mask for s in samples]).to(device),
+        "fps": samples[0].fps,
+    }
+
+
+def draw_noise(generator: torch.Generator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Noise for both streams from the run's generator (on CPU, so CPU and GPU runs draw the same numbers)."""
+    return {
+        name: torch.randn(batch[name].shape, generator=generator).to(batch[name].device, batch[name].dtype)
+        for name in ("video", "audio")
+    }
+
+
+def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
+    """LR for optimizer step `step` (0-based): linear from lr to lr_end over `total` steps."""
+    if total <= 1:
+        return lr
+    return lr + (lr_end - lr) * min(step, total - 1) / (total - 1)
+
+
+# ------------------------------------------------------------------------------------------------ state
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_state(
+    state_dir: Path,
+    step: int,
+    lora: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    generator: torch.Generator,
+    order: list[int],
+    cursor: int,
+    fingerprint: str,
+) -> None:
+    """Everything an exact resume needs, as safetensors + JSON. The JSON is written last and names the tensors
+    file, so a kill between the two leaves the previous state valid."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"lora.{k}": v for k, v in lora.items()}
+    opt_state = optimizer.state_dict()["state"]
+    steps_taken = {}
+    for i, name in enumerate(names):
+        st = opt_state.get(i, {})
+        if st:
+            tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().cpu().contiguous()
+            tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().cpu().contiguous()
+            steps_taken[name] = float(st["step"])
+    tensors["generator"] = generator.get_state()
+    tensors_name = f"state_{step:06d}.safetensors"
+    atomic_save_safetensors(tensors, state_dir / tensors_name, {"format": "avctl-train-state"})
+    meta = {
+        "version": STATE_VERSION,
+        "step": step,
+        "tensors": tensors_name,
+        "fingerprint": fingerprint,
+        "torch_threads": torch.get_num_threads(),
+        "order": order,
+        "cursor": cursor,
+        "adam_steps": steps_taken,
+    }
+    _atomic_write_text(state_dir / "state.json", json.dumps(meta))
+    for old in state_dir.glob("state_*.safetensors"):
+        if old.name != tensors_name:
+            old.unlink(missing_ok=True)
+
+
+def load_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    meta_path = state_dir / "state.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return meta, load_file(str(state_dir / meta["tensors"]))
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class TrainResult:
+    out: Path
+    lora_path: Path
+    steps: int
+    resumed_from: int
+    losses: list[float]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "lora": str(self.lora_path),
+            "steps": self.steps,
+            "resumed_from": self.resumed_from,
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def train(
+    config: TrainConfig,
+    modality: Modality,
+    samples: list[Sample],
+    transformer: torch.nn.Module,
+    model_meta: dict[str, Any],
+    resume: bool = True,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `modality`'s LoRA on cached `samples`. `stop_after` abandons the run right after that step without
+    saving anything more — the test hook that stands for a kill."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = config.steps or modality.steps
+    rank = config.rank or modality.rank
+    device = next(transformer.parameters()).device
+    if not samples:
+        raise BadInput(f"{config.data}: the dataset has no samples")
+
+    torch.manual_seed(config.seed)  # PEFT draws the LoRA A init from the global generator
+    params = add_lora(transformer, modality.targets, rank)
+    names = [n for n, p in transformer.named_parameters() if p.requires_grad]
+    use_ckpt = config.gradient_checkpointing if config.gradient_checkpointing is not None else device.type == "cuda"
+    if use_ckpt:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    fingerprint = config.fingerprint()
+
+    step, cursor, order = 0, 0, torch.randperm(len(samples), generator=generator).tolist()
+    state_dir = out / "state"
+    loaded = load_state(state_dir) if resume else None
+    if loaded is not None:
+        meta, tensors = loaded
+        if meta["fingerprint"] != fingerprint:
+            raise BadUsage(
+                f"{state_dir}: saved state is from a different configuration; pass --no-resume to start over "
+                "or --out to train elsewhere"
+            )
+        if meta["torch_threads"] != torch.get_num_threads():
+            raise BadUsage(
+                f"{state_dir}: saved with {meta['torch_threads']} torch threads, now {torch.get_num_threads()}; "
+                f"set OMP_NUM_THREADS={meta['torch_threads']} for a bit-exact resume, or pass --no-resume"
+            )
+        _restore(transformer, optimizer, names, tensors, meta)
+        generator.set_state(tensors["generator"])
+        step, cursor, order = meta["step"], meta["cursor"], meta["order"]
+    resumed_from = step
+    _truncate_metrics(out / "metrics.jsonl", step)
+    if step >= total:
+        raise BadUsage(f"{out}: already at step {step} ≥ --steps {total}; raise --steps to train further")
+
+    losses: list[float] = []
+    metrics_path = out / "metrics.jsonl"
+    start = time.perf_counter()
+    while step < total:
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = linear_lr(step, total, config.lr, config.lr_end)
+        optimizer.zero_grad(set_to_none=True)
+        parts_sum: dict[str, float] = {}
+        loss_sum = 0.0
+        for _ in range(config.grad_accum):
+            idx = []
+            for _ in range(config.batch_size):
+                if cursor >= len(order):
+                    order, cursor = torch.randperm(len(samples), generator=generator).tolist(), 0
+                idx.append(order[cursor])
+                cursor += 1
+            batch = collate([samples[i] for i in idx], device)
+            sigma = sample_sigmas(generator, len(idx), schedule_tokens(modality, batch)).to(device)
+            noise = draw_noise(generator, batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, parts = step_loss(modality, transformer, batch, sigma, noise)
+            if not torch.isfinite(loss):
+                raise BadInput(
+                    f"non-finite loss at step {step + 1}; stopping. The last saved LoRA in {out} is intact — "
+                    "lower --lr or check the dataset"
+                )
+            (loss / config.grad_accum).backward()
+            loss_sum += float(loss.detach()) / config.grad_accum
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / config.grad_accum
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        step += 1
+        losses.append(loss_sum)
+        row = {"step": step, "loss": loss_sum, **parts_sum, "lr": optimizer.param_groups[0]["lr"],
+               "step_time_s": time.perf_counter() - t0, "world_size": 1}
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if progress:
+            progress(step, total, row)
+        if step % config.save_every == 0 or step == total:
+            lora = lora_state_dict(transformer)
+            save_lora(out / "checkpoints" / f"step_{step:05d}.safetensors", lora, modality.downscale,
+                      lora_metadata(modality, rank, step, model_meta, config))
+            _prune_checkpoints(out / "checkpoints", config.keep_last)
+            save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint)
+        if stop_after is not None and step >= stop_after:
+            break
+
+    lora_path = out / "lora.safetensors"
+    if step == total:
+        save_lora(lora_path, lora_state_dict(transformer), modality.downscale,
+                  lora_metadata(modality, rank, step, model_meta, config))
+    return TrainResult(out, lora_path, step, resumed_from, losses, time.perf_counter() - start)
+
+
+def _restore(transformer, optimizer, names, tensors, meta) -> None:
+    by_name = dict(transformer.named_parameters())
+    lora = {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}
+    # PEFT state-dict keys drop the adapter name; map them back onto the live parameters.
+    with torch.no_grad():
+        for name in names:
+            key = name.replace(".avctl.", ".")
+            by_name[name].copy_(lora[key])
+    opt_state = {}
+    for i, name in enumerate(names):
+        if f"exp_avg.{name}" in tensors:
+            opt_state[i] = {
+                "step": torch.tensor(meta["adam_steps"][name]),
+                "exp_avg": tensors[f"exp_avg.{name}"].to(by_name[name].device),
+                "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(by_name[name].device),
+            }
+    sd = optimizer.state_dict()
+    sd["state"] = opt_state
+    optimizer.load_state_dict(sd)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows past `step` (left by a run killed after its last save), so a resumed log has each step once."""
+    if not path.is_file():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    _atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def _prune_checkpoints(folder: Path, keep: int) -> None:
+    files = sorted(folder.glob("step_*.safetensors"))
+    for old in files[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def lora_metadata(modality: Modality, rank: int, steps: int, model_meta: dict[str, Any], config: TrainConfig):
+    from avctl.canvas import AUDIO_REF_TIME
+
+    return {
+        "modality": modality.name,
+        "streams": list(modality.streams),
+        "loss_streams": list(modality.trained_streams),
+        "context": modality.context,
+        "layout": modality.layout,
+        "strength_direction": modality.strength_direction,
+        "audio_ref_time": AUDIO_REF_TIME,
+        "rank": rank,
+        "alpha": rank,
+        "targets": list(modality.targets),
+        "steps": steps,
+        "base_model": model_meta.get("model_id"),
+        "base_config_hash": model_meta.get("config_hash"),
+        "train_config_hash": config.fingerprint(),
+        "avctl_version": _version(),
+    }
+
+
+def _version() -> str:
+    from avctl import __version__
+
+    return __version__
+
