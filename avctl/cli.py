@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -58,15 +59,41 @@ def _progress(json_mode: bool) -> Progress:
     )
 
 
+def _finite(data: Any) -> Any:
+    """JSON has no inf/nan: write them as strings so `--json` output stays strict JSON."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
 def _emit(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
 
 
-def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def _load_backbone(model: str | None) -> Any:
+    """Load the backbone for a command. The tiny model's ops are too small to gain from threads — on 2 shared
+    cores extra threads made its steps ~10× slower — so it runs on one unless OMP_NUM_THREADS says otherwise."""
+    import torch
+
+    from avctl.backbone import load_backbone
+
+    name = _model_name(model)
+    if name == "tiny" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    return load_backbone(name)
+
+
+def command(
+    name: str, group: typer.Typer | None = None, label: str | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register a subcommand whose library errors become one line on stderr and the error's exit code (so the
     same behaviour holds under `avctl` and under an in-process CliRunner)."""
 
@@ -76,10 +103,10 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
             try:
                 fn(*args, **kwargs)
             except AvctlError as exc:
-                err.print(f"avctl {name}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+                err.print(f"avctl {label or name}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from exc
 
-        return app.command(name)(run)
+        return (group or app).command(name)(run)
 
     return wrap
 
@@ -129,12 +156,15 @@ def prepare_cmd(
     from modalities.base import get_modality
 
     mod = get_modality(modality)
-    b = Bucket.parse(bucket) if bucket else default_bucket(model or os.environ.get("AVCTL_MODEL"))
+    b = Bucket.parse(bucket) if bucket else default_bucket(model or os.environ.get("AVCTL_MODEL"), mod.downscale)
     target = out_dir or Path("datasets") / modality
     with _progress(json_out) as progress:
-        task = progress.add_task(f"prepare {modality}", total=None, info="")
+        task = None
 
         def tick(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:  # created on the first report, so a refused run shows no empty bar
+                task = progress.add_task(f"prepare {modality}", total=total, info="")
             progress.update(task, completed=done, total=total)
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
@@ -203,7 +233,6 @@ def train_cmd(
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
     from pydantic import ValidationError
 
-    from avctl.backbone import load_backbone
     from avctl.cache import load_samples
     from avctl.dataset import check_dataset, load_manifest
     from avctl.train import TrainConfig, train
@@ -229,7 +258,7 @@ def train_cmd(
 
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
-    backbone = load_backbone(cfg.model)
+    backbone = _load_backbone(cfg.model)
     with _progress(json_out) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         samples, _ = load_samples(
@@ -313,7 +342,6 @@ def generate_cmd(
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
     from avctl import media
-    from avctl.backbone import load_backbone
     from avctl.sample import LoraUse, generate, open_lora
 
     if out_path.exists() and not overwrite:
@@ -348,7 +376,7 @@ def generate_cmd(
     if w is None or h is None or f is None:
         raise BadUsage("give --width, --height and --frames (or a --control to take them from)")
     smap = _read_strength_map(strength_map) if strength_map else None
-    backbone = load_backbone(_model_name(model))
+    backbone = _load_backbone(model)
     with _progress(json_out) as progress:
         task = progress.add_task("generate", total=steps, info="")
         result = generate(
@@ -383,6 +411,195 @@ def generate_cmd(
     else:
         err.print(f"video: {out_path}  ({f} frames {w}x{h} @ {rate:g} fps, audio {result.sample_rate} Hz, "
                   f"{result.timings['total_s']:.1f} s)")
+
+
+# ------------------------------------------------------------------------------------------------ eval
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@command("eval")
+def eval_cmd(
+    modality: Annotated[str | None, typer.Argument(help="Modality of the control (for one pair).")] = None,
+    control: Annotated[Path | None, typer.Option(help="Control video (one pair).")] = None,
+    video: Annotated[Path | None, typer.Option(help="Generated video (one pair).")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Inpainting mask video/image (white = hole).")] = None,
+    runs: Annotated[
+        Path | None, typer.Option(help="Folder of generations: every mp4 with the .json sidecar `generate` writes.")
+    ] = None,
+    sheet: Annotated[Path | None, typer.Option(help="Write a PNG contact sheet (control | output, metrics).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure control fidelity (edge F1, masked PSNR/SSIM, …) and temporal quality (warp error, flicker, motion
+    smoothness, dynamic degree). Metrics whose models are not installed are listed as not available."""
+    from avctl import media
+    from avctl.metrics import contact_sheet, evaluate_pair, evaluate_runs
+
+    if runs is not None:
+        if modality or control or video:
+            raise BadUsage("use either --runs DIR or MODALITY --control --video, not both")
+        if not runs.is_dir():
+            raise BadInput(f"{runs}: not a folder")
+        results = evaluate_runs(runs)
+        if not any("metrics" in r for r in results):
+            raise BadInput(f"{runs}: no generation with a readable .json sidecar and control to evaluate")
+    else:
+        if not (modality and control and video):
+            raise BadUsage("give MODALITY --control PATH --video PATH (or --runs DIR)")
+        results = [evaluate_pair(modality, control, video, mask)]
+    if sheet is not None:
+        rows: list[tuple[str, Any]] = []
+        captions = []
+        for r in results:
+            if "metrics" not in r:
+                continue
+            if not rows:
+                rows.append(("control", media.read_video(Path(r["control"])).frames))
+            label = Path(r["video"]).stem + (f" s={r['strength']}" if r.get("strength") is not None else "")
+            rows.append((label, media.read_video(Path(r["video"])).frames))
+            captions.append(label + ": " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()))
+        contact_sheet(sheet, rows, caption=" | ".join(captions))
+    if json_out:
+        _emit(results if runs is not None else results[0])
+        return
+    table = Table(title="avctl eval")
+    table.add_column("video")
+    table.add_column("metric")
+    table.add_column("value")
+    for r in results:
+        name = Path(r["video"]).name
+        if "skipped" in r:
+            table.add_row(name, "skipped", r["skipped"])
+            continue
+        for k, v in r["metrics"].items():
+            table.add_row(name, k, _fmt(v))
+        for k, reason in r["not_available"].items():
+            table.add_row(name, k, f"not available ({reason})")
+    out.print(table)
+    if sheet is not None:
+        err.print(f"contact sheet: {sheet}")
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def _csv(text: str, kind: type) -> list[Any]:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise BadUsage(f"{text!r}: expected a comma-separated list of numbers") from exc
+
+
+@command("bench")
+def bench_cmd(
+    model: ModelOpt = None,
+    downscale: Annotated[str, typer.Option(help="Reference downscales to compare, e.g. 1,2,4.")] = "1,2,4",
+    strength: Annotated[str, typer.Option(help="Strengths to compare, e.g. 1,0.5.")] = "1,0.5",
+    frames: Annotated[int | None, typer.Option(help="Frames. Default: 17 on tiny, 121 otherwise.")] = None,
+    width: Annotated[int | None, typer.Option(help="Width. Default: 256 on tiny, 768 otherwise.")] = None,
+    height: Annotated[int | None, typer.Option(help="Height. Default: 256 on tiny, 512 otherwise.")] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per setting (median reported).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per setting.")] = 2,
+    memory: Annotated[bool, typer.Option(help="Peak memory per setting (on CPU: one subprocess each).")] = True,
+    diffusers: Annotated[
+        bool, typer.Option(help="Also time diffusers' LTX2InContextPipeline attention path at strength 1 and 0.")
+    ] = True,
+    plot: Annotated[Path | None, typer.Option(help="Write latency vs downscale as a PNG.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time one denoising step per reference downscale and strength (all in one process, so ratios are fair), with
+    peak memory, the strength bias size, and the ratio predicted from token counts."""
+    import platform
+
+    import torch
+
+    from avctl.bench import plot as plot_bench
+    from avctl.bench import rows_to_dicts, run_bench
+
+    name = _model_name(model)
+    tiny = name == "tiny"
+    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else 121)
+    backbone = _load_backbone(name)
+    with _progress(json_out) as progress:
+        task = progress.add_task("bench", total=None, info="")
+        rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
+                         warmup=warmup, measure_memory=memory, compare_diffusers=diffusers,
+                         progress=lambda d, t: progress.update(task, completed=d, total=t))
+    device = str(backbone.device)
+    if device.startswith("cuda"):
+        device = torch.cuda.get_device_name()
+    header = f"{backbone.model_id} {w}x{h}x{f}, {device}, {torch.get_num_threads()} threads, {platform.machine()}"
+    if plot is not None:
+        plot_bench(rows, plot, header)
+    if json_out:
+        _emit({"setup": header, "rows": rows_to_dicts(rows)})
+        return
+    table = Table(title=f"avctl bench — {header}")
+    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "vs no-ref",
+                "vs 1×", "predicted vs 1×"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.path,
+            "none" if r.downscale is None else f"{r.downscale}×",
+            "-" if r.strength is None else f"{r.strength:g}",
+            str(r.tokens), f"{r.step_latency_s * 1000:.1f}",
+            "-" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.0f}", str(r.bias_bytes),
+            f"{r.ratio_vs_noref:.2f}", "-" if r.ratio_vs_1x is None else f"{r.ratio_vs_1x:.2f}",
+            "-" if r.predicted_ratio_vs_1x is None else f"{r.predicted_ratio_vs_1x:.2f}",
+        )
+    out.print(table)
+    if plot is not None:
+        err.print(f"plot: {plot}")
+
+
+# ------------------------------------------------------------------------------------------------ lora
+lora_app = typer.Typer(help="Check and convert LoRA files (ComfyUI / ltx-trainer, diffusers, PEFT, kohya layouts).",
+                       no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+
+@command("inspect", lora_app, "lora inspect")
+def lora_inspect_cmd(
+    path: Annotated[Path, typer.Argument(help="A .safetensors LoRA file.")], json_out: JsonOpt = False
+) -> None:
+    """Show a LoRA file's key format, modules per group, rank, dtype and metadata."""
+    from avctl.lora import inspect_lora
+
+    info = inspect_lora(path)
+    if json_out:
+        _emit(info)
+        return
+    table = Table(title=str(path), show_header=False)
+    hint = "" if info["format"] == "comfyui" else "  (avctl lora convert → comfyui)"
+    table.add_row("format", info["format"] + hint)
+    table.add_row("modules", str(info["modules"]))
+    table.add_row("groups", ", ".join(f"{g}: {n}" for g, n in info["groups"].items()))
+    table.add_row("rank", ", ".join(map(str, info["ranks"])))
+    table.add_row("dtype", ", ".join(info["dtypes"]))
+    table.add_row("reference_downscale_factor", str(info["reference_downscale_factor"]))
+    for k, v in sorted(info["metadata"].items()):
+        if k != "reference_downscale_factor":
+            table.add_row(k, v if len(v) < 80 else v[:77] + "...")
+    out.print(table)
+
+
+@command("convert", lora_app, "lora convert")
+def lora_convert_cmd(
+    src: Annotated[Path, typer.Argument(help="LoRA in diffusers (transformer.), PEFT or kohya layout.")],
+    dst: Annotated[Path, typer.Argument(help="Output .safetensors in the ComfyUI / ltx-trainer layout.")],
+    downscale: Annotated[int | None, typer.Option(help="Set reference_downscale_factor (else kept).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rewrite a LoRA as `diffusion_model.<module>.lora_A/B.weight` (bf16, alpha folded in), keeping its metadata."""
+    from avctl.lora import convert_lora
+
+    if dst.exists() and not overwrite:
+        raise BadInput(f"{dst}: exists; pass --overwrite")
+    result = convert_lora(src, dst, downscale)
+    if json_out:
+        _emit(result)
+    else:
+        err.print(f"{result['source_format']} → comfyui: {dst} ({result['modules']} modules)")
 
 
 # ------------------------------------------------------------------------------------------------ entry point

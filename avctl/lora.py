@@ -180,3 +180,134 @@ def load_lora(transformer: torch.nn.Module, lora: LoraFile, adapter_name: str) -
     except (RuntimeError, ValueError) as exc:  # shape mismatch: a LoRA made for another size of model
         reason = str(exc).splitlines()[0]
         raise BadInput(f"{lora.path}: does not fit this model ({reason}); made for another base model?") from exc
+
+
+# ------------------------------------------------------------------------------------------------ inspect / convert
+def _kohya_lookup(max_blocks: int = 64) -> dict[str, str]:
+    """Kohya writes `lora_unet_<module with dots as underscores>`; underscores inside names make that ambiguous,
+    so map back through the known LTX-2 module names."""
+    table = {}
+    for i in range(max_blocks):
+        for prefix, linears in GROUP_MODULES.values():
+            for lin in linears:
+                dotted = f"transformer_blocks.{i}.{prefix}.{lin}"
+                table[dotted.replace(".", "_")] = dotted
+    return table
+
+
+def detect_format(keys: list[str]) -> str:
+    if any(k.startswith("diffusion_model.") for k in keys):
+        return "comfyui"
+    if any(k.startswith("transformer.") for k in keys):
+        return "diffusers"
+    if any(k.startswith("base_model.model.") for k in keys):
+        return "peft"
+    if any(k.startswith("lora_unet_") for k in keys):
+        return "kohya"
+    if any(k.startswith("transformer_blocks.") for k in keys):
+        return "bare"
+    return "unknown"
+
+
+def to_comfy_state_dict(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Any of the common LTX-2 LoRA layouts → `{module}.lora_A.weight` / `.lora_B.weight` keys (without the
+    `diffusion_model.` prefix), alpha folded into lora_B so the file needs no alpha. Returns it and the source
+    format's name."""
+    fmt = detect_format(list(sd))
+    out: dict[str, torch.Tensor] = {}
+    if fmt == "kohya":
+        lookup = _kohya_lookup()
+        alphas = {k.removesuffix(".alpha"): v for k, v in sd.items() if k.endswith(".alpha")}
+        for key, value in sd.items():
+            if key.endswith(".alpha"):
+                continue
+            stem, _, kind = key.partition(".")
+            module = lookup.get(stem.removeprefix("lora_unet_"))
+            if module is None:
+                raise BadInput(f"kohya key {key!r} names no LTX-2 module")
+            if kind == "lora_down.weight":
+                out[f"{module}.lora_A.weight"] = value
+            elif kind == "lora_up.weight":
+                rank = sd[f"{stem}.lora_down.weight"].shape[0]
+                alpha = float(alphas[stem]) if stem in alphas else float(rank)
+                out[f"{module}.lora_B.weight"] = value * (alpha / rank)
+        return out, fmt
+    strip = {"comfyui": "diffusion_model.", "diffusers": "transformer.", "peft": "base_model.model."}.get(fmt, "")
+    if fmt == "unknown":
+        raise BadInput("no LTX-2 LoRA keys recognised (expected diffusion_model., transformer., base_model.model. or "
+                       "lora_unet_ prefixes)")
+    alphas = {k.removesuffix(".alpha"): v for k, v in sd.items() if k.endswith(".alpha")}
+    for key, value in sd.items():
+        if key.endswith(".alpha") or not key.startswith(strip):
+            continue
+        name = key.removeprefix(strip)
+        # PEFT keeps the adapter name: `...lora_A.<adapter>.weight` → `...lora_A.weight`
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[-3] in ("lora_A", "lora_B") and parts[-1] == "weight":
+            name = ".".join([*parts[:-2], "weight"])
+        if name.endswith("lora_B.weight"):
+            module = name.removesuffix(".lora_B.weight")
+            alpha_key = next((a for a in (f"{strip}{module}", module) if a in alphas), None)
+            if alpha_key is not None:
+                rank = value.shape[1]
+                value = value * (float(alphas[alpha_key]) / rank)
+        out[name] = value
+    return out, fmt
+
+
+def group_of(module: str) -> str:
+    """The paper's group name for a block-level module name, or 'other'."""
+    for group, (prefix, _) in GROUP_MODULES.items():
+        if f".{prefix}." in f".{module}.":
+            return group
+    return "other"
+
+
+def inspect_lora(path: Path) -> dict[str, Any]:
+    """What a LoRA file holds: format, modules per group, rank(s), dtype, metadata."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise BadInput(f"{path}: not a .safetensors file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        sd = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise BadInput(f"{path}: not readable as safetensors ({exc})") from exc
+    fmt = detect_format(list(sd))
+    comfy, _ = to_comfy_state_dict(sd) if fmt != "unknown" else ({}, fmt)
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in comfy})
+    groups: dict[str, int] = {}
+    for m in modules:
+        groups[group_of(m)] = groups.get(group_of(m), 0) + 1
+    ranks = sorted({int(v.shape[0]) for k, v in comfy.items() if k.endswith("lora_A.weight")})
+    return {
+        "path": str(path),
+        "format": fmt,
+        "modules": len(modules),
+        "groups": groups,
+        "ranks": ranks,
+        "dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in sd.values()}),
+        "has_alpha_keys": any(k.endswith(".alpha") for k in sd),
+        "reference_downscale_factor": metadata.get("reference_downscale_factor"),
+        "metadata": metadata,
+    }
+
+
+def convert_lora(src: Path, dst: Path, downscale: int | None = None) -> dict[str, Any]:
+    """Rewrite any supported layout as a ComfyUI / ltx-trainer file (bf16, alpha folded, metadata kept)."""
+    from safetensors.torch import load_file
+
+    info = inspect_lora(src)
+    if info["format"] == "unknown":
+        raise BadInput(f"{src}: no LTX-2 LoRA keys recognised")
+    comfy, fmt = to_comfy_state_dict(load_file(str(src)))
+    meta = {k: v for k, v in info["metadata"].items() if k != "reference_downscale_factor"}
+    factor = downscale or int(float(info["metadata"].get("reference_downscale_factor")
+                                     or info["metadata"].get("ss_reference_downscale_factor") or 1))
+    tensors = {COMFY_PREFIX + k: v.to(torch.bfloat16).contiguous() for k, v in comfy.items()}
+    atomic_save_safetensors(tensors, Path(dst), {**meta, "reference_downscale_factor": str(factor)})
+    return {"source": str(src), "source_format": fmt, "out": str(dst), "modules": info["modules"],
+            "reference_downscale_factor": factor}

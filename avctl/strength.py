@@ -163,6 +163,8 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
         key_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         blocks = self.state.plans.get(self.pair)
+        if blocks is not None and blocks[-1].end != hidden_states.shape[1]:
+            raise RuntimeError("the strength plan is for another canvas; call set_strength() before this forward")
         if blocks is None or attention_mask is not None:
             # No strength work (or someone passed diffusers' own mask, which we leave to the stock path).
             return super().__call__(
@@ -215,6 +217,13 @@ def install_strength(transformer: torch.nn.Module) -> StrengthState:
             getattr(block, attr).set_processor(StrengthAttnProcessor(state, qs, ks))
     transformer._avctl_strength_state = state
     return state
+
+
+def clear_strength(transformer: torch.nn.Module) -> None:
+    """Back to plain attention (for a forward that is not on an avctl canvas)."""
+    state = getattr(transformer, "_avctl_strength_state", None)
+    if state is not None:
+        state.plans = {}
 
 
 def set_strength(transformer: torch.nn.Module, canvas: Canvas) -> StrengthState:

@@ -1,0 +1,854 @@
+"""LTX-2 components from diffusers: load them (a diffusers-format directory, a cached hub id, or the built-in `tiny`
+preset), and turn media into the tensors the transformer reads and back.
+
+Everything here calls diffusers' own classes and the LTX-2 pipeline's static helpers (`LTX2Pipeline._pack_latents`,
+`_normalize_latents`, `_pack_audio_latents`, ...), so the math is the pipeline's. Conventions:
+
+    video frames   [B, F, H, W, 3] uint8            F ≡ 1 (mod vae_temporal), H, W multiples of vae_spatial
+    video latents  [B, C, F', H', W']  NORMALISED   (z − mean)·scaling_factor / std, per channel (the VAE's mean)
+    waveform       [B, 2, N] float32 at audio_sample_rate (mel front end) or vocoder_sample_rate (vocoder output)
+    mel            [B, 2, T, mel_bins] float32, natural-log magnitude mel
+    audio latents  [B, C, T', M']  NORMALISED on the packed tokens [B, T', C·M'], so feature c·M' + m lines up
+
+Latents come back in the backbone's dtype; media tensors (frames, mel, waveform) in uint8 / float32.
+
+The `tiny` preset is a seeded random-init set of the same classes, small enough for CPU tests. Its audio VAE has
+`base_channels = latent_channels · mel_bins / 4` (2 · 16 = 32) because the audio VAE's `latents_mean/std` buffers have
+`base_channels` entries and the pipeline normalises packed tokens of width `latent_channels · mel_bins / 4` with them
+(production LTX-2 satisfies the same identity: 128 = 8 · 16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+    from transformers import Gemma3ForConditionalGeneration, PreTrainedTokenizerBase
+
+# The diffusers-format LTX-2 repo named in diffusers' LTX2Pipeline docstring.
+DEFAULT_MODEL_ID = "Lightricks/LTX-2"
+MODEL_ENV_VAR = "AVCTL_MODEL"
+TINY = "tiny"
+COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder", "tokenizer")
+
+# LTX-2's mel front end (ltx2.md §5.2). The FFT size and log floor are stored in no config; rate, hop and bin count
+# are read from the audio VAE's config.
+MEL_N_FFT = 1024
+MEL_LOG_FLOOR = 1e-5
+
+# Keys in saved configs that say who wrote the file, not what the model is; left out of config_hash.
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {"transformers_version", "dtype", "torch_dtype", "name_or_path", "architectures", "local_files_only", "is_local"}
+)
+
+# tokenizer_config.json entries besides the special tokens that change the token ids.
+_TOKENIZER_KEYS = frozenset(
+    {"add_bos_token", "add_eos_token", "added_tokens_decoder", "do_lower_case", "model_max_length", "padding_side"}
+)
+
+
+@dataclass
+class TextEmbeddings:
+    video: torch.Tensor  # [B, L, C] encoder_hidden_states for the transformer
+    audio: torch.Tensor  # [B, L, C] audio_encoder_hidden_states
+    mask: torch.Tensor  # [B, L] 0/1 encoder_attention_mask (also used as audio_encoder_attention_mask)
+
+
+@dataclass
+class Backbone:
+    """The LTX-2 components avctl uses. Parts not asked for at load time are None; methods that need them raise
+    BadUsage naming the part."""
+
+    model_id: str
+    transformer: LTX2VideoTransformer3DModel | None
+    vae: AutoencoderKLLTX2Video | None
+    audio_vae: AutoencoderKLLTX2Audio | None
+    vocoder: LTX2Vocoder | None
+    connectors: LTX2TextConnectors | None
+    text_encoder: Gemma3ForConditionalGeneration | None
+    tokenizer: PreTrainedTokenizerBase | None
+    device: torch.device
+    dtype: torch.dtype
+    # Canonical config of every component the source has (loaded or not), so the hash does not depend on `components`.
+    configs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ---- sizes, read from the loaded configs (the transformer's config stands in where it records the same value)
+
+    @property
+    def vae_spatial(self) -> int:
+        if self.vae is not None:
+            return int(self.vae.spatial_compression_ratio)
+        return int(self._need("transformer", "vae_spatial").config.vae_scale_factors[1])
+
+    @property
+    def vae_temporal(self) -> int:
+        if self.vae is not None:
+            return int(self.vae.temporal_compression_ratio)
+        return int(self._need("transformer", "vae_temporal").config.vae_scale_factors[0])
+
+    @property
+    def audio_sample_rate(self) -> int:
+        if self.audio_vae is not None:
+            return int(self.audio_vae.config.sample_rate)
+        return int(self._need("transformer", "audio_sample_rate").config.audio_sampling_rate)
+
+    @property
+    def audio_hop(self) -> int:
+        if self.audio_vae is not None:
+            return int(self.audio_vae.config.mel_hop_length)
+        return int(self._need("transformer", "audio_hop").config.audio_hop_length)
+
+    @property
+    def mel_bins(self) -> int:
+        if self.audio_vae is not None:
+            return int(self.audio_vae.config.mel_bins)
+        vocoder = self._need("vocoder", "mel_bins")
+        return int(vocoder.config.in_channels // vocoder.config.out_channels)  # the vocoder reads channels × mel bins
+
+    @property
+    def audio_latent_channels(self) -> int:
+        return int(self._need("audio_vae", "audio_latent_channels").config.latent_channels)
+
+    @property
+    def audio_temporal(self) -> int:
+        if self.audio_vae is not None:
+            return int(self.audio_vae.temporal_compression_ratio)
+        return int(self._need("transformer", "audio_temporal").config.audio_scale_factor)
+
+    @property
+    def vocoder_sample_rate(self) -> int:
+        return int(self._need("vocoder", "vocoder_sample_rate").config.output_sampling_rate)
+
+    # ---- identity and geometry
+
+    def config_hash(self) -> str:
+        """sha256 over the canonical component configs (not the weights), first 16 hex characters."""
+        text = json.dumps(self.configs, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def latent_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(F', H', W') of the video latent for F frames of H×W pixels; BadUsage when the VAE cannot take that size."""
+        t, s = self.vae_temporal, self.vae_spatial
+        if frames < 1 or (frames - 1) % t:
+            below = max(1, (frames - 1) // t * t + 1)
+            raise BadUsage(f"{frames} frames: LTX-2 needs 1 + a multiple of {t} frames (e.g. {below} or {below + t})")
+        if height < s or width < s or height % s or width % s:
+            raise BadUsage(f"{width}x{height}: width and height must be positive multiples of {s}")
+        return (frames - 1) // t + 1, height // s, width // s
+
+    def audio_latent_frames(self, duration_s: float) -> int:
+        """Audio latent frames that encode_audio(waveform_to_mel(wav)) gives for round(duration_s · rate) samples."""
+        if not duration_s > 0:
+            raise BadUsage(f"audio duration {duration_s} s must be positive")
+        samples = round(duration_s * self.audio_sample_rate)
+        mel_frames = samples // self.audio_hop + 1  # centred STFT
+        return -(-mel_frames // self.audio_temporal)  # the encoder's causal stride-2 convs round up
+
+    # ---- text
+
+    def encode_text(self, prompts: list[str]) -> TextEmbeddings:
+        """Gemma hidden states of every layer → LTX2TextConnectors, as LTX2Pipeline does it."""
+        from diffusers import LTX2Pipeline
+
+        tokenizer = self._need("tokenizer", "encode_text")
+        text_encoder = self._need("text_encoder", "encode_text")
+        connectors = self._need("connectors", "encode_text")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise BadUsage("encode_text needs at least one prompt")
+        # The pipeline pads to its max_sequence_length; a tokenizer with a smaller limit (the tiny one) sets it.
+        pipeline_length = inspect.signature(LTX2Pipeline.__call__).parameters["max_sequence_length"].default
+        max_length = min(int(tokenizer.model_max_length), int(pipeline_length))
+        tokenizer.padding_side = "left"  # Gemma is used with left padding (LTX2Pipeline._get_gemma_prompt_embeds)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokens = tokenizer(
+            [p.strip() for p in prompts],
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.device)  # [B, L]
+        mask = tokens.attention_mask.to(self.device)  # [B, L]
+        with torch.no_grad():
+            out = text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            layers = torch.stack(out.hidden_states, dim=-1)  # [B, L, D, layers + 1]
+            packed = layers.flatten(2, 3).to(self.dtype)  # [B, L, D·(layers + 1)]
+            video, audio, connector_mask = connectors(packed, mask, padding_side=tokenizer.padding_side)
+        return TextEmbeddings(video=video, audio=audio, mask=connector_mask)
+
+    # ---- video
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, F, H, W, 3] → normalised latents [B, C, F', H', W'] (the posterior mean: deterministic)."""
+        from diffusers import LTX2Pipeline
+
+        vae = self._need("vae", "encode_video")
+        if (
+            not isinstance(frames, torch.Tensor)
+            or frames.dtype != torch.uint8
+            or frames.ndim != 5
+            or frames.shape[-1] != 3
+        ):
+            got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise BadInput(f"encode_video takes uint8 RGB frames [B, F, H, W, 3], got {got}")
+        _, num_frames, height, width, _ = frames.shape
+        self.latent_grid(num_frames, height, width)
+        pixels = frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [B, 3, F, H, W] in [-1, 1]
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()  # [B, C, F', H', W']
+            latents = LTX2Pipeline._normalize_latents(
+                latents.float(), vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+            )
+        return latents.to(self.dtype)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, F', H', W'] → uint8 frames [B, F, H, W, 3]."""
+        from diffusers import LTX2Pipeline
+
+        vae = self._need("vae", "decode_video")
+        if latents.ndim != 5 or latents.shape[1] != vae.config.latent_channels:
+            raise BadInput(
+                f"decode_video takes latents [B, {vae.config.latent_channels}, F', H', W'], got {tuple(latents.shape)}"
+            )
+        if vae.config.decoder_spatial_padding_mode == "reflect" and min(latents.shape[3:]) < 2:
+            # Reflect padding needs two latent rows and columns.
+            raise BadUsage(
+                f"decode_video needs a latent grid at least 2x2 ({2 * self.vae_spatial} px), got {tuple(latents.shape)}"
+            )
+        with torch.no_grad():
+            z = LTX2Pipeline._denormalize_latents(
+                latents.to(self.device, torch.float32), vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+            )
+            # The pipeline's default decode_timestep is 0 (and then no decode noise is mixed in).
+            timestep = torch.zeros(z.shape[0], device=self.device) if vae.config.timestep_conditioning else None
+            video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
+        frames = ((video.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+        return frames.permute(0, 2, 3, 4, 1).contiguous()  # [B, F, H, W, 3]
+
+    # ---- audio
+
+    def waveform_to_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, C, N] float at audio_sample_rate → log-mel [B, C, T, mel_bins], T = N // hop + 1. Mono is duplicated
+        to the audio VAE's channel count."""
+        import torchaudio
+
+        if not isinstance(wav, torch.Tensor) or wav.ndim != 3:
+            got = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
+            raise BadInput(f"waveform_to_mel takes a waveform [B, channels, samples], got {got}")
+        channels = int(self.audio_vae.config.in_channels) if self.audio_vae is not None else 2
+        if wav.shape[1] == 1 and channels > 1:
+            wav = wav.expand(-1, channels, -1)
+        if wav.shape[1] != channels:
+            raise BadInput(f"waveform_to_mel needs {channels}-channel audio, got {wav.shape[1]} channels")
+        if wav.shape[2] <= MEL_N_FFT // 2:
+            raise BadInput(
+                f"audio of {wav.shape[2]} samples is too short for the mel front end (needs > {MEL_N_FFT // 2})"
+            )
+        transform = torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.audio_sample_rate,
+            n_fft=MEL_N_FFT,
+            hop_length=self.audio_hop,
+            n_mels=self.mel_bins,
+            power=1.0,
+            mel_scale="slaney",
+            norm="slaney",
+        ).to(self.device)
+        with torch.no_grad():
+            mel = transform(wav.to(self.device, torch.float32))  # [B, C, mel_bins, T]
+            mel = torch.log(mel.clamp(min=MEL_LOG_FLOOR))
+        return mel.transpose(2, 3).contiguous()  # [B, C, T, mel_bins]
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel [B, C, T, mel_bins] → normalised audio latents [B, C', T', M'] (posterior mean), T' = ⌈T / 4⌉."""
+        from diffusers import LTX2Pipeline
+
+        audio_vae = self._need("audio_vae", "encode_audio")
+        self._check_mel(mel, "encode_audio")
+        with torch.no_grad():
+            latents = audio_vae.encode(mel.to(self.device, audio_vae.dtype)).latent_dist.mode()  # [B, C', T', M']
+            _, _, latent_frames, latent_mel = latents.shape
+            tokens = LTX2Pipeline._pack_audio_latents(latents.float())  # [B, T', C'·M']
+            tokens = LTX2Pipeline._normalize_audio_latents(tokens, audio_vae.latents_mean, audio_vae.latents_std)
+            latents = LTX2Pipeline._unpack_audio_latents(tokens, latent_frames, num_mel_bins=latent_mel)
+        return latents.to(self.dtype)
+
+    def decode_audio(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised audio latents [B, C', T', M'] → log-mel [B, C, 4·T' − 3, mel_bins] (float32)."""
+        from diffusers import LTX2Pipeline
+
+        audio_vae = self._need("audio_vae", "decode_audio")
+        if latents.ndim != 4 or latents.shape[1] != audio_vae.config.latent_channels:
+            raise BadInput(
+                f"decode_audio takes latents [B, {audio_vae.config.latent_channels}, T', M'], "
+                f"got {tuple(latents.shape)}"
+            )
+        _, _, latent_frames, latent_mel = latents.shape
+        with torch.no_grad():
+            tokens = LTX2Pipeline._pack_audio_latents(latents.to(self.device, torch.float32))  # [B, T', C'·M']
+            tokens = LTX2Pipeline._denormalize_audio_latents(tokens, audio_vae.latents_mean, audio_vae.latents_std)
+            z = LTX2Pipeline._unpack_audio_latents(tokens, latent_frames, num_mel_bins=latent_mel)
+            mel = audio_vae.decode(z.to(audio_vae.dtype), return_dict=False)[0]  # [B, C, T, mel_bins]
+        return mel.float()
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel [B, C, T, mel_bins] → waveform [B, C, T · hop'] float32 at vocoder_sample_rate."""
+        vocoder = self._need("vocoder", "vocode")
+        self._check_mel(mel, "vocode")
+        with torch.no_grad():
+            wav = vocoder(mel.to(self.device, vocoder.dtype))  # [B, C, N]
+        return wav.float()
+
+    # ---- placement and saving
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | str | None = None) -> Backbone:
+        """Move (and optionally cast) every loaded part; returns self."""
+        self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = _resolve_dtype(dtype, self.device)
+        for module in self._modules().values():
+            if module.dtype == self.dtype:
+                if module.device != self.device:
+                    module.to(self.device)
+                continue
+            with _quiet_empty_fp32_warning(module):
+                module.to(device=self.device, dtype=self.dtype)
+        return self
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write the loaded parts as a diffusers-format directory (one subfolder each), atomically: into a temporary
+        folder next to `path`, then renamed over it."""
+        target = Path(path)
+        if target.exists() and not target.is_dir():
+            raise BadInput(f"{target} is a file; save_pretrained writes a directory")
+        if target.is_dir() and any(target.iterdir()) and not any((target / c).is_dir() for c in COMPONENTS):
+            raise BadUsage(f"{target} is a non-empty directory that is not a model directory; choose another path")
+        parts: dict[str, Any] = {**self._modules()}
+        if self.tokenizer is not None:
+            parts["tokenizer"] = self.tokenizer
+        dropped = [c for c in COMPONENTS if c not in parts and (target / c).is_dir()]
+        if dropped:
+            raise BadUsage(
+                f"{target} holds {', '.join(dropped)}, which this backbone did not load; saving would drop them, "
+                "so save to a new path"
+            )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        except OSError as e:
+            raise AvctlError(f"cannot write {target}: {e}") from e
+        try:
+            for name, part in parts.items():
+                part.save_pretrained(staging / name)
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+                os.replace(target, old)
+                os.replace(staging, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise AvctlError(f"cannot write {target}: {e}") from e
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    # ---- internals
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        names = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def _need(self, part: str, user: str) -> Any:
+        value = getattr(self, part)
+        if value is None:
+            raise BadUsage(
+                f"{user} needs the {part}, which this backbone was loaded without (load_backbone components)"
+            )
+        return value
+
+    def _check_mel(self, mel: torch.Tensor, user: str) -> None:
+        if not isinstance(mel, torch.Tensor) or mel.ndim != 4 or mel.shape[-1] != self.mel_bins:
+            got = tuple(mel.shape) if isinstance(mel, torch.Tensor) else type(mel).__name__
+            raise BadInput(f"{user} takes a log-mel [B, channels, T, {self.mel_bins}], got {got}")
+
+
+def load_backbone(
+    model: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    components: set[str] | None = None,
+) -> Backbone:
+    """Load LTX-2's components. `model`: None → $AVCTL_MODEL → Lightricks/LTX-2; "tiny" → the built-in test preset;
+    a directory → a diffusers-format LTX-2 folder; otherwise a hub id, read from the local HF cache only (never
+    downloaded). `components` limits what is loaded (the rest stays None); default all."""
+    wanted = _resolve_components(components)
+    target_device = torch.device(device) if device is not None else _default_device()
+    target_dtype = _resolve_dtype(dtype, target_device)
+    name = os.fspath(model) if model is not None else (os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID)
+    if not name.strip():
+        raise BadUsage("the model name is empty; pass a directory, a hub id or 'tiny'")
+    if name == TINY:
+        parts, configs = _build_tiny(wanted)
+    else:
+        directory, from_hub = _locate(name)
+        parts = _load_directory(directory, wanted, target_dtype, name if from_hub else None)
+        configs = _directory_configs(directory)
+    backbone = Backbone(
+        model_id=name,
+        device=target_device,
+        dtype=target_dtype,
+        configs=configs,
+        **{c: parts.get(c) for c in COMPONENTS},
+    )
+    _check_fit(backbone)
+    backbone.to(target_device, target_dtype)
+    for module in backbone._modules().values():
+        module.eval()
+    return backbone
+
+
+@contextlib.contextmanager
+def _quiet_empty_fp32_warning(module: torch.nn.Module) -> Iterator[None]:
+    """diffusers' ModelMixin.to warns about "modules that should be kept in float32: []" on every cast, even when
+    that list is empty; silence it only then."""
+    if getattr(module, "_keep_in_fp32_modules", None):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+# ---- resolving arguments
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_DTYPE_NAMES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPE_NAMES[str(dtype).lower()]
+    except KeyError:
+        raise BadUsage(f"unknown dtype {dtype!r}; use one of bf16, fp16, fp32") from None
+
+
+def _resolve_components(components: set[str] | None) -> set[str]:
+    if components is None:
+        return set(COMPONENTS)
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise BadUsage(f"unknown backbone components {sorted(unknown)}; choose from {', '.join(COMPONENTS)}")
+    return set(components)
+
+
+def _hub_cache_dir() -> str:
+    """The HF hub cache as the environment names it now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]
+    if env.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
+
+
+def _download_hint(model_id: str) -> str:
+    local = f"./models/{model_id.split('/')[-1]}"
+    include = " ".join(f"'{c}/*'" for c in (*COMPONENTS, "scheduler"))
+    return (
+        f"download it with `hf download {model_id} --include model_index.json {include} --local-dir {local}` "
+        f"and pass `--model {local}` (or set {MODEL_ENV_VAR})"
+    )
+
+
+def _locate(name: str) -> tuple[Path, bool]:
+    """(directory, came from the hub cache) for a model name that is not `tiny`."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path, False
+    if path.exists():
+        raise BadInput(f"{name} is a file; --model takes a diffusers-format model directory, a hub id or 'tiny'")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise BadInput(
+            f"model directory {name} does not exist; pass a diffusers-format LTX-2 directory, a hub id or 'tiny'"
+        ) from None
+    cache = _hub_cache_dir()
+    try:
+        snapshot = snapshot_download(name, local_files_only=True, cache_dir=cache)
+    except (LocalEntryNotFoundError, OSError):
+        raise MissingWeights(
+            f"{name} is neither a local directory nor in the Hugging Face cache ({cache}); {_download_hint(name)}"
+        ) from None
+    return Path(snapshot), True
+
+
+# ---- loading a diffusers-format directory
+
+
+def _classes() -> dict[str, Any]:
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+    from transformers import Gemma3ForConditionalGeneration
+
+    return {
+        "transformer": LTX2VideoTransformer3DModel,
+        "vae": AutoencoderKLLTX2Video,
+        "audio_vae": AutoencoderKLLTX2Audio,
+        "vocoder": LTX2Vocoder,
+        "connectors": LTX2TextConnectors,
+        "text_encoder": Gemma3ForConditionalGeneration,
+    }
+
+
+def _vocoder_class(folder: Path) -> Any:
+    """LTX2Vocoder, or LTX2VocoderWithBWE where the saved config names it (LTX-2.3)."""
+    from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
+
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((folder / "config.json").read_text()).get("_class_name") == "LTX2VocoderWithBWE":
+            return LTX2VocoderWithBWE
+    return LTX2Vocoder
+
+
+def _load_directory(directory: Path, wanted: set[str], dtype: torch.dtype, hub_id: str | None) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    missing = [c for c in COMPONENTS if c in wanted and not (directory / c).is_dir()]
+    if missing:
+        if hub_id is not None:
+            raise MissingWeights(
+                f"the cached {hub_id} ({directory}) lacks {', '.join(missing)}; {_download_hint(hub_id)}"
+            )
+        raise BadInput(
+            f"{directory} is not a diffusers-format LTX-2 directory: no {', '.join(f'{m}/' for m in missing)} "
+            f"subfolder; pass the folder that holds {', '.join(f'{c}/' for c in COMPONENTS)}"
+        )
+    classes = _classes()
+    parts: dict[str, Any] = {}
+    for name in COMPONENTS:
+        if name not in wanted:
+            continue
+        try:
+            if name == "tokenizer":
+                parts[name] = AutoTokenizer.from_pretrained(directory, subfolder=name, local_files_only=True)
+            elif name == "text_encoder":
+                parts[name] = classes[name].from_pretrained(
+                    directory, subfolder=name, dtype=dtype, local_files_only=True, use_safetensors=True
+                )
+            else:
+                cls = _vocoder_class(directory / name) if name == "vocoder" else classes[name]
+                parts[name] = cls.from_pretrained(
+                    directory, subfolder=name, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+                )
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if hub_id is not None:
+                raise MissingWeights(
+                    f"cannot load {name} of the cached {hub_id} ({reason}); {_download_hint(hub_id)}"
+                ) from e
+            raise BadInput(f"cannot load {directory / name}: {reason}") from e
+    return parts
+
+
+def _canonical_json(path: Path) -> Any:
+    return _without_volatile_keys(json.loads(path.read_text()))
+
+
+def _without_volatile_keys(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _without_volatile_keys(v)
+            for k, v in data.items()
+            if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
+        }
+    if isinstance(data, list):
+        return [_without_volatile_keys(v) for v in data]
+    return data
+
+
+def _directory_configs(directory: Path) -> dict[str, Any]:
+    """Canonical config of every component folder present: model config.json files (minus who-wrote-it keys) and, for
+    the tokenizer, its config plus a digest of its vocabulary files."""
+    configs: dict[str, Any] = {}
+    for name in COMPONENTS:
+        folder = directory / name
+        if not folder.is_dir():
+            continue
+        try:
+            if name == "tokenizer":
+                entry: dict[str, Any] = {}
+                for file in sorted(p for p in folder.iterdir() if p.is_file()):
+                    if file.suffix == ".json":
+                        data = _canonical_json(file)
+                        # A used tokenizer saves its last call's padding / truncation / max_length too; keep only
+                        # what changes the token ids.
+                        if isinstance(data, dict) and file.name == "tokenizer.json":
+                            data = {k: v for k, v in data.items() if k not in ("padding", "truncation")}
+                        elif isinstance(data, dict) and file.name == "tokenizer_config.json":
+                            data = {k: v for k, v in data.items() if k.endswith("_token") or k in _TOKENIZER_KEYS}
+                        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+                        entry[file.name] = hashlib.sha256(text.encode()).hexdigest()
+                    else:
+                        entry[file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+                configs[name] = entry
+            elif (folder / "config.json").is_file():
+                configs[name] = _canonical_json(folder / "config.json")
+        except (OSError, ValueError) as e:
+            raise BadInput(f"cannot read the config in {folder}: {e}") from e
+    return configs
+
+
+def _check_fit(backbone: Backbone) -> None:
+    """The loaded parts must form one pipeline; say which pair does not fit instead of failing mid-forward."""
+    problems: list[str] = []
+    tr, vae, avae = backbone.transformer, backbone.vae, backbone.audio_vae
+    voc, con, te = backbone.vocoder, backbone.connectors, backbone.text_encoder
+    if tr is not None and vae is not None and tr.config.in_channels != vae.config.latent_channels:
+        problems.append(f"transformer in_channels {tr.config.in_channels} != vae latent {vae.config.latent_channels}")
+    if avae is not None:
+        packed = avae.config.latent_channels * avae.config.mel_bins // avae.mel_compression_ratio
+        if tr is not None and tr.config.audio_in_channels != packed:
+            problems.append(f"transformer audio_in_channels {tr.config.audio_in_channels} != packed audio {packed}")
+        if avae.latents_mean.numel() != packed:
+            problems.append(f"audio_vae latents_mean has {avae.latents_mean.numel()} entries, packed audio {packed}")
+        if voc is not None and voc.config.in_channels != avae.config.output_channels * avae.config.mel_bins:
+            problems.append(f"vocoder in_channels {voc.config.in_channels} != channels × mel bins")
+    # LTX-2.3-style transformers (no caption projection) take the connectors' per-modality widths instead.
+    uses_caption_projection = tr is not None and tr.config.use_prompt_embeddings
+    if con is not None and uses_caption_projection and tr.config.caption_channels != con.config.caption_channels:
+        problems.append(f"transformer caption_channels {tr.config.caption_channels} != connectors")
+    if con is not None and te is not None:
+        text = te.config.get_text_config()
+        if text.hidden_size != con.config.caption_channels:
+            problems.append(f"text encoder width {text.hidden_size} != connectors {con.config.caption_channels}")
+        if text.num_hidden_layers + 1 != con.config.text_proj_in_factor:
+            problems.append(
+                f"connectors take {con.config.text_proj_in_factor} stacked layers, the text encoder gives "
+                f"{text.num_hidden_layers + 1}"
+            )
+    if problems:
+        raise BadInput(f"the components of {backbone.model_id} do not fit together: {'; '.join(problems)}")
+
+
+# ---- the tiny preset
+
+TINY_SEED = 0
+TINY_MAX_LENGTH = 32  # LTX2Pipeline pads to 1024 with 128 connector registers; tiny pads to 32 with 8
+TINY_REGISTERS = 8
+
+# Word-level vocabulary of common English (and video-caption) words for the tiny tokenizer.
+_TINY_WORDS = """
+a an the this that these those it its he she they we you i me him her them his their our your my
+is are was were be been being am has have had do does did will would can could should may might must
+and or but if then so because while when where what who which how not no yes all some any each every
+of in on at to from by with without for about into onto over under above below between through across
+near far up down out off inside outside behind front back left right top bottom side middle center around
+one two three four five many few more most less other same different first last next new old young
+big small large little tall short long wide narrow thick thin high low fast slow quick loud quiet soft hard
+red orange yellow green blue purple pink brown black white gray grey gold silver dark bright light colorful
+man woman person people boy girl child children baby family friend crowd group face hand hands head hair eyes
+dog cat bird horse cow fish animal tree trees flower flowers grass leaf leaves forest garden park field
+water river lake sea ocean beach wave waves rain snow sun moon sky cloud clouds wind fire smoke stone rock
+mountain hill road street city town house home room door window wall floor table chair bed car bus train
+boat bicycle plane ball box book phone camera screen light lamp kitchen food bread cup glass bottle
+walk walks walking run runs running jump jumps jumping sit sits sitting stand stands standing look looks
+looking talk talks talking speak speaks speaking sing sings singing dance dances dancing play plays playing
+move moves moving turn turns turning roll rolls rolling fall falls falling fly flies flying swim swims
+smile smiles smiling laugh laughs laughing cry cries open opens close closes hold holds holding throw
+throws catch catches eat eats drink drinks write writes read reads watch watches drive drives ride rides
+slowly quickly gently suddenly together alone again still very really just also only even
+day night morning evening sunset sunrise time moment scene shot view video clip film frame music sound
+voice noise song words silence background foreground close-up wide-angle camera-pan zoom pan tilt tracking
+static handheld cinematic realistic natural warm cold golden soft-light shadow shadows reflection
+"""
+_TINY_SPECIALS = ("[PAD]", "[UNK]", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+_TINY_PUNCTUATION = (".", ",", "!", "?", "'", '"', ":", ";", "-", "(", ")")
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (*_TINY_SPECIALS, *_TINY_PUNCTUATION, *_TINY_WORDS.split()):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    # Gemma's tokenizer prepends <bos> and appends nothing.
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        padding_side="left",
+        model_max_length=TINY_MAX_LENGTH,
+    )
+
+
+def _tiny_text_encoder(tokenizer: PreTrainedTokenizerBase) -> Gemma3ForConditionalGeneration:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    vocab = tokenizer.get_vocab()
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 4 * TINY_MAX_LENGTH,
+            "sliding_window": TINY_MAX_LENGTH // 2,
+            "pad_token_id": vocab["[PAD]"],
+            "bos_token_id": vocab["<bos>"],
+            "eos_token_id": vocab["<eos>"],
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        },
+        mm_tokens_per_image=4,
+        boi_token_index=vocab["<start_of_image>"],
+        eoi_token_index=vocab["<end_of_image>"],
+        image_token_index=vocab["<image_soft_token>"],
+    )
+    return Gemma3ForConditionalGeneration(config)
+
+
+def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Seeded random-init small versions of every LTX-2 class (all built, so the config hash covers all; the
+    unwanted ones are dropped). Widths: Gemma 32 = connectors = caption_channels; transformer video 2 heads × 16,
+    audio 2 heads × 8, 2 layers; video VAE 16 latent channels at 32×/8×; audio VAE 2 latent channels × 16 mel/4."""
+    classes = _classes()
+    text_layers = 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        tokenizer = _tiny_tokenizer()
+        text_encoder = _tiny_text_encoder(tokenizer)
+        parts: dict[str, Any] = {
+            "tokenizer": tokenizer,
+            "text_encoder": text_encoder,
+            "connectors": classes["connectors"](
+                caption_channels=32,
+                text_proj_in_factor=text_layers + 1,  # every Gemma layer plus the embeddings, stacked
+                video_connector_num_attention_heads=2,
+                video_connector_attention_head_dim=16,
+                video_connector_num_layers=2,
+                video_connector_num_learnable_registers=TINY_REGISTERS,
+                audio_connector_num_attention_heads=2,
+                audio_connector_attention_head_dim=16,
+                audio_connector_num_layers=2,
+                audio_connector_num_learnable_registers=TINY_REGISTERS,
+                rope_type="split",
+            ),
+            "transformer": classes["transformer"](
+                in_channels=16,
+                out_channels=16,
+                num_attention_heads=2,
+                attention_head_dim=16,
+                cross_attention_dim=32,
+                audio_in_channels=32,
+                audio_out_channels=32,
+                audio_num_attention_heads=2,
+                audio_attention_head_dim=8,
+                audio_cross_attention_dim=16,
+                num_layers=2,
+                caption_channels=32,
+                rope_type="split",
+            ),
+            "vae": classes["vae"](
+                latent_channels=16,
+                block_out_channels=(8, 16, 32, 64),
+                decoder_block_out_channels=(8, 16, 32),
+                layers_per_block=(1, 1, 1, 1, 1),
+                decoder_layers_per_block=(1, 1, 1, 1),
+                decoder_causal=False,
+                spatial_compression_ratio=32,
+                temporal_compression_ratio=8,
+            ),
+            "audio_vae": classes["audio_vae"](
+                base_channels=32,  # = latents_mean/std size = packed token width 2 · 64/4
+                ch_mult=(1, 1, 1),
+                num_res_blocks=1,
+                latent_channels=2,
+                mel_bins=64,
+            ),
+            "vocoder": classes["vocoder"](
+                in_channels=2 * 64,
+                hidden_channels=32,
+                resnet_kernel_sizes=[3],
+                resnet_dilations=[[1]],
+            ),
+        }
+    with tempfile.TemporaryDirectory(prefix="avctl-tiny-config-") as scratch:
+        # Hash what save_pretrained would write, so a saved copy of tiny hashes the same.
+        for name, part in parts.items():
+            if name == "tokenizer":
+                part.save_pretrained(Path(scratch) / name)
+            elif name == "text_encoder":
+                part.config.save_pretrained(Path(scratch) / name)
+            else:
+                part.save_config(Path(scratch) / name)
+        configs = _directory_configs(Path(scratch))
+    return {n: p for n, p in parts.items() if n in wanted}, configs

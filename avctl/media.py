@@ -1,0 +1,385 @@
+"""Video and audio in and out, through the ffmpeg binary that imageio-ffmpeg bundles (no PyAV, no torchvision).
+
+Reading: `read_video` decodes to RGB uint8 at a constant frame rate (variable-frame-rate sources are resampled by
+ffmpeg with `-fps_mode cfr`), `read_audio` lets ffmpeg downmix any channel layout and resample to the rate asked.
+Writing: `write_video` makes H.264 mp4 (optionally lossless, for control media, and with AAC audio muxed in) and
+`write_wav` 16-bit PCM; both write a temp file in the target folder and `os.replace` it, so a reader never sees half a
+file. Buckets (`Bucket`) and `fit_to_bucket` are the ltx-trainer rule: resize keeping aspect, centre-crop.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import subprocess
+import uuid
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+
+from avctl.errors import BadInput, BadUsage
+
+_STREAM_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio): (.*)$")
+
+
+# ----------------------------------------------------------------------------------------------------------- probing
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffmpeg says about a file's first video and audio streams."""
+
+    has_video: bool
+    has_audio: bool
+    fps: float  # 0.0 when there is no video stream or ffmpeg reports no rate
+    width: int
+    height: int
+    sample_rate: int  # 0 when there is no audio stream
+    duration: float  # container duration in seconds; 0.0 when unknown
+
+
+def _ffmpeg() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"{path}: is a folder, not a media file")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path}: empty file (0 bytes)")
+
+
+@functools.lru_cache(maxsize=256)
+def _ffmpeg_header(resolved: str, inode: int, mtime_ns: int, size: int) -> str:
+    """What `ffmpeg -i` prints about a file (cached by path, inode, mtime and size)."""
+    result = subprocess.run(
+        [_ffmpeg(), "-hide_banner", "-nostdin", "-i", resolved], capture_output=True, text=True, errors="replace"
+    )
+    return result.stderr
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Stream facts of a media file. Raises BadInput when the file is missing, empty or not readable by ffmpeg."""
+    path = Path(path)
+    _check_file(path)
+    stat = path.stat()
+    # Reading a clip probes it more than once (video, then audio); an ffmpeg start costs ~0.1 s.
+    header = _ffmpeg_header(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    video_line = audio_line = None
+    for line in header.splitlines():
+        match = _STREAM_LINE.match(line)
+        if not match:
+            continue
+        kind, rest = match.groups()
+        # Cover art in audio files shows up as a one-frame "video" stream; it is not a video.
+        if kind == "Video" and video_line is None and "attached pic" not in rest:
+            video_line = rest
+        elif kind == "Audio" and audio_line is None:
+            audio_line = rest
+    if video_line is None and audio_line is None:
+        last = header.strip().splitlines()[-1] if header.strip() else "no output from ffmpeg"
+        raise BadInput(f"{path}: not a video or audio file ffmpeg can read ({last})")
+
+    fps = width = height = 0
+    if video_line is not None:
+        rate = re.search(r" ([0-9]+(?:\.[0-9]+)?) fps", video_line) or re.search(
+            r" ([0-9]+(?:\.[0-9]+)?) tbr", video_line
+        )
+        fps = float(rate.group(1)) if rate else 0.0
+        size = re.search(r" ([0-9]{1,5})x([0-9]{1,5})[, \[]", video_line + " ")
+        if size:
+            width, height = int(size.group(1)), int(size.group(2))
+    sample_rate = 0
+    if audio_line is not None:
+        rate = re.search(r" ([0-9]+) Hz", audio_line)
+        sample_rate = int(rate.group(1)) if rate else 0
+    duration = 0.0
+    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
+    if found:
+        hours, minutes, seconds = found.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return MediaInfo(
+        has_video=video_line is not None,
+        has_audio=audio_line is not None,
+        fps=float(fps),
+        width=width,
+        height=height,
+        sample_rate=sample_rate,
+        duration=duration,
+    )
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """The exact rate behind a printed one: ffmpeg prints 30000/1001 as "29.97", which must not become 2997/100."""
+    ntsc = fps * 1.001
+    if abs(fps - round(fps)) > 0.005 and abs(ntsc - round(ntsc)) < 0.01:
+        return Fraction(round(ntsc) * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+@dataclass
+class VideoClip:
+    frames: np.ndarray  # [F, H, W, 3] uint8 RGB
+    fps: float
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered by the decoded frames."""
+        return len(self.frames) / self.fps
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> VideoClip:
+    """Decode a video to RGB frames at its (average) frame rate, resampled to a constant rate when the source has a
+    variable one. `max_frames` stops decoding early."""
+    path = Path(path)
+    info = probe(path)
+    if not info.has_video:
+        raise BadInput(f"{path}: has no video stream")
+    if info.fps <= 0:
+        raise BadInput(f"{path}: ffmpeg reports no frame rate for the video stream; re-encode it with a fixed rate")
+    rate = fps_fraction(info.fps)
+    output_params = ["-fps_mode", "cfr", "-r", str(rate), "-an", "-sn"]
+    if max_frames is not None:
+        if max_frames < 1:
+            raise BadUsage(f"max_frames must be at least 1, got {max_frames}")
+        output_params += ["-frames:v", str(max_frames)]
+
+    reader = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
+    chunks: list[bytes] = []
+    try:
+        meta = next(reader)
+        width, height = meta["size"]  # after ffmpeg applied any rotation metadata
+        chunks.extend(reader)
+    except (OSError, RuntimeError, StopIteration, IndexError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()
+        raise BadInput(f"{path}: could not decode the video ({detail[0] if detail else type(exc).__name__})") from exc
+    finally:
+        reader.close()
+    if not chunks:
+        raise BadInput(f"{path}: no decodable video frames")
+    frames = np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(chunks), height, width, 3)  # [F, H, W, 3]
+    return VideoClip(frames=frames.copy(), fps=float(rate))
+
+
+def read_audio(
+    path: str | Path, sample_rate: int, channels: int = 2, max_seconds: float | None = None
+) -> np.ndarray | None:
+    """The first audio stream as float32 [channels, samples] in [-1, 1], downmixed/upmixed and resampled by ffmpeg;
+    None when the file has no audio stream. `max_seconds` stops decoding early."""
+    path = Path(path)
+    if not probe(path).has_audio:
+        return None
+    cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn"]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds:.6f}"]
+    cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(sample_rate), "-"]
+    result = subprocess.run(cmd, capture_output=True)
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        raise BadInput(f"{path}: could not decode the audio ({lines[-1] if lines else 'ffmpeg failed'})")
+    samples = np.frombuffer(result.stdout, dtype="<f4")
+    samples = samples[: len(samples) - len(samples) % channels]
+    audio = samples.reshape(-1, channels).T  # [channels, samples]
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+def _temp_name(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path next to `path` (same folder, same suffix so tools infer the format); on success it replaces
+    `path`, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path, path.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _audio_to_int16(audio: np.ndarray, where: Path) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[0] > 16:
+        raise BadInput(f"{where}: audio must be [channels, samples], got shape {tuple(audio.shape)}")
+    pcm = np.round(np.clip(audio.astype(np.float64), -1.0, 1.0) * 32767.0).astype("<i2")
+    return np.ascontiguousarray(pcm.T)  # [samples, channels] interleaved
+
+
+def _write_wav_file(target: Path, audio: np.ndarray, sample_rate: int, where: Path) -> None:
+    pcm = _audio_to_int16(audio, where)
+    with wave.open(str(target), "wb") as wav:
+        wav.setnchannels(pcm.shape[1])
+        wav.setsampwidth(2)
+        wav.setframerate(int(sample_rate))
+        wav.writeframes(pcm.tobytes())
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM wav from float audio [channels, samples] (or [samples] mono), written atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _write_wav_file(tmp, audio, sample_rate, path)
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    lossless: bool = False,
+) -> None:
+    """H.264 mp4 from RGB uint8 frames [F, H, W, 3], with optional AAC audio [channels, samples]. `lossless=True`
+    encodes with `-qp 0` in yuv444p so control media stay what the extractor made. Written atomically."""
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise BadInput(f"{path}: frames must be a non-empty uint8 array [F, H, W, 3], got {frames.dtype} "
+                       f"{tuple(frames.shape)}")
+    height, width = frames.shape[1:3]
+    if not lossless and (width % 2 or height % 2):
+        raise BadInput(f"{path}: H.264 yuv420p needs an even width and height, got {width}x{height}; "
+                       "resize or crop to even sizes first")
+    if fps <= 0:
+        raise BadInput(f"{path}: fps must be positive, got {fps}")
+    if audio is not None and not sample_rate:
+        raise BadInput(f"{path}: audio given without a sample rate")
+
+    if lossless:
+        pix_fmt, quality_params = "yuv444p", ["-qp", "0"]
+    else:
+        pix_fmt, quality_params = "yuv420p", ["-crf", "17"]
+    output_params = [*quality_params, "-preset", "medium", "-movflags", "+faststart"]
+
+    with atomic_path(path) as tmp_video:
+        audio_path = None
+        tmp_wav = _temp_name(path, ".wav")
+        try:
+            if audio is not None:
+                _write_wav_file(tmp_wav, audio, int(sample_rate or 0), path)
+                audio_path = str(tmp_wav)
+                output_params += ["-b:a", "192k"]
+            _encode(tmp_video, frames, fps, pix_fmt, output_params, audio_path, path)
+        finally:
+            tmp_wav.unlink(missing_ok=True)
+
+
+def _encode(
+    target: Path, frames: np.ndarray, fps: float, pix_fmt: str, output_params: list[str], audio_path: str | None,
+    where: Path,
+) -> None:
+    height, width = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(target),
+        (width, height),
+        fps=fps_fraction(fps),
+        codec="libx264",
+        pix_fmt_out=pix_fmt,
+        quality=None,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        output_params=output_params,
+        audio_path=audio_path,
+        audio_codec="aac" if audio_path else None,
+    )
+    try:
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+    except OSError as exc:
+        raise BadInput(f"{where}: ffmpeg could not write the video ({str(exc).strip().splitlines()[0]})") from exc
+    finally:
+        writer.close()
+
+
+# ----------------------------------------------------------------------------------------------------------- buckets
+def fit_to_bucket(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize [F, H, W, 3] frames keeping their aspect so they cover width×height, then centre-crop to exactly
+    [F, height, width, 3]. INTER_AREA when shrinking (no aliasing), INTER_CUBIC when enlarging."""
+    src_h, src_w = frames.shape[1:3]
+    scale = max(width / src_w, height / src_h)
+    new_w = max(width, round(src_w * scale))
+    new_h = max(height, round(src_h * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    out = np.empty((len(frames), height, width, frames.shape[3]), dtype=frames.dtype)  # [F, height, width, 3]
+    for i, frame in enumerate(frames):
+        resized = frame if (new_w, new_h) == (src_w, src_h) else cv2.resize(frame, (new_w, new_h),
+                                                                          interpolation=interpolation)
+        out[i] = resized[top : top + height, left : left + width]
+    return out
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+    below = max(step, value // step * step)
+    above = max(step, math.ceil(value / step) * step)
+    return str(below) if below == above else f"{below} or {above}"
+
+
+def _nearest_frames(value: int, temporal: int) -> tuple[int, int]:
+    below = max(1, (value - 1) // temporal * temporal + 1)
+    above = math.ceil((value - 1) / temporal) * temporal + 1 if value > 1 else 1
+    return below, above
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One training resolution: width × height pixels, `frames` frames ("WxHxF", as ltx-trainer writes it)."""
+
+    width: int
+    height: int
+    frames: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}x{self.frames}"
+
+    @classmethod
+    def parse(cls, text: str) -> Bucket:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+        if not match:
+            raise BadUsage(f"bucket {text!r} is not WIDTHxHEIGHTxFRAMES (e.g. 768x448x89)")
+        width, height, frames = (int(g) for g in match.groups())
+        if min(width, height, frames) < 1:
+            raise BadUsage(f"bucket {text!r}: width, height and frames must all be at least 1")
+        return cls(width, height, frames)
+
+    def check(self, spatial: int = 32, temporal: int = 8, downscale: int = 1) -> Bucket:
+        """Width and height must be multiples of spatial·downscale (so the downscaled reference is whole latent
+        tokens), frames ≡ 1 mod temporal (the causal VAE). Returns self; BadUsage names what to change."""
+        step = spatial * downscale
+        problems = []
+        if self.width % step or self.width < step:
+            problems.append(f"width {self.width} is not a multiple of {step} (nearest: "
+                            f"{_nearest_multiples(self.width, step)})")
+        if self.height % step or self.height < step:
+            problems.append(f"height {self.height} is not a multiple of {step} (nearest: "
+                            f"{_nearest_multiples(self.height, step)})")
+        if self.frames % temporal != 1 % temporal:
+            below, above = _nearest_frames(self.frames, temporal)
+            problems.append(f"frames {self.frames} is not {temporal}k+1 (nearest: {below} or {above})")
+        if problems:
+            why = f"{spatial} × reference downscale {downscale}" if downscale > 1 else f"{spatial}"
+            raise BadUsage(f"bucket {self}: " + "; ".join(problems) + f" (sizes must be multiples of {why})")
+        return self
+
+    def reference_size(self, downscale: int) -> tuple[int, int]:
+        """(height, width) of the reference canvas at `downscale`."""
+        return self.height // downscale, self.width // downscale

@@ -1,0 +1,400 @@
+"""`avctl prepare`: videos → a training dataset for one modality (layout in `avctl.dataset`).
+
+Per clip: decode the first F frames, fit them to the bucket (resize keeping aspect, centre-crop), run the modality's
+extractor, write the target (with the source's audio trimmed to the clip), the lossless reference and, for masked
+controls, the mask; then rewrite the manifest. Bad clips are skipped with a one-line reason. Rerunning resumes:
+rows whose files exist are kept. With `workers > 1` clips are spread over a spawn-started process pool, one extractor
+per worker; every random choice is keyed by (clip, seed), so the dataset does not depend on the worker count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avctl import __version__
+from avctl.dataset import (
+    INFO,
+    VAE_SPATIAL,
+    VAE_TEMPORAL,
+    default_bucket,
+    read_info,
+    read_rows,
+    remove_stale_temp_files,
+    row_files,
+    write_json,
+    write_manifest,
+)
+from avctl.errors import AvctlError, BadInput, BadUsage
+from avctl.media import Bucket, fit_to_bucket, read_audio, read_video, write_video, write_wav
+from modalities.base import Clip, Control, Extractor, Modality
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+# Target audio is kept at 48 kHz stereo (LTX-2's audio is stereo; the VAE front end resamples to 16 kHz itself).
+AUDIO_SAMPLE_RATE = 48_000
+AUDIO_CHANNELS = 2
+# avctl.json fields that must match for a rerun to add to an existing dataset.
+_COMPATIBLE_FIELDS = ("modality", "bucket", "downscale", "extractor", "seed")
+__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "caption_for", "default_bucket", "find_sources", "prepare"]
+
+
+@dataclass
+class PrepareSummary:
+    """What one `prepare` run did. `rows` is the manifest's size afterwards; 0 means nothing usable exists."""
+
+    out: Path
+    modality: str
+    bucket: str
+    done: list[str] = field(default_factory=list)  # sample ids (relative paths without extension) made now
+    existing: list[str] = field(default_factory=list)  # prepared by an earlier run, left as they were
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"clip", "reason"}: unusable input
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"clip", "reason"}: extractor or write errors
+    rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "modality": self.modality,
+            "bucket": self.bucket,
+            "rows": self.rows,
+            "done": list(self.done),
+            "existing": list(self.existing),
+            "skipped": [dict(item) for item in self.skipped],
+            "failed": [dict(item) for item in self.failed],
+        }
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input video. `rel` (relative path without extension) names its outputs; `key` seeds its randomness."""
+
+    path: Path
+    rel: str
+    key: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: str
+    rel: str
+    key: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class _Settings:
+    out: str
+    bucket: Bucket
+    downscale: int
+    seed: int
+
+
+# ---------------------------------------------------------------------------------------------------------- inputs
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple[list[Source], list[dict[str, str]]]:
+    """Video files from files and folders (recursive; mp4/mov/mkv/webm/avi, hidden files and `out` left out).
+    Relative paths are taken from the deepest folder common to all inputs, so `a/x.mp4` and `b/x.mp4` stay apart.
+    Returns (sources sorted by rel, skipped name clashes)."""
+    out_abs = Path(os.path.abspath(out)) if out is not None else None
+    roots: list[Path] = []
+    candidates: list[Path] = []
+    for given in inputs:
+        path = Path(os.path.abspath(given))
+        if not path.exists():
+            raise BadInput(f"{given}: no such file or folder")
+        if path.is_dir():
+            roots.append(path)
+            for found in sorted(path.rglob("*")):
+                if not found.is_file() or found.suffix.lower() not in VIDEO_EXTENSIONS or _is_hidden(found, path):
+                    continue
+                if out_abs is not None and found.is_relative_to(out_abs):
+                    continue  # our own outputs, when --out lies inside an input folder
+                candidates.append(found)
+        else:
+            roots.append(path.parent)
+            candidates.append(path)
+    if not candidates:
+        names = ", ".join(str(p) for p in inputs) or "(no inputs)"
+        raise BadInput(f"no videos found in {names}; looked for {', '.join('*' + e for e in VIDEO_EXTENSIONS)}")
+
+    common = Path(os.path.commonpath([str(root) for root in roots]))
+    by_rel: dict[str, Source] = {}
+    skipped: list[dict[str, str]] = []
+    for path in sorted(set(candidates)):
+        relative = path.relative_to(common)
+        rel = relative.with_suffix("").as_posix()
+        if rel in by_rel:
+            skipped.append({"clip": relative.as_posix(),
+                            "reason": f"{path}: same name as {by_rel[rel].path} once the extension is dropped; "
+                                      "rename one of them"})
+            continue
+        by_rel[rel] = Source(path=path, rel=rel, key=relative.as_posix())
+    return sorted(by_rel.values(), key=lambda s: s.rel), skipped
+
+
+def caption_for(video: Path, fallback: str | None) -> str:
+    """The sidecar `<stem>.txt` next to the video, else `fallback`, else ""."""
+    sidecar = video.with_suffix(".txt")
+    if sidecar.is_file():
+        try:
+            return sidecar.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"{sidecar}: unreadable caption ({exc}); save it as UTF-8 text") from exc
+    return (fallback or "").strip()
+
+
+# ------------------------------------------------------------------------------------------------------- one clip
+def _fit_length(audio: np.ndarray, samples: int) -> np.ndarray:
+    """Trim or zero-pad [channels, n] audio to exactly `samples` samples."""
+    if audio.shape[1] >= samples:
+        return np.ascontiguousarray(audio[:, :samples])
+    return np.pad(audio, ((0, 0), (0, samples - audio.shape[1])))
+
+
+def _check_control(control: Control, frames: int, reference_size: tuple[int, int], backend: str) -> None:
+    height, width = reference_size
+    if not isinstance(control, Control) or (control.frames is None and control.audio is None):
+        raise AvctlError(f"extractor {backend!r} returned no reference media")
+    if control.frames is not None:
+        shape = getattr(control.frames, "shape", None)
+        if control.frames.dtype != np.uint8 or shape != (frames, height, width, 3):
+            raise AvctlError(f"extractor {backend!r} returned reference frames {control.frames.dtype} {shape}, "
+                             f"expected uint8 {(frames, height, width, 3)}")
+    if control.mask is not None:
+        shape = getattr(control.mask, "shape", None)
+        if control.mask.dtype != np.uint8 or shape != (frames, height, width):
+            raise AvctlError(f"extractor {backend!r} returned a mask {control.mask.dtype} {shape}, "
+                             f"expected uint8 {(frames, height, width)}")
+    if control.audio is not None and not control.sample_rate:
+        raise AvctlError(f"extractor {backend!r} returned reference audio without a sample rate")
+
+
+def _process(job: _Job, settings: _Settings, extractor: Extractor) -> dict[str, Any]:
+    """Prepare one clip. Returns {"rel", "status": "done"|"skipped"|"failed", "reason"?, "row"?}; never raises for a
+    bad clip or a failing extractor, so one clip cannot stop a run."""
+    bucket, out, source = settings.bucket, Path(settings.out), Path(job.source)
+    try:
+        video = read_video(source, max_frames=bucket.frames)
+        if len(video.frames) < bucket.frames:
+            usable = (len(video.frames) - 1) // VAE_TEMPORAL * VAE_TEMPORAL + 1
+            return {"rel": job.rel, "status": "skipped",
+                    "reason": f"{source}: {len(video.frames)} frames, the bucket needs {bucket.frames} (use a longer "
+                              f"clip, or a bucket of at most {usable} frames)"}
+        frames = fit_to_bucket(video.frames, bucket.width, bucket.height)  # [F, H, W, 3]
+        seconds = bucket.frames / video.fps
+        audio = read_audio(source, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS, max_seconds=seconds)
+        if audio is not None:
+            audio = _fit_length(audio, round(seconds * AUDIO_SAMPLE_RATE))  # [2, samples]
+    except BadInput as exc:
+        return {"rel": job.rel, "status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # e.g. an OpenCV error on a strange frame: cost one clip, not the run
+        return {"rel": job.rel, "status": "failed", "reason": f"{source}: {type(exc).__name__}: {exc}"}
+
+    reference_size = bucket.reference_size(settings.downscale)
+    clip = Clip(frames=frames, fps=video.fps, key=job.key, seed=settings.seed, reference_size=reference_size,
+                audio=audio, sample_rate=AUDIO_SAMPLE_RATE if audio is not None else None)
+    backend = getattr(extractor, "backend", type(extractor).__name__)
+    try:
+        control = extractor(clip)
+        _check_control(control, bucket.frames, reference_size, backend)
+    except BadInput as exc:  # the extractor found this clip unusable (e.g. nothing to detect)
+        return {"rel": job.rel, "status": "skipped", "reason": f"{source}: {exc}"}
+    except Exception as exc:  # an extractor bug must cost one clip, not the run
+        return {"rel": job.rel, "status": "failed",
+                "reason": f"{source}: extractor {backend!r} failed: {type(exc).__name__}: {exc}"}
+
+    row: dict[str, Any] = {"video": f"video/{job.rel}.mp4", "caption": job.caption}
+    try:
+        # The row is returned only after every file is in place, so the manifest never points at a missing file.
+        write_video(out / row["video"], frames, video.fps, audio=audio, sample_rate=clip.sample_rate)
+        if control.frames is not None:
+            row["reference_video"] = f"reference/{job.rel}.mp4"
+            write_video(out / row["reference_video"], control.frames, video.fps, lossless=True)
+        if control.mask is not None:
+            row["reference_mask"] = f"mask/{job.rel}.mp4"
+            mask_rgb = np.repeat(control.mask[..., None], 3, axis=-1)  # [F, h, w, 3]
+            write_video(out / row["reference_mask"], mask_rgb, video.fps, lossless=True)
+        if control.audio is not None:
+            row["reference_audio"] = f"reference/{job.rel}.wav"
+            write_wav(out / row["reference_audio"], control.audio, int(control.sample_rate or 0))
+    except (AvctlError, OSError) as exc:
+        return {"rel": job.rel, "status": "failed", "reason": f"{source}: could not write the sample: {exc}"}
+    row["fps"] = video.fps
+    return {"rel": job.rel, "status": "done", "row": row}
+
+
+# ------------------------------------------------------------------------------------------------------ the workers
+_worker_state: tuple[_Settings, Extractor] | AvctlError | None = None
+
+
+def _init_worker(modality: Modality, settings: _Settings) -> None:
+    global _worker_state
+    assert modality.extractor is not None  # checked by prepare() before the pool starts
+    try:
+        _worker_state = (settings, modality.extractor())
+    except AvctlError as exc:  # e.g. MissingWeights: handed to the parent with its message by the first job
+        _worker_state = exc
+    except Exception as exc:
+        _worker_state = AvctlError(f"the {modality.name!r} extractor failed to load: {type(exc).__name__}: {exc}")
+
+
+def _run_in_worker(job: _Job) -> dict[str, Any]:
+    if isinstance(_worker_state, AvctlError):
+        raise _worker_state
+    assert _worker_state is not None, "worker not initialised"
+    return _process(job, *_worker_state)
+
+
+def _extractor_identity(modality: Modality) -> tuple[dict[str, str], Extractor | None]:
+    """{"backend", "version"} of the modality's extractor, read from the factory when it carries them (a class with
+    class attributes: no model load), else from an instance built here (returned so it can be reused)."""
+    factory = modality.extractor
+    assert factory is not None
+    extractor: Extractor | None = None
+    backend, version = getattr(factory, "backend", None), getattr(factory, "version", None)
+    if not (isinstance(backend, str) and isinstance(version, str)):
+        extractor = factory()
+        backend = str(getattr(extractor, "backend", type(extractor).__name__))
+        version = str(getattr(extractor, "version", "unknown"))
+    return {"backend": backend, "version": version}, extractor
+
+
+# -------------------------------------------------------------------------------------------------------- prepare
+def _refuse_unsupported(modality: Modality) -> None:
+    if modality.paired:
+        raise BadInput(f"prepare for {modality.name!r} needs a pairs manifest (source and target videos); not "
+                       f"supported by this version yet ({modality.extractor_note})")
+    if modality.extractor is None:
+        raise BadInput(f"prepare for {modality.name!r} needs an extractor this version does not ship yet; "
+                       f"{modality.extractor_note}")
+
+
+def _check_compatible(out: Path, existing: dict[str, Any], info: dict[str, Any]) -> None:
+    different = [name for name in _COMPATIBLE_FIELDS if existing.get(name) != info.get(name)]
+    if different:
+        was = ", ".join(f"{name} {existing.get(name)!r}" for name in different)
+        now = ", ".join(f"{name} {info.get(name)!r}" for name in different)
+        raise BadInput(f"{out / INFO}: this folder holds a dataset prepared with {was}, not {now}; use --overwrite "
+                       "to replace it or choose another --out")
+
+
+def prepare(
+    modality: Modality,
+    inputs: list[Path],
+    out: Path,
+    bucket: Bucket,
+    caption: str | None,
+    seed: int = 42,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PrepareSummary:
+    """Build (or resume) the dataset for `modality` in `out` from `inputs`. Raises BadInput/BadUsage when nothing
+    can start (unsupported modality, bad bucket, no videos, an incompatible existing dataset); per-clip problems
+    are listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip."""
+    _refuse_unsupported(modality)
+    if workers < 1:
+        raise BadUsage(f"--workers must be at least 1, got {workers}")
+    bucket.check(VAE_SPATIAL, VAE_TEMPORAL, modality.downscale)
+    out = Path(out)
+    sources, name_clashes = find_sources(inputs, out)
+
+    identity, extractor = _extractor_identity(modality)
+    info = {
+        "modality": modality.name,
+        "bucket": str(bucket),
+        "downscale": modality.downscale,
+        "reference_size": list(bucket.reference_size(modality.downscale)),
+        "extractor": identity,
+        "seed": seed,
+        "audio_sample_rate": AUDIO_SAMPLE_RATE,
+        "avctl_version": __version__,
+    }
+    existing = read_info(out)
+    if existing is not None and not overwrite:
+        _check_compatible(out, existing, info)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out, ("video", "reference", "mask"))
+    write_json(out / INFO, info)
+
+    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(name_clashes))
+    rows: dict[str, dict[str, Any]] = {} if overwrite else {row["video"]: row for row in read_rows(out)}
+    jobs: list[_Job] = []
+    for source in sources:
+        text = caption_for(source.path, caption)
+        row = rows.get(f"video/{source.rel}.mp4")
+        if row is not None and all(path.is_file() for path in row_files(out, row)):
+            row["caption"] = text  # captions are cheap to refresh; media are not redone
+            summary.existing.append(source.rel)
+        else:
+            rows.pop(f"video/{source.rel}.mp4", None)
+            jobs.append(_Job(source=str(source.path), rel=source.rel, key=source.key, caption=text))
+    write_manifest(out, rows.values())
+
+    settings = _Settings(out=str(out), bucket=bucket, downscale=modality.downscale, seed=seed)
+
+    def record(result: dict[str, Any], completed: int) -> None:
+        if result["status"] == "done":
+            rows[result["row"]["video"]] = result["row"]
+            write_manifest(out, rows.values())
+            summary.done.append(result["rel"])
+        else:
+            getattr(summary, result["status"]).append({"clip": result["rel"], "reason": result["reason"]})
+        summary.rows = len(rows)
+        if progress is not None:
+            progress(completed, len(jobs))
+
+    summary.rows = len(rows)
+    if progress is not None:
+        progress(0, len(jobs))
+    if workers == 1 or len(jobs) <= 1:
+        if jobs and extractor is None:
+            assert modality.extractor is not None
+            extractor = modality.extractor()
+        for completed, job in enumerate(jobs, start=1):
+            assert extractor is not None
+            record(_process(job, settings, extractor), completed)
+    else:
+        _run_pool(modality, settings, jobs, workers, record)
+
+    summary.done.sort()
+    summary.skipped.sort(key=lambda item: item["clip"])
+    summary.failed.sort(key=lambda item: item["clip"])
+    return summary
+
+
+def _run_pool(
+    modality: Modality,
+    settings: _Settings,
+    jobs: list[_Job],
+    workers: int,
+    record: Callable[[dict[str, Any], int], None],
+) -> None:
+    context = multiprocessing.get_context("spawn")  # fork would copy CUDA/threads state of a model-backed parent
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                               initargs=(modality, settings))
+    try:
+        pending: set[Future[dict[str, Any]]] = {pool.submit(_run_in_worker, job) for job in jobs}
+        completed = 0
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                completed += 1
+                record(future.result(), completed)
+    except BrokenProcessPool as exc:
+        raise AvctlError(f"a prepare worker died ({exc}); rerun the same command to resume, perhaps with fewer "
+                         "--workers") from exc
+    finally:
+        # On an interruption, queued clips are dropped; running ones finish writing (atomically) but get no row.
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,133 @@
+"""The CLI end to end on the tiny model (in-process CliRunner): the chain, --json output, exit codes, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from avctl.cli import app
+from avctl.media import probe, read_audio, read_video
+from tests.conftest import write_synthetic_clip
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], env={"AVCTL_NO_PROGRESS": "1"})
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """prepare canny → train canny on two synthetic clips: the dataset and run folders."""
+    root = tmp_path_factory.mktemp("chain")
+    for i in range(2):
+        write_synthetic_clip(root / "videos" / f"c{i}.mp4", frames=20, width=160, height=144, fps=24.0, seed=i)
+    data, run = root / "datasets" / "canny", root / "runs" / "canny"
+    r = invoke("prepare", "canny", root / "videos", "--out", data, "--bucket", "128x128x17", "--json")
+    assert r.exit_code == 0, r.output
+    r = invoke("train", "canny", "--data", data, "--out", run, "--model", "tiny", "--steps", "4",
+               "--save-every", "2", "--json")
+    assert r.exit_code == 0, r.output
+    return root, data, run, json.loads(r.stdout)
+
+
+def test_modalities_json_lists_all_thirteen():
+    r = invoke("modalities", "--json")
+    assert r.exit_code == 0
+    rows = json.loads(r.stdout)
+    assert len(rows) == 13
+    assert {"name", "category", "streams", "context", "layout", "downscale", "rank", "targets", "steps"} <= rows[0].keys()
+
+
+def test_train_output_and_lora_metadata(chain):
+    _, _, run, result = chain
+    assert result["steps"] == 4 and Path(result["lora"]).is_file()
+    r = invoke("lora", "inspect", run / "lora.safetensors", "--json")
+    info = json.loads(r.stdout)
+    assert info["format"] == "comfyui" and info["ranks"] == [32] and info["groups"] == {"V.SA": 8}
+    assert info["reference_downscale_factor"] == "2"
+    meta = {k.removeprefix("avctl."): json.loads(v) for k, v in info["metadata"].items() if k.startswith("avctl.")}
+    assert meta["modality"] == "canny" and meta["context"] == "noised" and meta["audio_ref_time"] == "aligned"
+    assert meta["base_model"] == "tiny" and meta["alpha"] == meta["rank"] == 32
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00002.safetensors", "step_00004.safetensors"]
+
+
+def test_generate_writes_mp4_and_sidecar(chain):
+    root, data, run, _ = chain
+    control = sorted((data / "reference").glob("*.mp4"))[0]
+    out = root / "out" / "g.mp4"
+    args = ["generate", "--prompt", "a red ball", "--lora", f"{run / 'lora.safetensors'}@0.8", "--control", control,
+            "--strength", "0.5", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "17",
+            "--steps", "2", "--out", out, "--json"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["strength"] == 0.5 and side["seed"] == 42 and side["loras"][0]["scale"] == 0.8
+    assert side["modality"] == ["canny"] and side["loras"][0]["downscale"] == 2
+    info = probe(out)
+    assert info.has_video and info.has_audio
+    assert read_video(out).frames.shape[0] == 17
+    audio = read_audio(out, 16000)
+    assert abs(audio.shape[1] / 16000 - 17 / 24) <= 0.04
+    again = invoke(*args)  # never overwrites without --overwrite
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_eval_pair_and_runs(chain):
+    root, data, run, _ = chain
+    control = sorted((data / "reference").glob("*.mp4"))[0]
+    video = sorted((data / "video").glob("*.mp4"))[0]
+    r = invoke("eval", "canny", "--control", control, "--video", video, "--json", "--sheet", root / "sheet.png")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["metrics"]["edge_f1"] > 0.5  # the real clip against its own edges
+    assert (root / "sheet.png").is_file()
+
+
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path):
+    r = invoke("prepare", "canny", tmp_path / "missing")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    r = invoke("train", "canny", "--data", tmp_path / "nodata", "--model", "tiny")
+    assert r.exit_code == 1 and "nodata" in r.output and "Traceback" not in r.output
+    r = invoke("prepare", "nosuch", tmp_path)
+    assert r.exit_code == 1 and "unknown modality" in r.output
+    r = invoke("generate", "--prompt", "x", "--model", "tiny", "--strength", "0.5")
+    assert r.exit_code == 2 and "--width" in r.output
+    r = invoke("generate", "--prompt", "x", "--lora", "nope", "--model", "tiny")
+    assert r.exit_code == 1 and "tried" in r.output
+
+
+def test_train_refuses_dataset_of_another_modality(chain):
+    _, data, _, _ = chain
+    r = invoke("train", "depth", "--data", data, "--model", "tiny", "--steps", "1")
+    assert r.exit_code == 1 and "canny" in r.output
+
+
+def test_missing_weights_error_is_immediate_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    r = invoke("bench", "--model", "Lightricks/LTX-2", "--json")
+    assert r.exit_code == 1 and "Lightricks/LTX-2" in r.output and "download" in r.output
+
+
+def test_bench_json_rows():
+    r = invoke("bench", "--model", "tiny", "--downscale", "1,2", "--strength", "1,0.5", "--steps", "1",
+               "--warmup", "0", "--no-memory", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    avctl_rows = [x for x in rows if x["path"] == "avctl"]
+    assert len(avctl_rows) == 1 + 2 * 2  # the no-reference baseline + each setting
+    assert {"downscale", "strength", "tokens", "step_latency_s", "peak_mem_bytes", "ratio_vs_1x",
+            "predicted_ratio_vs_1x"} <= rows[0].keys()
+    two = next(x for x in avctl_rows if x["downscale"] == 2 and x["strength"] == 1.0)
+    one = next(x for x in avctl_rows if x["downscale"] == 1 and x["strength"] == 1.0)
+    assert two["tokens"] < one["tokens"] and 0 < two["predicted_ratio_vs_1x"] < 1
+    assert [x["strength"] for x in rows if x["path"] == "diffusers"] == [1.0, 0.0]
+
+
+def test_console_script_exit_codes():
+    """One real process: the installed entry point, usage errors exit 2."""
+    r = subprocess.run([sys.executable, "-m", "avctl.cli", "train"], capture_output=True, text=True)
+    assert r.returncode == 2
