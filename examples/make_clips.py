@@ -35,7 +35,8 @@ def make_clip(rng: np.random.Generator, width: int, height: int, frames: int, fp
             if s["kind"] == "circle":
                 cv2.circle(img, (int(x), int(y)), s["r"], s["colour"], -1)
             else:
-                cv2.rectangle(img, (int(x) - s["r"], int(y) - s["r"]), (int(x) + s["r"], int(y) + s["r"]), s["colour"], -1)
+                r = s["r"]
+                cv2.rectangle(img, (int(x) - r, int(y) - r), (int(x) + r, int(y) + r), s["colour"], -1)
         video[f] = img
     sr = 16000
     t = np.arange(int(frames / fps * sr)) / sr

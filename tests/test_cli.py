@@ -39,7 +39,8 @@ def test_modalities_json_lists_all_thirteen():
     assert r.exit_code == 0
     rows = json.loads(r.stdout)
     assert len(rows) == 13
-    assert {"name", "category", "streams", "context", "layout", "downscale", "rank", "targets", "steps"} <= rows[0].keys()
+    keys = {"name", "category", "streams", "context", "layout", "downscale", "rank", "targets", "steps"}
+    assert keys <= rows[0].keys()
 
 
 def test_train_output_and_lora_metadata(chain):
@@ -52,7 +53,8 @@ def test_train_output_and_lora_metadata(chain):
     meta = {k.removeprefix("avctl."): json.loads(v) for k, v in info["metadata"].items() if k.startswith("avctl.")}
     assert meta["modality"] == "canny" and meta["context"] == "noised" and meta["audio_ref_time"] == "aligned"
     assert meta["base_model"] == "tiny" and meta["alpha"] == meta["rank"] == 32
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00002.safetensors", "step_00004.safetensors"]
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step_00002.safetensors", "step_00004.safetensors"]
 
 
 def test_generate_writes_mp4_and_sidecar(chain):
@@ -77,7 +79,7 @@ def test_generate_writes_mp4_and_sidecar(chain):
 
 
 def test_eval_pair_and_runs(chain):
-    root, data, run, _ = chain
+    root, data, _, _ = chain
     control = sorted((data / "reference").glob("*.mp4"))[0]
     video = sorted((data / "video").glob("*.mp4"))[0]
     r = invoke("eval", "canny", "--control", control, "--video", video, "--json", "--sheet", root / "sheet.png")

@@ -1,5 +1,7 @@
 """Generation on the tiny model: determinism, strength semantics end to end, LoRA resolution, strength maps."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -60,7 +62,7 @@ def test_distance_to_full_strength_is_non_increasing(lora_path, control):
     full = gen(lora_path, control, strength=1.0).final_latents["video"]
     d = [float((gen(lora_path, control, strength=w).final_latents["video"] - full).norm())
          for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    assert d[-1] == 0 and all(x >= y for x, y in zip(d, d[1:], strict=False)), d
+    assert d[-1] == 0 and all(x >= y for x, y in pairwise(d)), d
 
 
 def test_constant_map_equals_global_strength(lora_path, control):

@@ -1,5 +1,7 @@
 """Attention strength: exact removal at 0, monotone in between, local maps, groups, the fast path, memory shape."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 from diffusers.models.transformers.transformer_ltx2 import LTX2Attention, LTX2AudioVideoAttnProcessor
@@ -62,7 +64,7 @@ def test_distance_to_full_strength_is_non_increasing_on_tiny_model(model):
     full = out(1.0)
     dists = [float((out(w) - full).norm()) for w in STRENGTHS]
     assert dists[-1] == 0.0
-    assert all(a >= b for a, b in zip(dists, dists[1:], strict=False)), dists
+    assert all(a >= b for a, b in pairwise(dists)), dists
 
 
 def _single_attention(seed=1):
@@ -93,7 +95,7 @@ def test_single_attention_moves_monotonically_towards_full_strength():
 
     full = out(1.0)
     dists = [float((out(w) - full).norm()) for w in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)]
-    assert all(a > b for a, b in zip(dists, dists[1:], strict=False)), dists
+    assert all(a > b for a, b in pairwise(dists)), dists
 
 
 def test_reference_groups_do_not_see_each_other():
