@@ -1,8 +1,8 @@
 """LTX-2 components from diffusers: load them (a diffusers-format directory, a cached hub id, or the built-in `tiny`
 preset), and turn media into the tensors the transformer reads and back.
 
-Everything here calls diffusers' own classes and the LTX-2 pipeline's static helpers (`LTX2Pipeline._pack_latents`,
-`_normalize_latents`, `_pack_audio_latents`, ...), so the math is the pipeline's. Conventions:
+Everything here calls diffusers' own classes and the LTX-2 pipeline's static helpers (`LTX2Pipeline._normalize_latents`,
+`_pack_audio_latents`, `_normalize_audio_latents`, ...), so the math is the pipeline's. Conventions:
 
     video frames   [B, F, H, W, 3] uint8            F ≡ 1 (mod vae_temporal), H, W multiples of vae_spatial
     video latents  [B, C, F', H', W']  NORMALISED   (z − mean)·scaling_factor / std, per channel (the VAE's mean)
@@ -629,13 +629,16 @@ def _directory_configs(directory: Path) -> dict[str, Any]:
                 entry: dict[str, Any] = {}
                 for file in sorted(p for p in folder.iterdir() if p.is_file()):
                     if file.suffix == ".json":
-                        data = _canonical_json(file)
                         # A used tokenizer saves its last call's padding / truncation / max_length too; keep only
                         # what changes the token ids.
-                        if isinstance(data, dict) and file.name == "tokenizer.json":
+                        if file.name == "tokenizer.json":
+                            data = json.loads(file.read_text())
                             data = {k: v for k, v in data.items() if k not in ("padding", "truncation")}
-                        elif isinstance(data, dict) and file.name == "tokenizer_config.json":
+                        elif file.name == "tokenizer_config.json":
+                            data = _canonical_json(file)
                             data = {k: v for k, v in data.items() if k.endswith("_token") or k in _TOKENIZER_KEYS}
+                        else:
+                            data = _canonical_json(file)
                         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
                         entry[file.name] = hashlib.sha256(text.encode()).hexdigest()
                     else:
@@ -643,7 +646,7 @@ def _directory_configs(directory: Path) -> dict[str, Any]:
                 configs[name] = entry
             elif (folder / "config.json").is_file():
                 configs[name] = _canonical_json(folder / "config.json")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, AttributeError) as e:  # AttributeError: a JSON file that is not an object
             raise BadInput(f"cannot read the config in {folder}: {e}") from e
     return configs
 
@@ -708,8 +711,8 @@ smile smiles smiling laugh laughs laughing cry cries open opens close closes hol
 throws catch catches eat eats drink drinks write writes read reads watch watches drive drives ride rides
 slowly quickly gently suddenly together alone again still very really just also only even
 day night morning evening sunset sunrise time moment scene shot view video clip film frame music sound
-voice noise song words silence background foreground close-up wide-angle camera-pan zoom pan tilt tracking
-static handheld cinematic realistic natural warm cold golden soft-light shadow shadows reflection
+voice noise song words silence background foreground closeup zoom pan tilt tracking angle focus blur
+static handheld cinematic realistic natural warm cold golden shadow shadows reflection
 """
 _TINY_SPECIALS = ("[PAD]", "[UNK]", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 _TINY_PUNCTUATION = (".", ",", "!", "?", "'", '"', ":", ";", "-", "(", ")")

@@ -227,6 +227,15 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/state when its configuration matches.")] = True,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint + resume state every N steps.")] = None,
     keep_last: Annotated[int | None, typer.Option(help="Checkpoints kept.")] = None,
+    validate_every: Annotated[
+        int | None,
+        typer.Option(help="Every N steps, generate a sample from the first manifest row into OUT/samples/ "
+                     "(mp4 + control | output PNG)."),
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="adamw (default) or adamw8bit (needs bitsandbytes, CUDA).")
+    ] = None,
+    tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs tensorboard).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -235,14 +244,15 @@ def train_cmd(
 
     from avctl.cache import load_samples
     from avctl.dataset import check_dataset, load_manifest
-    from avctl.train import TrainConfig, train
+    from avctl.train import Ranks, TrainConfig, make_validator, train
     from modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {
         "modality": modality, "data": data, "out": out_dir, "model": model, "steps": steps, "rank": rank, "lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
-        "keep_last": keep_last,
+        "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
+        "tensorboard": tensorboard or None,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
     try:
@@ -258,12 +268,17 @@ def train_cmd(
 
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
+    ranks = Ranks()
     backbone = _load_backbone(cfg.model)
-    with _progress(json_out) as progress:
+    with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
+        if not ranks.main:
+            ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
         samples, _ = load_samples(
             backbone, cfg.data, info, rows, progress=lambda d, t: progress.update(task, completed=d, total=t)
         )
+        if ranks.main:
+            ranks.barrier()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")
 
@@ -271,7 +286,11 @@ def train_cmd(
             progress.update(task, completed=step, total=total_steps, info=f"loss {row['loss']:.4f}")
 
         model_meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash()}
-        result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick)
+        validator = make_validator(backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed) if cfg.validate_every else None
+        result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,
+                       validate=validator, ranks=ranks)
+    if not ranks.main:
+        return
     if json_out:
         _emit(result.to_dict())
     else:
@@ -309,18 +328,276 @@ def _read_strength_map(path: Path) -> Any:
     return frames.mean(axis=-1).astype(np.float32) / 255.0  # [F, H, W] grey, white = 1
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+_BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "strength", "strength_ramp", "seed", "width",
+               "height", "frames", "fps", "out")
+
+
+def _read_image(path: Path) -> Any:
+    """A first-frame image as RGB uint8 [H, W, 3]: an image file, or the first frame of a video."""
+    import cv2
+
+    from avctl import media
+
+    if not path.is_file():
+        raise BadInput(f"{path}: --image not found")
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise BadInput(f"{path}: not a readable image; give a PNG or JPEG")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return media.read_video(path, max_frames=1).frames[0]
+
+
+def _lora_aliases(arg: str, lf: Any) -> set[str]:
+    """Names a `--control NAME=PATH` may use for a LoRA: the --lora argument, its file stem (the run folder's name
+    for runs/NAME/lora.safetensors) and its modality."""
+    from avctl.sample import parse_lora_arg
+
+    name, _ = parse_lora_arg(arg)
+    aliases = {name, Path(name).stem, lf.path.stem}
+    if lf.path.stem == "lora":
+        aliases.add(lf.path.parent.name)
+    modality = lf.avctl.get("modality")
+    if isinstance(modality, str):
+        aliases.add(modality)
+    return aliases
+
+
+def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> dict[str, Any]:
+    """Everything about one generation that needs no model, so bad input is refused before the model loads: the
+    output path, LoRA files, video controls, the --from-video source, the first-frame image, the strength map.
+    Audio controls are only checked here; they are read at the model's sample rate later."""
+    from avctl import media
+    from avctl.sample import LoraUse, open_lora
+
+    out_path = Path(opts["out"])
+    if out_path.suffix.lower() != ".mp4":
+        raise BadUsage(f"--out {out_path}: must end in .mp4")
+    if out_path.exists() and not overwrite:
+        raise BadInput(f"{out_path}: exists; pass --overwrite or choose another --out")
+    if not opts["prompt"]:
+        raise BadUsage("give --prompt TEXT (or --batch FILE.jsonl with a prompt per row)")
+    uses: list[Any] = []
+    aliases: list[set[str]] = []
+    for arg in opts["lora"]:
+        lf, scale = open_lora(arg)
+        uses.append(LoraUse(lf, scale))
+        aliases.append(_lora_aliases(arg, lf))
+    control_paths: list[Path | None] = [None] * len(uses)
+    for i, item in enumerate(opts["control"]):
+        name, sep, path_text = item.partition("=")
+        if sep and name and "/" not in name and not Path(item).exists():
+            idx = [k for k, a in enumerate(aliases) if name in a]
+            if not idx:
+                raise BadUsage(f"--control {item!r}: no --lora named {name!r} (LoRAs: "
+                               f"{', '.join(opts['lora']) or 'none'})")
+            if len(idx) > 1:
+                raise BadUsage(f"--control {item!r}: {name!r} names {len(idx)} LoRAs; use their file names")
+            k = idx[0]
+        else:
+            k, path_text = i, item
+        if k >= len(uses):
+            raise BadUsage(f"--control {item!r} has no LoRA to go with; give one --lora per control")
+        if control_paths[k] is not None:
+            raise BadUsage(f"--control {item!r}: {uses[k].name} already has a control ({control_paths[k]})")
+        control_paths[k] = Path(path_text)
+    size_from: Any = None
+    for use, path in zip(uses, control_paths, strict=True):
+        if path is None:
+            continue
+        if use.stream == "video":
+            clip = media.read_video(path)
+            use.control = clip.frames
+            size_from = size_from or clip
+        else:
+            media.probe(path)  # missing or unreadable: one line now, not after the model loaded
+    source = None
+    if opts["from_video"] is not None:
+        if all(p is not None for p in control_paths):
+            raise BadUsage("--from-video: every LoRA already has a --control; drop one of them")
+        source = media.read_video(Path(opts["from_video"]))
+        size_from = size_from or source
+    image = _read_image(Path(opts["image"])) if opts["image"] is not None else None
+    if preview and not any(u.stream == "video" for u in uses):
+        raise BadUsage("--preview shows a video control next to the output; this generation has no video LoRA")
+    width = opts["width"] or (size_from.frames.shape[2] if size_from else image.shape[1] if image is not None else None)
+    height = opts["height"] or (size_from.frames.shape[1] if size_from else image.shape[0] if image is not None
+                                else None)
+    if width is None or height is None or (opts["frames"] is None and size_from is None):
+        raise BadUsage("give --width, --height and --frames (or a --control / --from-video to take them from)")
+    smap = _read_strength_map(Path(opts["strength_map"])) if opts["strength_map"] else None
+    return {
+        "opts": opts, "uses": uses, "control_paths": control_paths, "source": source, "image": image,
+        "width": int(width), "height": int(height), "available": len(size_from.frames) if size_from else None,
+        "fps": float(opts["fps"] or (size_from.fps if size_from else 24.0)), "strength_map": smap,
+        "out": out_path,
+    }
+
+
+def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any], json_out: bool,
+                    warn: Callable[[str], None], label: str = "generate") -> dict[str, Any]:
+    """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
+    preview and contact sheet. Returns the sidecar."""
+    from avctl import media
+    from avctl.sample import control_from_video, generate, write_preview
+    from modalities.base import all_modalities
+
+    opts, uses, out_path = plan["opts"], plan["uses"], plan["out"]
+    w, h, rate = plan["width"], plan["height"], plan["fps"]
+    t = backbone.vae_temporal
+    f = opts["frames"] or max(1, (plan["available"] - 1) // t * t + 1)
+    control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
+    for k, (use, path) in enumerate(zip(uses, plan["control_paths"], strict=True)):
+        if path is not None and use.stream == "audio":
+            wav = media.read_audio(path, backbone.audio_sample_rate, 2)
+            if wav is None:
+                raise BadInput(f"{path}: has no audio stream; the audio LoRA {use.name} needs a .wav or a video "
+                               "with sound")
+            use.control_audio = wav
+        elif path is None and plan["source"] is not None:
+            source_path = Path(opts["from_video"])
+            src_audio = media.read_audio(source_path, backbone.audio_sample_rate, 2)
+            video, audio = control_from_video(
+                use.lora, plan["source"].frames, plan["source"].fps, width=w, height=h, frames=f,
+                seed=opts["seed"], key=source_path.name,
+                audio=src_audio, audio_rate=backbone.audio_sample_rate,
+            )
+            use.control, use.control_audio = video, audio
+            if video is not None:  # kept next to the output, so the generation can be evaluated and redone
+                written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
+                media.write_video(written, video, rate, lossless=True)
+                control_used[k] = str(written)
+            else:
+                control_used[k] = f"{opts['from_video']} (audio)"
+    if plan["source"] is not None and len(plan["source"].frames) > f:
+        warn(f"{opts['from_video']}: {len(plan['source'].frames)} frames; using the first {f}")
+    known = all_modalities()
+    for use in uses:
+        mod = known.get(use.lora.avctl.get("modality") or "")
+        if mod is not None and mod.first_frame_image and plan["image"] is None:
+            warn(f"{use.name} ({mod.name}) was trained with a first-frame image; pass --image for it to work as "
+                 "trained")
+    with _progress(json_out) as progress:
+        task = progress.add_task(label, total=None, info="")
+        result = generate(
+            backbone, opts["prompt"], uses, width=w, height=h, frames=f, fps=rate, strength=opts["strength"],
+            strength_map=plan["strength_map"], strength_ramp=_parse_ramp(opts["strength_ramp"]),
+            steps=settings["steps"], cfg=settings["cfg"], seed=opts["seed"], composite=settings["composite"],
+            first_frame=plan["image"], schedule=settings["schedule"], warn=warn,
+            progress=lambda d, n: progress.update(task, completed=d, total=n),
+        )
+    media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
+    sidecar: dict[str, Any] = {
+        "video": str(out_path),
+        "prompt": opts["prompt"],
+        "modality": [u.lora.avctl.get("modality") for u in uses],
+        "loras": [{"path": str(u.lora.path), "scale": u.scale, "downscale": u.lora.downscale,
+                   "stream": u.stream} for u in uses],
+        "control": control_used,
+        "from_video": str(opts["from_video"]) if opts["from_video"] else None,
+        "image": str(opts["image"]) if opts["image"] else None,
+        "composite": settings["composite"],
+        "strength": opts["strength"],
+        "strength_map": str(opts["strength_map"]) if opts["strength_map"] else None,
+        "strength_ramp": opts["strength_ramp"],
+        "seed": opts["seed"],
+        "steps": result.steps,
+        "schedule": result.schedule,
+        "cfg": settings["cfg"],
+        "model": backbone.model_id,
+        "size": {"width": w, "height": h, "frames": f, "fps": rate},
+        "audio_sample_rate": result.sample_rate,
+        "warnings": result.warnings,
+        "timings": result.timings,
+    }
+    if settings["preview"]:
+        preview, sheet = write_preview(out_path, result, caption=opts["prompt"])
+        sidecar.update(preview=str(preview), sheet=str(sheet))
+    side_path = out_path.with_suffix(".json")
+    tmp = side_path.with_name(f".{side_path.name}.tmp")
+    tmp.write_text(json.dumps(sidecar, indent=2))
+    os.replace(tmp, side_path)
+    return sidecar
+
+
+def _batch_rows(path: Path, flags: dict[str, Any]) -> list[tuple[int, dict[str, Any] | str]]:
+    """The rows of a --batch JSONL file, each merged over the command's flags, or the reason it is unusable.
+    A row without "out" writes OUT-<line>.mp4 (OUT from --out, line = the row's line number)."""
+    if not path.is_file():
+        raise BadInput(f"{path}: --batch file not found")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: unreadable batch file ({exc})") from exc
+    rows: list[tuple[int, dict[str, Any] | str]] = []
+    out = Path(flags["out"])
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rows.append((n, f"not JSON ({exc.msg}, column {exc.colno})"))
+            continue
+        if not isinstance(row, dict):
+            rows.append((n, "a row must be a JSON object"))
+            continue
+        unknown = sorted(set(row) - set(_BATCH_KEYS))
+        if unknown:
+            rows.append((n, f"unknown key(s) {', '.join(unknown)}; rows take {', '.join(_BATCH_KEYS)}"))
+            continue
+        merged = {**flags, "out": out.with_name(f"{out.stem}-{n:03d}{out.suffix}")}
+        problem = None
+        for key, value in row.items():
+            if key in ("lora", "control"):
+                value = [value] if isinstance(value, str) else value
+                if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    problem = f"{key!r} must be a string or a list of strings"
+            elif key in ("seed", "width", "height", "frames"):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    problem = f"{key!r} must be an integer"
+            elif key in ("strength", "fps"):
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    problem = f"{key!r} must be a number"
+            elif not isinstance(value, str):
+                problem = f"{key!r} must be a string"
+            merged[key] = value
+        rows.append((n, problem or merged))
+    if not rows:
+        raise BadInput(f"{path}: no rows; write one JSON object per line")
+    return rows
+
+
 @command("generate")
 def generate_cmd(
-    prompt: Annotated[str, typer.Option(help="Text prompt.")],
+    prompt: Annotated[str | None, typer.Option(help="Text prompt (required unless every --batch row has one).")] = None,
     lora: Annotated[
         list[str] | None,
         typer.Option(help="NAME_OR_PATH[@WEIGHT], repeatable. NAME resolves to runs/NAME/lora.safetensors, then "
-                     "$AVCTL_HOME/runs/NAME/lora.safetensors. @WEIGHT scales the LoRA (default 1)."),
+                     "$AVCTL_HOME/runs/NAME/lora.safetensors. @WEIGHT scales the LoRA (default 1). Video and audio "
+                     "LoRAs (metadata avctl.streams) may be mixed: they run in one joint pass."),
     ] = None,
     control: Annotated[
         list[str] | None,
-        typer.Option(help="[NAME=]PATH control video per LoRA (by LoRA name, or in order)."),
+        typer.Option(help="[NAME=]PATH control per LoRA (by LoRA name, run folder or modality; or in order): a video "
+                     "for a video LoRA, a .wav or a video with sound for an audio LoRA."),
     ] = None,
+    from_video: Annotated[
+        Path | None,
+        typer.Option(help="Source video: each LoRA without a --control gets its control from its modality's "
+                     "extractor (as `avctl prepare` makes it), at the output size; saved as OUT.control-K.mp4."),
+    ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="First-frame image (or a video's first frame): encoded as the first latent frame and kept "
+                     "clean (timestep 0) while the rest is generated. For camera-image / local-edit."),
+    ] = None,
+    composite: Annotated[
+        bool,
+        typer.Option(help="Merge the video LoRAs' controls into ONE reference (a later control's non-black pixels, "
+                     "any channel > 16, overwrite earlier ones) attended by all of them. Needs equal downscales."),
+    ] = False,
     strength: Annotated[float, typer.Option(help="Attention strength to the reference, 0–1 (1 = full).")] = 1.0,
     strength_map: Annotated[
         Path | None, typer.Option(help="Grey image or video, white = full strength, mapped onto the reference.")
@@ -328,90 +605,91 @@ def generate_cmd(
     strength_ramp: Annotated[str | None, typer.Option(help="START:END linear strength over time, e.g. 1:0.")] = None,
     model: ModelOpt = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 42,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
+    steps: Annotated[
+        int | None, typer.Option(help="Denoising steps. Default 30 (shifted); the distilled schedule has exactly 8.")
+    ] = None,
+    schedule: Annotated[
+        str,
+        typer.Option(help="σ schedule: auto (distilled when the model's folder name or id contains 'distilled', "
+                     "else shifted), shifted (LoRA-training shift by target token count) or distilled (LTX-2's "
+                     "fixed 8-step list)."),
+    ] = "auto",
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 = off, the paper's setting).")] = 1.0,
     width: Annotated[int | None, typer.Option(help="Output width. Default: the control's.")] = None,
     height: Annotated[int | None, typer.Option(help="Output height. Default: the control's.")] = None,
-    frames: Annotated[int | None, typer.Option(help="Output frames. Default: the control's.")] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Output frames (1 + a multiple of 8). Default: the control's, cut to fit.")
+    ] = None,
     fps: Annotated[float | None, typer.Option(help="Output frame rate. Default: the control's, else 24.")] = None,
     out_path: Annotated[Path, typer.Option("--out", help="Output mp4 (a sidecar .json is written next to it).")] = Path(
         "outputs/generation.mp4"
     ),
+    preview: Annotated[
+        bool, typer.Option(help="Also write OUT.preview.mp4 (control | output) and OUT.sheet.png (contact sheet).")
+    ] = False,
+    batch: Annotated[
+        Path | None,
+        typer.Option(help="JSONL file, one generation per row with any of prompt, lora, control, from_video, image, "
+                     "strength, strength_ramp, seed, width, height, frames, fps, out; missing keys take the flags. "
+                     "The model loads once; a bad row is reported and the rest go on (exit 1 if any failed)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
-    from avctl import media
-    from avctl.sample import LoraUse, generate, open_lora
+    from avctl.sample import resolve_schedule
 
-    if out_path.exists() and not overwrite:
-        raise BadInput(f"{out_path}: exists; pass --overwrite or choose another --out")
-    if out_path.suffix.lower() != ".mp4":
-        raise BadUsage(f"--out {out_path}: must end in .mp4")
-    uses = []
-    for arg in lora or []:
-        lf, scale = open_lora(arg)
-        uses.append(LoraUse(lf, scale))
-    names = [Path(a).stem if Path(a).suffix else a.split("@")[0] for a in (lora or [])]
-    size_from: Any = None
-    for i, item in enumerate(control or []):
-        name, sep, path_text = item.partition("=")
-        if not sep:
-            name, path_text = None, item
-        if name is not None:
-            if name not in names:
-                raise BadUsage(f"--control {item!r}: no --lora named {name!r} (LoRAs: {', '.join(names)})")
-            idx = names.index(name)
-        else:
-            idx = i
-        if idx >= len(uses):
-            raise BadUsage(f"--control {item!r} has no LoRA to go with; give one --lora per control")
-        clip = media.read_video(Path(path_text))
-        uses[idx].control = clip.frames
-        size_from = size_from or clip
-    w = width or (size_from.frames.shape[2] if size_from else None)
-    h = height or (size_from.frames.shape[1] if size_from else None)
-    f = frames or (size_from.frames.shape[0] if size_from else None)
-    rate = fps or (size_from.fps if size_from else 24.0)
-    if w is None or h is None or f is None:
-        raise BadUsage("give --width, --height and --frames (or a --control to take them from)")
-    smap = _read_strength_map(strength_map) if strength_map else None
-    backbone = _load_backbone(model)
-    with _progress(json_out) as progress:
-        task = progress.add_task("generate", total=steps, info="")
-        result = generate(
-            backbone, prompt, uses, width=w, height=h, frames=f, fps=rate, strength=strength, strength_map=smap,
-            strength_ramp=_parse_ramp(strength_ramp), steps=steps, cfg=cfg, seed=seed,
-            progress=lambda d, t: progress.update(task, completed=d),
-        )
-    media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
-    sidecar = {
-        "video": str(out_path),
-        "prompt": prompt,
-        "modality": [u.lora.avctl.get("modality") for u in uses],
-        "loras": [{"path": str(u.lora.path), "scale": u.scale, "downscale": u.lora.downscale} for u in uses],
-        "control": list(control or []),
-        "strength": strength,
-        "strength_map": str(strength_map) if strength_map else None,
-        "strength_ramp": strength_ramp,
-        "seed": seed,
-        "steps": steps,
-        "cfg": cfg,
-        "model": backbone.model_id,
-        "size": {"width": w, "height": h, "frames": f, "fps": rate},
-        "audio_sample_rate": result.sample_rate,
-        "timings": result.timings,
+    resolve_schedule(schedule, "")  # a misspelt --schedule is refused before anything loads
+    flags: dict[str, Any] = {
+        "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
+        "image": image, "strength": strength, "strength_map": strength_map, "strength_ramp": strength_ramp,
+        "seed": seed, "width": width, "height": height, "frames": frames, "fps": fps, "out": out_path,
     }
-    side_path = out_path.with_suffix(".json")
-    tmp = side_path.with_name(f".{side_path.name}.tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2))
-    os.replace(tmp, side_path)
-    if json_out:
-        _emit(sidecar)
-    else:
-        err.print(f"video: {out_path}  ({f} frames {w}x{h} @ {rate:g} fps, audio {result.sample_rate} Hz, "
-                  f"{result.timings['total_s']:.1f} s)")
+    settings = {"steps": steps, "cfg": cfg, "composite": composite, "schedule": schedule, "preview": preview}
 
+    def warner(prefix: str) -> Callable[[str], None]:
+        return lambda msg: err.print(f"avctl generate: {prefix}warning: {msg}", highlight=False, markup=False,
+                                     soft_wrap=True)
+
+    if batch is None:
+        plan = _plan_generation(flags, overwrite, preview)
+        backbone = _load_backbone(model)
+        sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
+        if json_out:
+            _emit(sidecar)
+        else:
+            size = sidecar["size"]
+            err.print(f"video: {sidecar['video']}  ({size['frames']} frames {size['width']}x{size['height']} @ "
+                      f"{size['fps']:g} fps, audio {sidecar['audio_sample_rate']} Hz, {sidecar['steps']} steps "
+                      f"{sidecar['schedule']}, {sidecar['timings']['total_s']:.1f} s)")
+            if preview:
+                err.print(f"preview: {sidecar['preview']}  sheet: {sidecar['sheet']}")
+        return
+
+    rows = _batch_rows(batch, flags)
+    backbone = _load_backbone(model) if any(isinstance(r, dict) for _, r in rows) else None
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for n, row in rows:
+        where = f"{batch.name} line {n}"
+        try:
+            if isinstance(row, str):
+                raise BadUsage(row)
+            plan = _plan_generation(row, overwrite, preview)
+            sidecar = _run_generation(backbone, plan, settings, json_out, warner(f"{where}: "), label=where)
+            results.append({"line": n, **sidecar})
+            if not json_out:
+                err.print(f"{where}: video {sidecar['video']}")
+        except AvctlError as exc:
+            failed += 1
+            results.append({"line": n, "error": str(exc)})
+            err.print(f"avctl generate: {where}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    if json_out:
+        _emit(results)
+    else:
+        err.print(f"batch {batch}: {len(rows) - failed} written, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
 
 # ------------------------------------------------------------------------------------------------ eval
 def _fmt(v: Any) -> str:

@@ -2,7 +2,14 @@
 
 Each step builds the same canvas training built — noisy target tokens at σ·1000, clean reference tokens at 0,
 reference coordinates stretched by the LoRA's downscale factor — and moves the target along the predicted velocity:
-x ← x + (σ_next − σ)·v. The σ schedule is shifted by the TARGET token count, exactly as in training.
+x ← x + (σ_next − σ)·v. The σ schedule is shifted by the TARGET token count, exactly as in training, unless the
+model is a distilled one (then its fixed 8-step σ list, diffusers' `DISTILLED_SIGMA_VALUES`).
+
+Video and audio LoRAs run in the same joint pass: a video LoRA's control becomes reference tokens on the video
+stream, an audio LoRA's (`avctl.streams = ["audio"]`) on the audio stream; each LoRA's references are their own
+group. With `composite=True` the video controls are first merged into ONE reference video (`composite_controls`)
+that all video LoRAs attend to. A first-frame image is encoded as the target's first latent frame and kept clean:
+those tokens carry timestep 0 and are written back after every step (conditioned tokens).
 """
 
 from __future__ import annotations
@@ -10,9 +17,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -29,9 +37,15 @@ from avctl.canvas import (
     unpack_audio,
     unpack_video,
 )
-from avctl.errors import BadInput, BadUsage
+from avctl.errors import AvctlError, BadInput, BadUsage
 from avctl.forward import predict
 from avctl.lora import LoraFile, load_lora, read_lora
+
+Schedule = Literal["auto", "shifted", "distilled"]
+SCHEDULES: tuple[str, ...] = ("auto", "shifted", "distilled")
+DEFAULT_STEPS = 30
+COMPOSITE_THRESHOLD = 16  # a control pixel counts as drawn (non-black) when any channel is above this
+ADAPTER_PREFIX = "avctl_gen_"
 
 
 # ------------------------------------------------------------------------------------------------ LoRA resolution
@@ -56,6 +70,11 @@ def resolve_lora(name_or_path: str) -> Path:
         if p.is_file():
             return p
     raise BadInput(f"LoRA {name_or_path!r} not found; tried: {', '.join(str(p) for p in tried)}")
+
+
+def open_lora(arg: str) -> tuple[LoraFile, float]:
+    name, scale = parse_lora_arg(arg)
+    return read_lora(resolve_lora(name)), scale
 
 
 # ------------------------------------------------------------------------------------------------ strength maps
@@ -98,7 +117,38 @@ def strength_tokens(
     return torch.from_numpy(values.reshape(1, -1))
 
 
-# ------------------------------------------------------------------------------------------------ generation
+# ------------------------------------------------------------------------------------------------ schedules
+def resolve_schedule(schedule: str, model_id: str) -> Literal["shifted", "distilled"]:
+    """"auto" → "distilled" when the model's folder name or hub id contains "distilled", else "shifted"."""
+    if schedule not in SCHEDULES:
+        raise BadUsage(f"--schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if schedule == "auto":
+        name = str(model_id).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        return "distilled" if "distilled" in name.lower() else "shifted"
+    return "distilled" if schedule == "distilled" else "shifted"
+
+
+def sigma_schedule(schedule: Literal["shifted", "distilled"], steps: int | None, target_tokens: int) -> torch.Tensor:
+    """σ values [steps + 1], from 1 down to 0.
+
+    shifted: linear 1 → 0 in `steps` (default 30) steps, then LTX-2's exponential shift at μ from the TARGET token
+    count (as in training). distilled: the distilled LTX-2 checkpoint's fixed list (diffusers'
+    `DISTILLED_SIGMA_VALUES`, from ltx-pipelines) with the terminal 0 appended, used as is (no shift): 8 steps."""
+    if schedule == "distilled":
+        from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
+
+        n = len(DISTILLED_SIGMA_VALUES)
+        if steps is not None and steps != n:
+            raise BadUsage(f"--steps {steps}: the distilled schedule has exactly {n} steps; drop --steps or pass "
+                           "--schedule shifted")
+        return torch.tensor([*DISTILLED_SIGMA_VALUES, 0.0], dtype=torch.float32)
+    steps = DEFAULT_STEPS if steps is None else steps
+    if steps < 1:
+        raise BadUsage("--steps must be at least 1")
+    return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift_mu(target_tokens))
+
+
+# ------------------------------------------------------------------------------------------------ controls
 @dataclass
 class LoraUse:
     """One LoRA in a generation: the file, its scale (the `@W`), and its control."""
@@ -112,15 +162,9 @@ class LoraUse:
     def stream(self) -> str:
         return (self.lora.avctl.get("streams") or ["video"])[0]
 
-
-@dataclass
-class Generation:
-    frames: np.ndarray  # [F, H, W, 3] uint8
-    audio: np.ndarray  # [2, N] float32
-    sample_rate: int
-    fps: float
-    timings: dict[str, float] = field(default_factory=dict)
-    final_latents: dict[str, torch.Tensor] = field(default_factory=dict)
+    @property
+    def name(self) -> str:
+        return self.lora.path.name
 
 
 def resize_control(frames: np.ndarray, size: tuple[int, int], n_frames: int) -> np.ndarray:
@@ -135,6 +179,123 @@ def resize_control(frames: np.ndarray, size: tuple[int, int], n_frames: int) -> 
     return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
 
 
+def composite_controls(controls: list[np.ndarray], threshold: int = COMPOSITE_THRESHOLD) -> np.ndarray:
+    """Merge same-shape controls [F, h, w, 3] into ONE (the paper's e.g. masked depth overlaid with pose): in list
+    order, a later control's non-black pixels — any channel > `threshold` — overwrite what is there."""
+    if not controls:
+        raise BadUsage("--composite needs at least one video control")
+    out = np.array(controls[0], dtype=np.uint8, copy=True)  # [F, h, w, 3]
+    for i, c in enumerate(controls[1:], start=1):
+        if c.shape != out.shape:
+            raise BadUsage(f"--composite: control {i + 1} is {tuple(c.shape)}, control 1 is {tuple(out.shape)}")
+        drawn = (c > threshold).any(axis=-1)  # [F, h, w]
+        out[drawn] = c[drawn]
+    return out
+
+
+def check_composite(uses: list[LoraUse]) -> int:
+    """The shared reference downscale factor of the video LoRAs to composite; BadUsage naming both factors when
+    two differ (one canvas has one reference grid)."""
+    video = [u for u in uses if u.stream == "video"]
+    if not video:
+        raise BadUsage("--composite needs at least one video LoRA with a --control")
+    first = video[0]
+    for other in video[1:]:
+        if other.lora.downscale != first.lora.downscale:
+            raise BadUsage(
+                f"--composite needs equal reference downscale factors: {first.name} has {first.lora.downscale}, "
+                f"{other.name} has {other.lora.downscale}; generate them as separate references (drop --composite)"
+            )
+    return first.lora.downscale
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def control_from_video(
+    lora: LoraFile,
+    source: np.ndarray,
+    fps: float,
+    *,
+    width: int,
+    height: int,
+    frames: int,
+    seed: int,
+    key: str,
+    audio: np.ndarray | None = None,
+    audio_rate: int | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Make a LoRA's control from a source video with its modality's extractor (the one `avctl prepare` uses):
+    the source [F, H, W, 3] is cut to `frames`, resized/centre-cropped to width×height (the output size) and
+    handed over as a `modalities.base.Clip` whose reference size is the output size ÷ the LoRA's downscale.
+    Returns (video control [F, h, w, 3] uint8 | None, audio control [2, N] float32 at `audio_rate` | None)."""
+    from avctl.media import fit_to_bucket
+    from modalities.base import Clip, get_modality
+
+    name = lora.avctl.get("modality")
+    if not isinstance(name, str) or not name:
+        raise BadUsage(f"{lora.path}: no avctl.modality in its metadata, so no extractor is known; give --control")
+    modality = get_modality(name)
+    if modality.extractor is None:
+        note = f" ({modality.extractor_note})" if modality.extractor_note else ""
+        raise BadUsage(f"--from-video: modality {name!r} ({lora.path.name}) has no extractor{note}; make the control "
+                       "yourself and pass it with --control")
+    if len(source) < frames:
+        raise BadInput(f"{key}: the source video has {len(source)} frames, the generation needs {frames}; pass "
+                       "--frames")
+    s = lora.downscale
+    clip = Clip(frames=fit_to_bucket(source[:frames], width, height), fps=fps, key=key, seed=seed,
+                reference_size=(height // s, width // s), audio=audio, sample_rate=audio_rate)
+    if name not in _EXTRACTORS:
+        _EXTRACTORS[name] = modality.extractor()
+    extractor = _EXTRACTORS[name]
+    try:
+        control = extractor(clip)
+    except AvctlError:
+        raise
+    except Exception as exc:  # an extractor bug becomes one line, not a traceback
+        raise AvctlError(f"{key}: the {name!r} extractor failed: {type(exc).__name__}: {exc}") from exc
+    video = control.frames if control.frames is not None else None
+    wav = control.audio
+    if wav is not None and audio_rate and control.sample_rate and control.sample_rate != audio_rate:
+        import torchaudio
+
+        wav = torchaudio.functional.resample(torch.from_numpy(wav), control.sample_rate, audio_rate).numpy()
+    if video is None and wav is None:
+        raise AvctlError(f"{key}: the {name!r} extractor returned no control")
+    return video, None if wav is None else wav.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+@dataclass
+class Generation:
+    frames: np.ndarray  # [F, H, W, 3] uint8
+    audio: np.ndarray  # [2, N] float32
+    sample_rate: int
+    fps: float
+    timings: dict[str, float] = field(default_factory=dict)
+    final_latents: dict[str, torch.Tensor] = field(default_factory=dict)
+    schedule: str = "shifted"
+    steps: int = 0
+    warnings: list[str] = field(default_factory=list)
+    # The video control as fed to the model (the first video LoRA's, or the composite), at reference size: the
+    # left half of a preview. None without a video reference.
+    control: np.ndarray | None = None  # [F, h, w, 3] uint8
+
+
+def _prepare_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A first-frame image [H, W, 3] (or [H, W] grey) uint8 → [1, height, width, 3], resized to cover and
+    centre-cropped (as buckets are)."""
+    from avctl.media import fit_to_bucket
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise BadInput(f"the first-frame image must be uint8 RGB [H, W, 3], got {img.dtype} {tuple(img.shape)}")
+    return fit_to_bucket(img[None], width, height)
+
+
 def generate(
     backbone: Any,
     prompt: str,
@@ -147,63 +308,199 @@ def generate(
     strength: float = 1.0,
     strength_map: np.ndarray | None = None,
     strength_ramp: tuple[float, float] | None = None,
-    steps: int = 30,
+    steps: int | None = None,
     cfg: float = 1.0,
     seed: int = 42,
     negative_prompt: str = "",
     use_references: bool = True,
+    composite: bool = False,
+    first_frame: np.ndarray | None = None,
+    schedule: str = "auto",
     progress: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Generation:
-    """Generate video + audio from a prompt with control LoRAs. `use_references=False` runs the same LoRAs with no
-    reference tokens at all (what strength 0 must equal)."""
+    """Generate video + audio from a prompt with control LoRAs (video and audio ones, in one joint pass).
+
+    `use_references=False` runs the same LoRAs with no reference tokens at all (what strength 0 must equal).
+    `composite=True` merges the video LoRAs' controls into one reference group (`composite_controls`).
+    `first_frame` [H, W, 3] uint8 conditions the first frame (kept clean at timestep 0 throughout).
+    `schedule`: "auto" | "shifted" | "distilled" (`resolve_schedule`); `steps` None = the schedule's default.
+    `warn` receives one-line notes (a control cut to length, a LoRA made for another model); they are also kept
+    in `Generation.warnings`."""
     if not 0.0 <= strength <= 1.0:
         raise BadUsage(f"--strength {strength} is outside [0, 1] (above 1 copies the reference)")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise BadUsage("--steps must be at least 1")
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        if warn is not None:
+            warn(message)
+
     t_start = time.perf_counter()
-    device = backbone.device
     transformer = backbone.transformer
     grid = backbone.latent_grid(frames, height, width)
     duration = frames / fps
     audio_frames = backbone.audio_latent_frames(duration)
+    kind = resolve_schedule(schedule, backbone.model_id)
+    sigmas = sigma_schedule(kind, steps, math.prod(grid))
+    n_steps = len(sigmas) - 1
 
-    # LoRAs: one named adapter each, scaled by @W.
-    names = []
-    for i, use in enumerate(loras):
-        name = f"avctl_gen_{i}"
-        if name in getattr(transformer, "peft_config", {}):
-            transformer.delete_adapters(name)
-        load_lora(transformer, use.lora, name)
-        names.append(name)
-    if names:
-        transformer.set_adapters(names, weights=[u.scale for u in loras])
+    # Everything that can be refused is checked before any adapter is attached.
+    if composite and use_references:
+        check_composite(loras)
+    for use in loras:
+        if use.stream not in ("video", "audio"):
+            raise BadInput(f"{use.lora.path}: avctl.streams {use.lora.avctl.get('streams')!r} names no known stream")
+        if not use_references:
+            continue
+        s = use.lora.downscale
+        if use.stream == "video":
+            if use.control is None:
+                raise BadUsage(f"{use.name}: needs a --control video (or --from-video)")
+            if height % (s * backbone.vae_spatial) or width % (s * backbone.vae_spatial):
+                raise BadUsage(
+                    f"{use.name} has reference downscale {s}: width and height must be multiples of "
+                    f"{s * backbone.vae_spatial}"
+                )
+            have = use.control.shape[0]
+            if have < frames:
+                t = backbone.vae_temporal
+                fits = f"; pass --frames {(have - 1) // t * t + 1} or fewer" if have >= 1 else ""
+                raise BadInput(f"{use.name}: its control has {have} frames, the generation needs {frames}{fits}")
+            if have > frames:
+                note(f"{use.name}: its control has {have} frames; using the first {frames}")
+        else:
+            if use.control_audio is None:
+                raise BadUsage(f"{use.name}: needs an audio --control (a .wav, or a video with sound)")
+            wav = np.asarray(use.control_audio)
+            if wav.ndim != 2:
+                raise BadInput(f"{use.name}: the audio control must be [channels, samples], got {wav.shape}")
+            needed = round(duration * backbone.audio_sample_rate)
+            seconds = wav.shape[1] / backbone.audio_sample_rate
+            if wav.shape[1] < needed:
+                raise BadInput(f"{use.name}: its audio control lasts {seconds:.2f} s, the generation {duration:.2f} s; "
+                               "give a longer control or fewer --frames")
+            if wav.shape[1] > needed + backbone.audio_hop:
+                note(f"{use.name}: its audio control lasts {seconds:.2f} s; using the first {duration:.2f} s")
+    model_hash = backbone.config_hash()
+    for use in loras:
+        theirs = use.lora.avctl.get("base_config_hash")
+        if theirs and theirs != model_hash:
+            made_for = use.lora.avctl.get("base_model") or "another model"
+            note(f"{use.name}: trained on {made_for} (config hash {theirs}), this model {backbone.model_id} has "
+                 f"{model_hash}; it may not fit")
+    image = _prepare_image(first_frame, width, height) if first_frame is not None else None
 
-    # References: each LoRA's control at its own downscale, one group per LoRA.
+    names: list[str] = []
+    try:
+        # LoRAs: one named adapter each, scaled by @W. Leftovers of an interrupted generation are removed first.
+        stale = [n for n in getattr(transformer, "peft_config", {}) if n.startswith(ADAPTER_PREFIX)]
+        if stale:
+            transformer.delete_adapters(stale)
+        for i, use in enumerate(loras):
+            name = f"{ADAPTER_PREFIX}{i}"
+            load_lora(transformer, use.lora, name)
+            names.append(name)
+        if names:
+            transformer.set_adapters(names, weights=[u.scale for u in loras])
+        result = _sample(
+            backbone, prompt, loras, grid=grid, audio_frames=audio_frames, height=height, width=width,
+            frames=frames, fps=fps, strength=strength, strength_map=strength_map, strength_ramp=strength_ramp,
+            sigmas=sigmas, cfg=cfg, seed=seed, negative_prompt=negative_prompt, use_references=use_references,
+            composite=composite, image=image, progress=progress,
+        )
+    finally:
+        if names:
+            transformer.delete_adapters(names)
+    video, wav, latents, control, t_prep, t_denoise = result
+    n_audio = round(duration * backbone.vocoder_sample_rate)
+    wav = wav[:, :n_audio] if wav.shape[1] >= n_audio else np.pad(wav, ((0, 0), (0, n_audio - wav.shape[1])))
+    t_end = time.perf_counter()
+    return Generation(
+        frames=video[:frames],
+        audio=wav.astype(np.float32),
+        sample_rate=backbone.vocoder_sample_rate,
+        fps=fps,
+        timings={
+            "prepare_s": round(t_prep - t_start, 4),
+            "denoise_s": round(t_denoise - t_prep, 4),
+            "decode_s": round(t_end - t_denoise, 4),
+            "total_s": round(t_end - t_start, 4),
+        },
+        final_latents=latents,
+        schedule=kind,
+        steps=n_steps,
+        warnings=notes,
+        control=control,
+    )
+
+
+def _sample(
+    backbone: Any,
+    prompt: str,
+    loras: list[LoraUse],
+    *,
+    grid: tuple[int, int, int],
+    audio_frames: int,
+    height: int,
+    width: int,
+    frames: int,
+    fps: float,
+    strength: float,
+    strength_map: np.ndarray | None,
+    strength_ramp: tuple[float, float] | None,
+    sigmas: torch.Tensor,
+    cfg: float,
+    seed: int,
+    negative_prompt: str,
+    use_references: bool,
+    composite: bool,
+    image: np.ndarray | None,
+    progress: Any,
+) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor], np.ndarray | None, float, float]:
+    """The sampler proper, with the adapters attached: references → Euler steps → decode."""
+    device = backbone.device
+    transformer = backbone.transformer
+    duration = frames / fps
+
+    def encode(ctrl: np.ndarray) -> torch.Tensor:
+        return backbone.encode_video(torch.from_numpy(np.ascontiguousarray(ctrl))[None].to(device))
+
+    def video_strength(lat: torch.Tensor) -> float | torch.Tensor:
+        return strength_tokens(tuple(lat.shape[2:]), backbone.vae_temporal, strength, strength_map, strength_ramp)
+
+    # References: each LoRA's control at its own downscale, one group per LoRA — or, composited, one group for all
+    # video LoRAs. Audio references are time-aligned with the target.
     video_refs: list[Reference] = []
     audio_refs: list[Reference] = []
+    shown: np.ndarray | None = None
     if use_references:
-        for group, use in enumerate(loras):
+        video_uses = [u for u in loras if u.stream == "video"]
+        if composite and video_uses:
+            s = video_uses[0].lora.downscale
+            merged = composite_controls([resize_control(u.control, (height // s, width // s), frames)
+                                         for u in video_uses])
+            lat = encode(merged)
+            video_refs.append(Reference(lat, s, video_strength(lat), 0))
+            shown = merged
+        for group, use in enumerate(loras, start=1 if composite else 0):
             s = use.lora.downscale
             if use.stream == "video":
-                if use.control is None:
-                    raise BadUsage(f"{use.lora.path.name}: needs a --control video")
-                if height % (s * backbone.vae_spatial) or width % (s * backbone.vae_spatial):
-                    raise BadUsage(
-                        f"{use.lora.path.name} has reference downscale {s}: width and height must be multiples of "
-                        f"{s * backbone.vae_spatial}"
-                    )
+                if composite:
+                    continue
                 ctrl = resize_control(use.control, (height // s, width // s), frames)
-                lat = backbone.encode_video(torch.from_numpy(np.ascontiguousarray(ctrl))[None].to(device))
-                ref_grid = tuple(lat.shape[2:])
-                w = strength_tokens(ref_grid, backbone.vae_temporal, strength, strength_map, strength_ramp)
-                video_refs.append(Reference(lat, s, w, group))
+                lat = encode(ctrl)
+                video_refs.append(Reference(lat, s, video_strength(lat), group))
+                shown = ctrl if shown is None else shown
             else:
-                if use.control_audio is None:
-                    raise BadUsage(f"{use.lora.path.name}: needs an audio --control")
-                mel = backbone.waveform_to_mel(torch.from_numpy(use.control_audio)[None].to(device))
+                needed = round(duration * backbone.audio_sample_rate)
+                wav = torch.from_numpy(np.ascontiguousarray(use.control_audio[:, :needed], dtype=np.float32))
+                mel = backbone.waveform_to_mel(wav[None].to(device))
                 lat = backbone.encode_audio(mel)[:, :, :audio_frames]
                 if lat.shape[2] < audio_frames:
-                    raise BadInput("the audio control is shorter than the generation")
+                    raise BadInput(f"{use.name}: the audio control is shorter than the generation")
                 w = float(strength) if strength_ramp is None else torch.from_numpy(
                     np.linspace(*strength_ramp, audio_frames, dtype=np.float32)[None] * strength
                 )
@@ -222,18 +519,28 @@ def generate(
     x_audio = torch.randn((1, backbone.audio_latent_channels, audio_frames, mel_per_token), generator=gen).to(
         device, dtype
     )
-    sigmas = shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift_mu(math.prod(grid)))
+    # First-frame conditioning: the image's latent is the target's first latent frame (the causal VAE encodes
+    # pixel frame 0 alone into it), clean: its tokens — the first H'·W' in (f, h, w) order — carry timestep 0
+    # and are written back after every step, so the sampler never moves them.
+    clean_first: torch.Tensor | None = None
+    n_clean = 0
+    if image is not None:
+        clean_first = encode(image).to(device, dtype)  # [1, C, 1, H', W']
+        x_video[:, :, :1] = clean_first
+        n_clean = grid[1] * grid[2]
     t_prep = time.perf_counter()
 
     transformer.eval()
     with torch.no_grad():
-        for i in range(steps):
+        for i in range(len(sigmas) - 1):
             sigma = torch.full((1,), float(sigmas[i]), device=device)
             canvas = Canvas(
                 build_stream("video", transformer, x_video, sigma, video_refs, fps=fps),
                 build_stream("audio", transformer, x_audio, sigma, audio_refs),
                 direction=direction,
             )
+            if n_clean:
+                canvas.video.timestep[:, :n_clean] = 0.0
             v_pred, a_pred = predict(transformer, canvas, text.video, text.audio, text.mask)
             v_pred, a_pred = canvas.video.target(v_pred), canvas.audio.target(a_pred)
             if negative is not None:
@@ -243,33 +550,48 @@ def generate(
             dt = float(sigmas[i + 1] - sigmas[i])
             x_video = unpack_video(pack_video(x_video) + dt * v_pred.float(), grid)
             x_audio = unpack_audio(pack_audio(x_audio) + dt * a_pred.float(), backbone.audio_latent_channels)
+            if clean_first is not None:
+                x_video[:, :, :1] = clean_first
             if progress:
-                progress(i + 1, steps)
+                progress(i + 1, len(sigmas) - 1)
     t_denoise = time.perf_counter()
 
     with torch.no_grad():
         video = backbone.decode_video(x_video)[0].cpu().numpy()
-        wav = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy()
-    n_audio = round(duration * backbone.vocoder_sample_rate)
-    wav = wav[:, :n_audio] if wav.shape[1] >= n_audio else np.pad(wav, ((0, 0), (0, n_audio - wav.shape[1])))
-    if names:
-        transformer.delete_adapters(names)
-    t_end = time.perf_counter()
-    return Generation(
-        frames=video[:frames],
-        audio=wav.astype(np.float32),
-        sample_rate=backbone.vocoder_sample_rate,
-        fps=fps,
-        timings={
-            "prepare_s": round(t_prep - t_start, 4),
-            "denoise_s": round(t_denoise - t_prep, 4),
-            "decode_s": round(t_end - t_denoise, 4),
-            "total_s": round(t_end - t_start, 4),
-        },
-        final_latents={"video": x_video.cpu(), "audio": x_audio.cpu()},
-    )
+        wav_out = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy()
+    return video, wav_out, {"video": x_video.cpu(), "audio": x_audio.cpu()}, shown, t_prep, t_denoise
 
 
-def open_lora(arg: str) -> tuple[LoraFile, float]:
-    name, scale = parse_lora_arg(arg)
-    return read_lora(resolve_lora(name)), scale
+# ------------------------------------------------------------------------------------------------ previews
+def preview_paths(out: Path) -> tuple[Path, Path]:
+    """`<out>.preview.mp4` and `<out>.sheet.png` next to an output `<out>.mp4`."""
+    out = Path(out)
+    return out.with_suffix(".preview.mp4"), out.with_suffix(".sheet.png")
+
+
+def side_by_side(control: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """[F, H, W_c + W, 3]: the control resized to the output's height (aspect kept, even width) | the output."""
+    f, h = output.shape[0], output.shape[1]
+    ch, cw = control.shape[1:3]
+    new_w = max(2, round(cw * h / ch / 2) * 2)
+    ctrl = control[:f]
+    if len(ctrl) < f:  # a shorter control (never the case for what generate() fed) holds its last frame
+        ctrl = np.concatenate([ctrl, np.repeat(ctrl[-1:], f - len(ctrl), axis=0)])
+    interp = cv2.INTER_AREA if new_w < cw else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(c, (new_w, h), interpolation=interp) for c in ctrl])
+    return np.concatenate([resized, output], axis=2)
+
+
+def write_preview(out: Path, result: Generation, caption: str = "") -> tuple[Path, Path]:
+    """Write `<out>.preview.mp4` (control | output, with the generated audio) and `<out>.sheet.png` (a contact
+    sheet: control row, output row). Needs the generation's video control."""
+    from avctl import media
+    from avctl.metrics import contact_sheet
+
+    if result.control is None:
+        raise BadUsage("--preview needs a video control (an audio-only or control-free generation has none)")
+    preview, sheet = preview_paths(out)
+    both = side_by_side(result.control, result.frames)
+    media.write_video(preview, both, result.fps, audio=result.audio, sample_rate=result.sample_rate)
+    contact_sheet(sheet, [("control", result.control), ("output", result.frames)], caption=caption)
+    return preview, sheet

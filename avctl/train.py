@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,10 +54,14 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     gradient_checkpointing: bool | None = None  # default: on for CUDA
     weight_decay: float = 0.0
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    validate_every: int | None = Field(default=None, gt=0)  # steps between validation samples (None = off)
+    tensorboard: bool = False
 
     def fingerprint(self) -> str:
         """What must match for a resume: everything but the step target, output and data location."""
-        d = self.model_dump(mode="json", exclude={"steps", "out", "data", "save_every", "keep_last"})
+        d = self.model_dump(mode="json", exclude={"steps", "out", "data", "save_every", "keep_last",
+                                                   "validate_every", "tensorboard"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -172,12 +176,14 @@ def collate(samples: list[Sample], device: torch.device) -> dict[str, torch.Tens
     }
 
 
-def draw_noise(generator: torch.Generator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Noise for both streams from the run's generator (on CPU, so CPU and GPU runs draw the same numbers)."""
-    return {
-        name: torch.randn(batch[name].shape, generator=generator).to(batch[name].device, batch[name].dtype)
-        for name in ("video", "audio")
-    }
+def draw_noise(generator: torch.Generator, batch: dict[str, torch.Tensor], world: int = 1) -> dict[str, torch.Tensor]:
+    """Noise for both streams from the run's generator (on CPU, so CPU and GPU runs draw the same numbers); for
+    `world` ranks it is drawn for the whole global batch (each rank slices out its own)."""
+    out = {}
+    for name in ("video", "audio"):
+        shape = (batch[name].shape[0] * world, *batch[name].shape[1:])
+        out[name] = torch.randn(shape, generator=generator).to(batch[name].device, batch[name].dtype)
+    return out
 
 
 def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
@@ -244,6 +250,89 @@ def load_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return meta, load_file(str(state_dir / meta["tensors"]))
 
 
+# ------------------------------------------------------------------------------------------------ distributed
+class Ranks:
+    """Data-parallel ranks from the launcher's environment (torchrun / `accelerate launch` set WORLD_SIZE, RANK,
+    MASTER_ADDR/PORT). One process is world size 1 and every call below is a no-op."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier()
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Mean of the LoRA gradients over ranks (what DDP does; only the LoRA has gradients)."""
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                self.dist.all_reduce(p.grad, op=self.dist.ReduceOp.SUM)
+                p.grad /= self.world
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
+        return float(t) / self.world
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; bitsandbytes' 8-bit AdamW when asked and installed (a clear error otherwise)."""
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise BadUsage("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (CUDA only)") from exc
+        return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class MetricsLog:
+    """metrics.jsonl (always) and TensorBoard (when installed and asked for), written by the main rank."""
+
+    def __init__(self, out: Path, tensorboard: bool, main: bool) -> None:
+        self.path = out / "metrics.jsonl"
+        self.main = main
+        self.writer = None
+        if tensorboard and main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise BadUsage("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, float):
+                    self.writer.add_scalar(f"train/{k}", v, row["step"])
+            self.writer.flush()
+
+
 # ------------------------------------------------------------------------------------------------ the run
 @dataclass
 class TrainResult:
@@ -275,9 +364,17 @@ def train(
     resume: bool = True,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
+    validate: Callable[[int], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train `modality`'s LoRA on cached `samples`. `stop_after` abandons the run right after that step without
-    saving anything more — the test hook that stands for a kill."""
+    saving anything more — the test hook that stands for a kill. `validate(step)` runs every
+    `config.validate_every` steps on the main rank.
+
+    Data parallel (several ranks): every rank draws the same data order, σ and noise from the one generator for the
+    whole global batch (world × batch) and keeps its own slice, so ranks see disjoint samples and the generator
+    state stays identical everywhere (one state file resumes all ranks); LoRA gradients are averaged."""
+    ranks = ranks or Ranks()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     total = config.steps or modality.steps
@@ -293,7 +390,7 @@ def train(
     if use_ckpt:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
     generator = torch.Generator().manual_seed(config.seed)
     fingerprint = config.fingerprint()
 
@@ -316,12 +413,14 @@ def train(
         generator.set_state(tensors["generator"])
         step, cursor, order = meta["step"], meta["cursor"], meta["order"]
     resumed_from = step
-    _truncate_metrics(out / "metrics.jsonl", step)
+    if ranks.main:
+        _truncate_metrics(out / "metrics.jsonl", step)
+    log = MetricsLog(out, config.tensorboard, ranks.main)
     if step >= total:
         raise BadUsage(f"{out}: already at step {step} ≥ --steps {total}; raise --steps to train further")
 
     losses: list[float] = []
-    metrics_path = out / "metrics.jsonl"
+    per_rank = config.batch_size
     start = time.perf_counter()
     while step < total:
         t0 = time.perf_counter()
@@ -330,16 +429,21 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         parts_sum: dict[str, float] = {}
         loss_sum = 0.0
+        seen: list[int] = []
         for _ in range(config.grad_accum):
-            idx = []
-            for _ in range(config.batch_size):
+            global_idx = []
+            for _ in range(per_rank * ranks.world):
                 if cursor >= len(order):
                     order, cursor = torch.randperm(len(samples), generator=generator).tolist(), 0
-                idx.append(order[cursor])
+                global_idx.append(order[cursor])
                 cursor += 1
+            mine = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
+            idx = global_idx[mine]
+            seen += idx
             batch = collate([samples[i] for i in idx], device)
-            sigma = sample_sigmas(generator, len(idx), schedule_tokens(modality, batch)).to(device)
-            noise = draw_noise(generator, batch)
+            sigma = sample_sigmas(generator, len(global_idx), schedule_tokens(modality, batch))[mine].to(device)
+            noise = draw_noise(generator, batch, ranks.world)
+            noise = {k: v[mine] for k, v in noise.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, parts = step_loss(modality, transformer, batch, sigma, noise)
             if not torch.isfinite(loss):
@@ -351,29 +455,37 @@ def train(
             loss_sum += float(loss.detach()) / config.grad_accum
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / config.grad_accum
+        ranks.average_grads(params)
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         step += 1
+        loss_sum = ranks.mean(loss_sum)
+        parts_sum = {k: ranks.mean(v) for k, v in parts_sum.items()}
         losses.append(loss_sum)
         row = {"step": step, "loss": loss_sum, **parts_sum, "lr": optimizer.param_groups[0]["lr"],
-               "step_time_s": time.perf_counter() - t0, "world_size": 1}
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if progress:
+               "step_time_s": time.perf_counter() - t0, "world_size": ranks.world, "samples": ranks.gather(seen)}
+        log.write(row)
+        if progress and ranks.main:
             progress(step, total, row)
-        if step % config.save_every == 0 or step == total:
+        if validate is not None and config.validate_every and step % config.validate_every == 0 and ranks.main:
+            transformer.eval()
+            validate(step)
+            transformer.train()
+        if (step % config.save_every == 0 or step == total) and ranks.main:
             lora = lora_state_dict(transformer)
             save_lora(out / "checkpoints" / f"step_{step:05d}.safetensors", lora, modality.downscale,
                       lora_metadata(modality, rank, step, model_meta, config))
             _prune_checkpoints(out / "checkpoints", config.keep_last)
             save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint)
+        ranks.barrier()
         if stop_after is not None and step >= stop_after:
             break
 
     lora_path = out / "lora.safetensors"
-    if step == total:
+    if step == total and ranks.main:
         save_lora(lora_path, lora_state_dict(transformer), modality.downscale,
                   lora_metadata(modality, rank, step, model_meta, config))
+    ranks.barrier()
     return TrainResult(out, lora_path, step, resumed_from, losses, time.perf_counter() - start)
 
 
@@ -439,3 +551,45 @@ def _version() -> str:
 
     return __version__
 
+
+
+def make_validator(
+    backbone: Any, dataset: Path, row: dict[str, Any], modality: Modality, out: Path, seed: int, steps: int = 20
+) -> Callable[[int], None]:
+    """A validation hook: generate through the sampler with the LoRA as it is now, from a manifest row's prompt and
+    control, with its own seed, and write OUT/samples/step_XXXXX.mp4 + a control | output contact sheet PNG."""
+    from avctl import media
+    from avctl.lora import LoraFile, lora_state_dict
+    from avctl.metrics import contact_sheet
+    from avctl.sample import LoraUse, generate
+
+    target = media.read_video(dataset / row["video"])
+    control = media.read_video(dataset / row["reference_video"]).frames if row.get("reference_video") else None
+    control_audio = None
+    if row.get("reference_audio"):
+        control_audio = media.read_audio(dataset / row["reference_audio"], backbone.audio_sample_rate, 2)
+    f, h, w = target.frames.shape[:3]
+
+    def validate(step: int) -> None:
+        tr = backbone.transformer
+        live = LoraFile(
+            path=out / "lora (training)",
+            state_dict={f"transformer.{k}": v for k, v in lora_state_dict(tr).items()},
+            metadata={"reference_downscale_factor": str(modality.downscale)},
+            avctl={"streams": list(modality.streams), "strength_direction": modality.strength_direction},
+        )
+        result = generate(backbone, row.get("caption", ""), [LoraUse(live, 1.0, control, control_audio)],
+                          width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed)
+        tr.set_adapters(["avctl"])  # the sampler attached its own copy; make the training adapter active again
+        for n, p in tr.named_parameters():
+            if ".avctl." in n and "lora_" in n:
+                p.requires_grad_(True)
+        folder = out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        media.write_video(folder / f"step_{step:05d}.mp4", result.frames, result.fps, audio=result.audio,
+                          sample_rate=result.sample_rate)
+        rows = [("control", control)] if control is not None else []
+        contact_sheet(folder / f"step_{step:05d}.png", [*rows, ("output", result.frames)],
+                      caption=f"step {step}: {row.get('caption', '')}")
+
+    return validate

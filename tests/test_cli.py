@@ -133,3 +133,16 @@ def test_console_script_exit_codes():
     """One real process: the installed entry point, usage errors exit 2."""
     r = subprocess.run([sys.executable, "-m", "avctl.cli", "train"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_validation_samples_do_not_disturb_training(chain):
+    from safetensors.torch import load_file
+
+    root, data, _, _ = chain
+    a, b = root / "val_on", root / "val_off"
+    common = ["train", "canny", "--data", data, "--model", "tiny", "--steps", "3", "--rank", "4"]
+    assert invoke(*common, "--out", a, "--validate-every", "2").exit_code == 0
+    assert invoke(*common, "--out", b).exit_code == 0
+    assert (a / "samples" / "step_00002.mp4").is_file() and (a / "samples" / "step_00002.png").is_file()
+    wa, wb = load_file(str(a / "lora.safetensors")), load_file(str(b / "lora.safetensors"))
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)

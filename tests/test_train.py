@@ -99,3 +99,13 @@ def test_empty_dataset_is_refused(tmp_path):
 def test_config_forbids_unknown_keys():
     with pytest.raises(ValueError):
         TrainConfig(modality="canny", learning_rate=1)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    samples = make_samples(3)
+    samples[2].video[:] = float("nan")  # a corrupt sample: the first step that draws it has a NaN loss
+    with pytest.raises(BadInput, match="non-finite"):
+        train(cfg(tmp_path, steps=20, save_every=1), CANNY, samples, fresh_transformer(), {})
+    for ckpt in (tmp_path / "run" / "checkpoints").glob("*.safetensors"):
+        assert all(torch.isfinite(t.float()).all() for t in load_file(str(ckpt)).values())
+    assert not (tmp_path / "run" / "lora.safetensors").exists()
