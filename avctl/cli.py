@@ -414,6 +414,8 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
             media.probe(path)  # missing or unreadable: one line now, not after the model loaded
     source = None
     if opts["from_video"] is not None:
+        if not uses:
+            raise BadUsage("--from-video makes controls for LoRAs; give a --lora")
         if all(p is not None for p in control_paths):
             raise BadUsage("--from-video: every LoRA already has a --control; drop one of them")
         source = media.read_video(Path(opts["from_video"]))
@@ -421,9 +423,8 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     image = _read_image(Path(opts["image"])) if opts["image"] is not None else None
     if preview and not any(u.stream == "video" for u in uses):
         raise BadUsage("--preview shows a video control next to the output; this generation has no video LoRA")
-    width = opts["width"] or (size_from.frames.shape[2] if size_from else image.shape[1] if image is not None else None)
-    height = opts["height"] or (size_from.frames.shape[1] if size_from else image.shape[0] if image is not None
-                                else None)
+    found = size_from.frames.shape[1:3] if size_from else image.shape[:2] if image is not None else (None, None)
+    height, width = opts["height"] or found[0], opts["width"] or found[1]
     if width is None or height is None or (opts["frames"] is None and size_from is None):
         raise BadUsage("give --width, --height and --frames (or a --control / --from-video to take them from)")
     smap = _read_strength_map(Path(opts["strength_map"])) if opts["strength_map"] else None
@@ -448,6 +449,7 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     t = backbone.vae_temporal
     f = opts["frames"] or max(1, (plan["available"] - 1) // t * t + 1)
     control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
+    src_audio: Any = None
     for k, (use, path) in enumerate(zip(uses, plan["control_paths"], strict=True)):
         if path is not None and use.stream == "audio":
             wav = media.read_audio(path, backbone.audio_sample_rate, 2)
@@ -457,7 +459,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             use.control_audio = wav
         elif path is None and plan["source"] is not None:
             source_path = Path(opts["from_video"])
-            src_audio = media.read_audio(source_path, backbone.audio_sample_rate, 2)
+            if src_audio is None:
+                src_audio = media.read_audio(source_path, backbone.audio_sample_rate, 2)
             video, audio = control_from_video(
                 use.lora, plan["source"].frames, plan["source"].fps, width=w, height=h, frames=f,
                 seed=opts["seed"], key=source_path.name,
@@ -574,7 +577,7 @@ def generate_cmd(
     prompt: Annotated[str | None, typer.Option(help="Text prompt (required unless every --batch row has one).")] = None,
     lora: Annotated[
         list[str] | None,
-        typer.Option(help="NAME_OR_PATH[@WEIGHT], repeatable. NAME resolves to runs/NAME/lora.safetensors, then "
+        typer.Option(help="NAME_OR_PATH\\[@WEIGHT], repeatable. NAME resolves to runs/NAME/lora.safetensors, then "
                      "$AVCTL_HOME/runs/NAME/lora.safetensors. @WEIGHT scales the LoRA (default 1). Video and audio "
                      "LoRAs (metadata avctl.streams) may be mixed: they run in one joint pass."),
     ] = None,
