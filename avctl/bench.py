@@ -1,10 +1,11 @@
 """Speed and memory of one denoising step on the canvas, per reference downscale and strength, in one run.
 
 All timed settings run in one process on the same model and inputs so their ratios are fair; each latency is the
-median of N steps after a warm-up. Memory: CUDA's max-allocated bytes on a GPU; on CPU each setting runs again in a
-subprocess whose peak RSS is read (the in-process allocator does not give per-setting peaks). The analytic size of
-the strength bias is reported next to it: avctl's per-key bias is B·T_keys floats per row block, where diffusers'
-`video_self_attention_mask` path materialises B·heads·T² (the mask is repeated per head).
+median of N steps after a warm-up. Memory: CUDA's max-allocated bytes on a GPU; on CPU each setting runs once in a
+forked child process whose peak RSS is read (the in-process allocator gives no per-setting peaks; a fork shares the
+loaded model instead of re-importing and re-loading it). The analytic size of the strength bias is reported next to
+it: avctl's per-key bias is B·T_keys floats per row block, where diffusers' `video_self_attention_mask` path
+materialises B·heads·T² (the mask is repeated per head).
 
 The predicted ratio uses cost ∝ T·(6d + T) per block (projections + FF ∝ T·d, attention ∝ T²), with d the video
 width: a first-order model for comparing the measured ratios against.
@@ -12,11 +13,9 @@ width: a first-order model for comparing the measured ratios against.
 
 from __future__ import annotations
 
-import json
 import os
+import resource
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,6 +42,7 @@ class BenchRow:
     ratio_vs_noref: float = 1.0
     ratio_vs_1x: float | None = None
     predicted_ratio_vs_1x: float | None = None
+    avctl_over_diffusers: float | None = None  # on diffusers rows: avctl's latency at the same setting / this one
 
 
 def _inputs(backbone: Any, width: int, height: int, frames: int, seed: int = 0) -> dict[str, Any]:
@@ -82,19 +82,14 @@ def _canvas(backbone: Any, inputs: dict[str, Any], ref: torch.Tensor | None, s: 
     )
 
 
-def _time(fn: Any, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _time_once(fn: Any, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def _diffusers_step(backbone: Any, canvas: Canvas, inputs: dict[str, Any], strength: float) -> Any:
@@ -161,9 +156,12 @@ def run_bench(
     settings: list[tuple[str, int | None, float | None]] = [("avctl", None, None)]
     settings += [("avctl", s, w) for s in downscales for w in strengths]
     if compare_diffusers:
+        # diffusers' fractional strengths mean something else (a hard mask), so compare at 1.0 and 0.0 only,
+        # with avctl timed at the same two settings
+        settings += [("avctl", 1, w) for w in (1.0, 0.0) if ("avctl", 1, w) not in settings]
         settings += [("diffusers", 1, w) for w in (1.0, 0.0)]
-    rows: list[BenchRow] = []
-    for i, (path, s, w) in enumerate(settings):
+    prepared = []
+    for path, s, w in settings:
         ref = _reference(backbone, inputs, s) if s is not None else None
         canvas = _canvas(backbone, inputs, ref, s or 1, 1.0 if w is None else w)
         if path == "avctl":
@@ -172,18 +170,32 @@ def run_bench(
                     predict(tr, c, *inputs["text"])
         else:
             step = _diffusers_step(backbone, canvas, inputs, w)
+        prepared.append((path, s, w, canvas, step))
+    # CPU memory first, from a parent that has run nothing yet: each setting runs once in a forked child.
+    cpu_peaks = {}
+    if measure_memory and device.type != "cuda":
+        cpu_peaks = {i: _forked_peak_rss(step) for i, (*_, step) in enumerate(prepared)}
+    for _ in range(warmup):  # one-time costs (allocator growth, kernel selection) before anything is timed
+        for *_, step in prepared:
+            step()
+    # Round-robin: every repetition times each setting once, so drift (other load, clocks) hits all alike.
+    times: list[list[float]] = [[] for _ in prepared]
+    for rep in range(steps):
+        for i, (*_, step) in enumerate(prepared):
+            times[i].append(_time_once(step, device))
+        if progress:
+            progress(rep + 1, steps)
+    rows: list[BenchRow] = []
+    for i, (path, s, w, canvas, step) in enumerate(prepared):
+        peak = cpu_peaks.get(i)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        latency = _time(step, steps, warmup, device)
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+            step()
+            peak = torch.cuda.max_memory_allocated()
         v = canvas.video
         rows.append(BenchRow(path, s, w, v.tokens.shape[1], v.target_len, v.tokens.shape[1] - v.target_len,
-                             latency, peak, _bias_bytes(canvas, 1.0 if w is None else w, heads, path)))
-        if progress:
-            progress(i + 1, len(settings))
-    if measure_memory and device.type != "cuda":
-        for row in rows:
-            row.peak_mem_bytes = _subprocess_peak_rss(backbone.model_id, row, width, height, frames)
+                             statistics.median(times[i]), peak,
+                             _bias_bytes(canvas, 1.0 if w is None else w, heads, path)))
     base = rows[0]
     for row in rows:
         row.ratio_vs_noref = row.step_latency_s / base.step_latency_s
@@ -192,36 +204,33 @@ def run_bench(
         if one_x is not None and row.downscale is not None:
             row.ratio_vs_1x = row.step_latency_s / one_x.step_latency_s
             row.predicted_ratio_vs_1x = (row.tokens * (6 * d + row.tokens)) / (one_x.tokens * (6 * d + one_x.tokens))
+        if row.path == "diffusers":
+            ours = next(r for r in rows if r.path == "avctl" and r.downscale == 1 and r.strength == row.strength)
+            row.avctl_over_diffusers = ours.step_latency_s / row.step_latency_s
     return rows
 
 
-def _subprocess_peak_rss(model: str, row: BenchRow, width: int, height: int, frames: int) -> int | None:
-    spec = json.dumps({"model": model, "path": row.path, "downscale": row.downscale, "strength": row.strength,
-                       "width": width, "height": height, "frames": frames, "threads": torch.get_num_threads()})
-    proc = subprocess.run([sys.executable, "-m", "avctl.bench", spec], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        return None
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
-
-
-def _one_setting(spec: dict[str, Any]) -> dict[str, int]:
-    """Run one setting's step once in this (fresh) process and report its peak RSS."""
-    import resource
-
-    from avctl.backbone import load_backbone
-
-    torch.set_num_threads(spec["threads"])
-    bb = load_backbone(spec["model"], device="cpu")
-    inputs = _inputs(bb, spec["width"], spec["height"], spec["frames"])
-    s, w = spec["downscale"], spec["strength"]
-    ref = _reference(bb, inputs, s) if s is not None else None
-    canvas = _canvas(bb, inputs, ref, s or 1, 1.0 if w is None else w)
-    if spec["path"] == "diffusers":
-        _diffusers_step(bb, canvas, inputs, w)()
-    else:
-        with torch.no_grad():
-            predict(bb.transformer, canvas, *inputs["text"])
-    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+def _forked_peak_rss(step: Any) -> int | None:
+    """Run `step` once in a forked child and return the child's peak RSS in bytes (the model's pages are shared
+    with the parent and count in every child alike, so the differences between settings are the settings')."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(read_end)
+            torch.set_num_threads(1)  # OpenMP pools do not survive fork; memory does not depend on threads
+            step()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            os.write(write_end, str(peak).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    data = os.read(read_end, 64)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    return int(data) if status == 0 and data else None
 
 
 def rows_to_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
@@ -253,6 +262,3 @@ def plot(rows: list[BenchRow], path: Any, title: str) -> None:
     plt.close(fig)
     os.replace(tmp, path)
 
-
-if __name__ == "__main__":
-    print(json.dumps(_one_setting(json.loads(sys.argv[1]))))

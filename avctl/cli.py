@@ -777,7 +777,7 @@ def bench_cmd(
     frames: Annotated[int | None, typer.Option(help="Frames. Default: 17 on tiny, 121 otherwise.")] = None,
     width: Annotated[int | None, typer.Option(help="Width. Default: 256 on tiny, 768 otherwise.")] = None,
     height: Annotated[int | None, typer.Option(help="Height. Default: 256 on tiny, 512 otherwise.")] = None,
-    steps: Annotated[int, typer.Option(help="Timed steps per setting (median reported).")] = 5,
+    steps: Annotated[int, typer.Option(help="Timed steps per setting, round-robin (median reported).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per setting.")] = 2,
     memory: Annotated[bool, typer.Option(help="Peak memory per setting (on CPU: one subprocess each).")] = True,
     diffusers: Annotated[
@@ -815,7 +815,7 @@ def bench_cmd(
         return
     table = Table(title=f"avctl bench — {header}")
     for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "vs no-ref",
-                "vs 1×", "predicted vs 1×"):
+                "vs 1×", "predicted vs 1×", "avctl/diffusers"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -826,6 +826,7 @@ def bench_cmd(
             "-" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.0f}", str(r.bias_bytes),
             f"{r.ratio_vs_noref:.2f}", "-" if r.ratio_vs_1x is None else f"{r.ratio_vs_1x:.2f}",
             "-" if r.predicted_ratio_vs_1x is None else f"{r.predicted_ratio_vs_1x:.2f}",
+            "-" if r.avctl_over_diffusers is None else f"{r.avctl_over_diffusers:.2f}",
         )
     out.print(table)
     if plot is not None:

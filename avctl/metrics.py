@@ -727,6 +727,11 @@ def _dataset_mask(control: Path) -> Path | None:
     return None
 
 
+def _is_generate_extra(path: Path) -> bool:
+    """Temp files and the side products `generate` writes next to an output (previews, extracted controls)."""
+    return path.name.startswith(".") or path.name.endswith(".preview.mp4") or ".control-" in path.name
+
+
 def evaluate_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Evaluate every `*.mp4` directly in `runs_dir` that has a `<stem>.json` sidecar from `avctl generate`, against
     its first control with the first modality (`evaluate_pair`), adding "sidecar", "strength", "seed" and "loras"
@@ -739,7 +744,7 @@ def evaluate_runs(runs_dir: Path) -> list[dict[str, Any]]:
     if not runs_dir.is_dir():
         raise BadInput(f"{runs_dir}: not a folder; give the folder holding the generated .mp4 files")
     rows: list[dict[str, Any]] = []
-    for video in sorted(p for p in runs_dir.glob("*.mp4") if not p.name.startswith(".")):
+    for video in sorted(p for p in runs_dir.glob("*.mp4") if not _is_generate_extra(p)):
         sidecar = video.with_suffix(".json")
         if not sidecar.is_file():
             rows.append({"video": str(video), "skipped": f"no sidecar {sidecar.name} (not made by `avctl generate`)"})

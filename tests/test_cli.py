@@ -120,13 +120,23 @@ def test_bench_json_rows():
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)["rows"]
     avctl_rows = [x for x in rows if x["path"] == "avctl"]
-    assert len(avctl_rows) == 1 + 2 * 2  # the no-reference baseline + each setting
+    assert len(avctl_rows) == 1 + 2 * 2 + 1  # the baseline, each setting, and 1× at 0 (to compare with diffusers)
     assert {"downscale", "strength", "tokens", "step_latency_s", "peak_mem_bytes", "ratio_vs_1x",
             "predicted_ratio_vs_1x"} <= rows[0].keys()
     two = next(x for x in avctl_rows if x["downscale"] == 2 and x["strength"] == 1.0)
     one = next(x for x in avctl_rows if x["downscale"] == 1 and x["strength"] == 1.0)
     assert two["tokens"] < one["tokens"] and 0 < two["predicted_ratio_vs_1x"] < 1
     assert [x["strength"] for x in rows if x["path"] == "diffusers"] == [1.0, 0.0]
+    assert all(x["avctl_over_diffusers"] > 0 for x in rows if x["path"] == "diffusers")
+
+
+def test_bench_cpu_memory_per_setting_and_plot(tmp_path):
+    r = invoke("bench", "--model", "tiny", "--downscale", "2", "--strength", "1", "--steps", "1", "--warmup", "0",
+               "--no-diffusers", "--json", "--plot", tmp_path / "bench.png")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 2 and all(x["peak_mem_bytes"] > 100 * 2**20 for x in rows)  # a forked child's peak RSS
+    assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
 def test_console_script_exit_codes():
