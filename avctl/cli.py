@@ -312,41 +312,23 @@ def _parse_ramp(text: str | None) -> tuple[float, float] | None:
 
 
 def _read_strength_map(path: Path) -> Any:
-    import cv2
     import numpy as np
 
     from avctl import media
 
-    if not path.is_file():
-        raise BadInput(f"{path}: strength map not found")
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            raise BadInput(f"{path}: not a readable image")
-        return img.astype(np.float32) / 255.0
-    frames = media.read_video(path).frames
+    frames = media.read_frames_or_image(path, "strength map")
     return frames.mean(axis=-1).astype(np.float32) / 255.0  # [F, H, W] grey, white = 1
 
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "strength", "strength_ramp", "seed", "width",
                "height", "frames", "fps", "out")
 
 
 def _read_image(path: Path) -> Any:
     """A first-frame image as RGB uint8 [H, W, 3]: an image file, or the first frame of a video."""
-    import cv2
-
     from avctl import media
 
-    if not path.is_file():
-        raise BadInput(f"{path}: --image not found")
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise BadInput(f"{path}: not a readable image; give a PNG or JPEG")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return media.read_video(path, max_frames=1).frames[0]
+    return media.read_frames_or_image(path, "--image", max_frames=1)[0]
 
 
 def _lora_aliases(arg: str, lf: Any) -> set[str]:

@@ -311,6 +311,27 @@ def _encode(
 
 
 # ----------------------------------------------------------------------------------------------------------- buckets
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_frames_or_image(path: str | Path, what: str, max_frames: int | None = None) -> np.ndarray:
+    """An image file as one RGB frame [1, H, W, 3] uint8, or a video's frames [F, H, W, 3]; `what` names the role
+    in the error message (e.g. "--image", "mask")."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: {what} not found")
+    if not is_image(path):
+        return read_video(path, max_frames=max_frames).frames
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadInput(f"{path}: {what} is not a readable image; give an 8-bit PNG or JPEG")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None]
+
+
 def fit_to_bucket(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize [F, H, W, 3] frames keeping their aspect so they cover width×height, then centre-crop to exactly
     [F, height, width, 3]. INTER_AREA when shrinking (no aliasing), INTER_CUBIC when enlarging."""

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import AvctlError, BadInput, BadUsage
-from avctl.media import atomic_path, probe, read_audio, read_video
+from avctl.media import atomic_path, probe, read_audio, read_frames_or_image, read_video
 
 FlowMethod = Literal["farneback", "dis"]
 
@@ -546,22 +546,11 @@ def contact_sheet(
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
 def read_mask(path: Path, width: int, height: int) -> np.ndarray:
     """A hole mask file (a video, as `avctl prepare` writes mask/<clip>.mp4, or a single image) as uint8 [F, h, w] or
     [1, h, w] at width×height: grey > 127 is a hole (255), resized with INTER_NEAREST."""
-    path = Path(path)
-    if not path.exists():
-        raise BadInput(f"{path}: no such mask file; pass the mask/<clip>.mp4 that `avctl prepare` wrote")
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise BadInput(f"{path}: OpenCV cannot read this mask image; save it as an 8-bit PNG")
-        greys = image[None]  # [1, H, W]
-    else:
-        greys = np.stack([_grey(frame) for frame in read_video(path).frames])  # [F, H, W]
+    frames = read_frames_or_image(path, "mask (pass the mask/<clip>.mp4 that `avctl prepare` wrote)")
+    greys = np.stack([_grey(frame) for frame in frames])  # [F, H, W]
     masks = np.empty((len(greys), height, width), dtype=np.uint8)  # [F, h, w]
     for i, grey in enumerate(greys):
         hole = np.where(grey > 127, 255, 0).astype(np.uint8)

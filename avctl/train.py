@@ -579,7 +579,7 @@ def make_validator(
             avctl={"streams": list(modality.streams), "strength_direction": modality.strength_direction},
         )
         result = generate(backbone, row.get("caption", ""), [LoraUse(live, 1.0, control, control_audio)],
-                          width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed)
+                          width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed, schedule="shifted")
         tr.set_adapters(["avctl"])  # the sampler attached its own copy; make the training adapter active again
         for n, p in tr.named_parameters():
             if ".avctl." in n and "lora_" in n:

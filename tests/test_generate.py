@@ -62,6 +62,8 @@ def files(tmp_path_factory):
         "audio": make_lora(root / "speech.safetensors", ("A.SA",), 1, 3, modality="speech-ambient",
                            streams=["audio"]),
         "depth": make_lora(root / "depth.safetensors", ("V.SA",), 2, 4, modality="depth", streams=["video"]),
+        # a modality whose extractor this version does not ship
+        "noext": make_lora(root / "who.safetensors", ("V.SA",), 1, 5, modality="who-is-talking", streams=["video"]),
     }
 
 
@@ -143,8 +145,8 @@ def test_control_from_video_runs_the_modality_extractor(files, tmp_path):
     assert audio is None and video.shape == (9, 32, 32, 3)  # reference size: output ÷ the LoRA's downscale
     expected = CannyExtractor()(_clip(fit_to_bucket(source[:9], 64, 64), (32, 32))).frames
     assert np.array_equal(video, expected)
-    with pytest.raises(BadUsage, match=r"'depth'.*no extractor"):
-        control_from_video(read_lora(files["depth"]), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
+    with pytest.raises(BadUsage, match=r"'who-is-talking'.*no extractor"):
+        control_from_video(read_lora(files["noext"]), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
     with pytest.raises(BadInput, match="12 frames"):
         control_from_video(lora, source, 24.0, width=64, height=64, frames=17, seed=0, key="s")
 
@@ -171,7 +173,7 @@ def test_cli_from_video_and_preview(files, tmp_path):
     assert (info.width, info.height) == (64 + 64, 64) and info.has_audio  # control scaled to 64 high | output
     img = cv2.imread(str(sheet))
     assert img is not None and img.shape[0] > 2 * 64  # two rows of tiles
-    r = invoke("generate", "--prompt", "x", "--lora", files["depth"], "--from-video", src, "--model", "tiny",
+    r = invoke("generate", "--prompt", "x", "--lora", files["noext"], "--from-video", src, "--model", "tiny",
                "--width", 64, "--height", 64, "--frames", 9, "--out", tmp_path / "d.mp4")
     assert r.exit_code == 2 and "no extractor" in r.output and "Traceback" not in r.output
 
