@@ -5,12 +5,25 @@ extractor, write the target (with the source's audio trimmed to the clip), the l
 controls, the mask; then rewrite the manifest. Bad clips are skipped with a one-line reason. Rerunning resumes:
 rows whose files exist are kept. With `workers > 1` clips are spread over a spawn-started process pool, one extractor
 per worker; every random choice is keyed by (clip, seed), so the dataset does not depend on the worker count.
+
+Paired modalities (local-edit, cut-on-action, camera-video) take a pairs manifest instead of videos: a `.jsonl` file
+with one `{"source": PATH, "target": PATH, "caption"?: TEXT}` per line, or a `.csv` file with `source,target[,caption]`
+columns, paths relative to the manifest. The target becomes `video/<rel>.mp4`, the source the lossless reference
+`reference/<rel>.mp4` (at bucket ÷ downscale); both are fitted to the bucket the same way and cut to the same first F
+frames.
+
+Extractor factories that take `weights` / `backend` keyword arguments get `--weights` / `--backend`; the weights are
+looked up as `--weights DIR`, then `$AVCTL_HOME/weights/<backend>`, then (left to the extractor) the hub cache.
 """
 
 from __future__ import annotations
 
+import csv
+import inspect
+import json
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -34,16 +47,21 @@ from avctl.dataset import (
     write_manifest,
 )
 from avctl.errors import AvctlError, BadInput, BadUsage
-from avctl.media import Bucket, fit_to_bucket, read_audio, read_video, write_video, write_wav
+from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
 from modalities.base import Clip, Control, Extractor, Modality
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+PAIRS_EXTENSIONS = (".jsonl", ".csv")
+# avctl.json's extractor identity for datasets made from a pairs manifest (no extractor runs).
+PAIRS_IDENTITY = {"backend": "pairs-manifest", "version": "1 (source → reference, target → video, same frames)"}
+WEIGHTS_HOME_ENV = "AVCTL_HOME"
 # Target audio is kept at 48 kHz stereo (LTX-2's audio is stereo; the VAE front end resamples to 16 kHz itself).
 AUDIO_SAMPLE_RATE = 48_000
 AUDIO_CHANNELS = 2
 # avctl.json fields that must match for a rerun to add to an existing dataset.
 _COMPATIBLE_FIELDS = ("modality", "bucket", "downscale", "extractor", "seed")
-__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "caption_for", "default_bucket", "find_sources", "prepare"]
+__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "build_extractor", "caption_for", "default_bucket",
+           "encode_dataset", "find_pairs", "find_sources", "prepare", "prepare_throughput", "resolve_weights"]
 
 
 @dataclass
@@ -58,6 +76,8 @@ class PrepareSummary:
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"clip", "reason"}: unusable input
     failed: list[dict[str, str]] = field(default_factory=list)  # {"clip", "reason"}: extractor or write errors
     rows: int = 0
+    # Frames extracted per second of extractor time (per worker) in this run; None when no extractor ran.
+    frames_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,16 +89,20 @@ class PrepareSummary:
             "existing": list(self.existing),
             "skipped": [dict(item) for item in self.skipped],
             "failed": [dict(item) for item in self.failed],
+            "frames_per_s": self.frames_per_s,
         }
 
 
 @dataclass(frozen=True)
 class Source:
-    """One input video. `rel` (relative path without extension) names its outputs; `key` seeds its randomness."""
+    """One input video. `rel` (relative path without extension) names its outputs; `key` seeds its randomness.
+    For a pair, `path` is the target and `reference` the source video; `caption` the manifest's caption, if any."""
 
     path: Path
     rel: str
     key: str
+    reference: Path | None = None
+    caption: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,7 @@ class _Job:
     rel: str
     key: str
     caption: str
+    reference_source: str | None = None  # pairs: the source video that becomes the reference
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,91 @@ def caption_for(video: Path, fallback: str | None) -> str:
     return (fallback or "").strip()
 
 
+def is_pairs_manifest(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in PAIRS_EXTENSIONS
+
+
+def _manifest_entries(manifest: Path) -> list[tuple[str, dict[str, Any] | str]]:
+    """(line label, entry or the reason it is unusable) for each row of a .jsonl / .csv pairs manifest."""
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{manifest}: unreadable pairs manifest ({exc}); save it as UTF-8 text") from exc
+    entries: list[tuple[str, dict[str, Any] | str]] = []
+    if manifest.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        columns = [name.strip() for name in reader.fieldnames or []]
+        if "source" not in columns or "target" not in columns:
+            raise BadInput(f"{manifest}: a pairs CSV needs a header row with 'source' and 'target' columns (and "
+                           f"optionally 'caption'); found {columns or 'no header'}")
+        for number, record in enumerate(reader, start=2):  # line 1 is the header
+            entry = {(key or "").strip(): value for key, value in record.items()}
+            entries.append((f"{manifest.name}:{number}", entry))
+        return entries
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        label = f"{manifest.name}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            entries.append((label, f"{manifest}:{number}: not valid JSON ({exc.msg}); fix or delete the line"))
+            continue
+        entries.append((label, entry if isinstance(entry, dict) else
+                        f"{manifest}:{number}: not a JSON object; write {{\"source\": ..., \"target\": ...}}"))
+    return entries
+
+
+def find_pairs(manifests: Iterable[str | Path]) -> tuple[list[Source], list[dict[str, str]]]:
+    """Pairs from .jsonl / .csv manifests: `source` and `target` paths relative to the manifest (absolute ones kept),
+    optional `caption`. A pair is named by its target's path relative to the manifest's folder, without extension.
+    Returns (pairs sorted by rel, skipped rows with a reason): a row with a missing or unreadable field, a file that
+    does not exist, a target outside the manifest's folder or a target named twice."""
+    by_rel: dict[str, Source] = {}
+    skipped: list[dict[str, str]] = []
+    for given in manifests:
+        manifest = Path(os.path.abspath(given))
+        if not manifest.is_file():
+            raise BadInput(f"{given}: no such pairs manifest")
+        root = manifest.parent
+        for label, entry in _manifest_entries(manifest):
+            where = f"{manifest}:{label.rsplit(':', 1)[1]}"
+            if isinstance(entry, str):
+                skipped.append({"clip": label, "reason": entry})
+                continue
+            fields = {name: entry.get(name) for name in ("source", "target")}
+            bad = [name for name, value in fields.items() if not isinstance(value, str) or not value.strip()]
+            if bad:
+                skipped.append({"clip": label, "reason": f"{where}: no {' or '.join(bad)} path; give both "
+                                                          "'source' and 'target'"})
+                continue
+            caption = entry.get("caption")
+            if caption is not None and not isinstance(caption, str):
+                skipped.append({"clip": label, "reason": f"{where}: 'caption' must be text"})
+                continue
+            source = Path(os.path.abspath(root / str(fields["source"]).strip()))
+            target = Path(os.path.abspath(root / str(fields["target"]).strip()))
+            missing = [path for path in (source, target) if not path.is_file()]
+            if missing:
+                skipped.append({"clip": label, "reason": f"{where}: {missing[0]} does not exist; fix the path "
+                                                          "(relative to the manifest)"})
+                continue
+            if not target.is_relative_to(root):
+                skipped.append({"clip": label, "reason": f"{where}: target {target} lies outside {root}; keep "
+                                                          "targets under the manifest's folder so their names are "
+                                                          "stable"})
+                continue
+            relative = target.relative_to(root)
+            rel = relative.with_suffix("").as_posix()
+            if rel in by_rel:
+                skipped.append({"clip": label, "reason": f"{where}: target {relative.as_posix()} is already paired "
+                                                          f"with {by_rel[rel].reference}; keep one row per target"})
+                continue
+            text = caption.strip() if isinstance(caption, str) and caption.strip() else None
+            by_rel[rel] = Source(path=target, rel=rel, key=relative.as_posix(), reference=source, caption=text)
+    return sorted(by_rel.values(), key=lambda s: s.rel), skipped
+
+
 # ------------------------------------------------------------------------------------------------------- one clip
 def _fit_length(audio: np.ndarray, samples: int) -> np.ndarray:
     """Trim or zero-pad [channels, n] audio to exactly `samples` samples."""
@@ -180,17 +290,51 @@ def _check_control(control: Control, frames: int, reference_size: tuple[int, int
         raise AvctlError(f"extractor {backend!r} returned reference audio without a sample rate")
 
 
-def _process(job: _Job, settings: _Settings, extractor: Extractor) -> dict[str, Any]:
-    """Prepare one clip. Returns {"rel", "status": "done"|"skipped"|"failed", "reason"?, "row"?}; never raises for a
+def _read_clip(path: Path, bucket: Bucket) -> VideoClip | str:
+    """The first bucket.frames frames of `path`, or why the clip is too short (BadInput for an unreadable file)."""
+    video = read_video(path, max_frames=bucket.frames)
+    if len(video.frames) < bucket.frames:
+        usable = (len(video.frames) - 1) // VAE_TEMPORAL * VAE_TEMPORAL + 1
+        return (f"{path}: {len(video.frames)} frames, the bucket needs {bucket.frames} (use a longer clip, or a "
+                f"bucket of at most {usable} frames)")
+    return video
+
+
+def _pair_reference(job: _Job, video: VideoClip, reference_size: tuple[int, int], bucket: Bucket) -> Control | str:
+    """The source video of a pair as the reference: same frames and fit as the target, then INTER_AREA-shrunk to
+    the reference size; or why the pair is unusable. BadInput for an unreadable file."""
+    import cv2
+
+    assert job.reference_source is not None
+    source = Path(job.reference_source)
+    clip = _read_clip(source, bucket)
+    if isinstance(clip, str):
+        return clip
+    if abs(clip.fps - video.fps) > 0.01 * video.fps:
+        return (f"{source}: {clip.fps:g} fps but its target {job.source} has {video.fps:g} fps; re-encode one so "
+                "the pair's frames line up")
+    frames = fit_to_bucket(clip.frames, bucket.width, bucket.height)  # [F, H, W, 3]
+    height, width = reference_size
+    if (height, width) != frames.shape[1:3]:
+        frames = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+    return Control(frames=np.ascontiguousarray(frames))
+
+
+def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dict[str, Any]:
+    """Prepare one clip (or one pair, when `job.reference_source` is set; `extractor` is then unused). Returns
+    {"rel", "status": "done"|"skipped"|"failed", "reason"?, "row"?, "frames"?, "extract_s"?}; never raises for a
     bad clip or a failing extractor, so one clip cannot stop a run."""
     bucket, out, source = settings.bucket, Path(settings.out), Path(job.source)
+    reference_size = bucket.reference_size(settings.downscale)
+    paired: Control | str | None = None
     try:
-        video = read_video(source, max_frames=bucket.frames)
-        if len(video.frames) < bucket.frames:
-            usable = (len(video.frames) - 1) // VAE_TEMPORAL * VAE_TEMPORAL + 1
-            return {"rel": job.rel, "status": "skipped",
-                    "reason": f"{source}: {len(video.frames)} frames, the bucket needs {bucket.frames} (use a longer "
-                              f"clip, or a bucket of at most {usable} frames)"}
+        video = _read_clip(source, bucket)
+        if isinstance(video, str):
+            return {"rel": job.rel, "status": "skipped", "reason": video}
+        if job.reference_source is not None:
+            paired = _pair_reference(job, video, reference_size, bucket)
+            if isinstance(paired, str):
+                return {"rel": job.rel, "status": "skipped", "reason": paired}
         frames = fit_to_bucket(video.frames, bucket.width, bucket.height)  # [F, H, W, 3]
         seconds = bucket.frames / video.fps
         audio = read_audio(source, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS, max_seconds=seconds)
@@ -201,23 +345,30 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor) -> dict[str, 
     except Exception as exc:  # e.g. an OpenCV error on a strange frame: cost one clip, not the run
         return {"rel": job.rel, "status": "failed", "reason": f"{source}: {type(exc).__name__}: {exc}"}
 
-    reference_size = bucket.reference_size(settings.downscale)
-    clip = Clip(frames=frames, fps=video.fps, key=job.key, seed=settings.seed, reference_size=reference_size,
-                audio=audio, sample_rate=AUDIO_SAMPLE_RATE if audio is not None else None)
-    backend = getattr(extractor, "backend", type(extractor).__name__)
-    try:
-        control = extractor(clip)
-        _check_control(control, bucket.frames, reference_size, backend)
-    except BadInput as exc:  # the extractor found this clip unusable (e.g. nothing to detect)
-        return {"rel": job.rel, "status": "skipped", "reason": f"{source}: {exc}"}
-    except Exception as exc:  # an extractor bug must cost one clip, not the run
-        return {"rel": job.rel, "status": "failed",
-                "reason": f"{source}: extractor {backend!r} failed: {type(exc).__name__}: {exc}"}
+    sample_rate = AUDIO_SAMPLE_RATE if audio is not None else None
+    timing: dict[str, Any] = {}
+    if paired is not None:
+        control = paired
+    else:
+        assert extractor is not None
+        clip = Clip(frames=frames, fps=video.fps, key=job.key, seed=settings.seed, reference_size=reference_size,
+                    audio=audio, sample_rate=sample_rate)
+        backend = getattr(extractor, "backend", type(extractor).__name__)
+        try:
+            started = time.perf_counter()
+            control = extractor(clip)
+            timing = {"frames": bucket.frames, "extract_s": time.perf_counter() - started}
+            _check_control(control, bucket.frames, reference_size, backend)
+        except BadInput as exc:  # the extractor found this clip unusable (e.g. nothing to detect)
+            return {"rel": job.rel, "status": "skipped", "reason": f"{source}: {exc}"}
+        except Exception as exc:  # an extractor bug must cost one clip, not the run
+            return {"rel": job.rel, "status": "failed",
+                    "reason": f"{source}: extractor {backend!r} failed: {type(exc).__name__}: {exc}"}
 
     row: dict[str, Any] = {"video": f"video/{job.rel}.mp4", "caption": job.caption}
     try:
         # The row is returned only after every file is in place, so the manifest never points at a missing file.
-        write_video(out / row["video"], frames, video.fps, audio=audio, sample_rate=clip.sample_rate)
+        write_video(out / row["video"], frames, video.fps, audio=audio, sample_rate=sample_rate)
         if control.frames is not None:
             row["reference_video"] = f"reference/{job.rel}.mp4"
             write_video(out / row["reference_video"], control.frames, video.fps, lossless=True)
@@ -231,18 +382,65 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor) -> dict[str, 
     except (AvctlError, OSError) as exc:
         return {"rel": job.rel, "status": "failed", "reason": f"{source}: could not write the sample: {exc}"}
     row["fps"] = video.fps
-    return {"rel": job.rel, "status": "done", "row": row}
+    return {"rel": job.rel, "status": "done", "row": row, **timing}
+
+
+# ------------------------------------------------------------------------------------------------- the extractor
+def _takes_options(factory: Callable[..., Extractor]) -> bool:
+    """Whether the factory accepts `weights=` and `backend=` keyword arguments."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    return all(name in parameters and parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+               for name in ("weights", "backend"))
+
+
+def resolve_weights(weights: Path | None, backend: str | None) -> Path | None:
+    """The weights to hand an extractor: `--weights DIR` (which must exist), else `$AVCTL_HOME/weights/<backend>`
+    when that folder exists, else None (the extractor then reads the hub cache itself, never downloading)."""
+    if weights is not None:
+        if not Path(weights).exists():
+            raise BadUsage(f"--weights {weights}: no such file or folder; point it at the extractor's weights")
+        return Path(weights)
+    home = os.environ.get(WEIGHTS_HOME_ENV)
+    if home and backend:
+        candidate = Path(home) / "weights" / backend
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def build_extractor(modality: Modality, weights: Path | None = None, backend: str | None = None) -> Extractor:
+    """The modality's extractor: `factory(weights=..., backend=...)` when its factory takes those keywords (weights
+    resolved by `resolve_weights`), else `factory()`, refusing --weights / --backend it could not honour."""
+    factory = modality.extractor
+    if factory is None:
+        raise BadUsage(f"{modality.name!r} has no extractor ({modality.extractor_note})")
+    if _takes_options(factory):
+        default = getattr(factory, "backend", None)
+        chosen = backend or (default if isinstance(default, str) else None)
+        return factory(weights=resolve_weights(weights, chosen), backend=backend)
+    if weights is not None or backend is not None:
+        given = " and ".join(flag for flag, value in (("--weights", weights), ("--backend", backend))
+                             if value is not None)
+        raise BadUsage(f"{given}: the {modality.name!r} extractor takes no weights or backend choice; drop {given}")
+    return factory()
 
 
 # ------------------------------------------------------------------------------------------------------ the workers
-_worker_state: tuple[_Settings, Extractor] | AvctlError | None = None
+_worker_state: tuple[_Settings, Extractor | None] | AvctlError | None = None
 
 
-def _init_worker(modality: Modality, settings: _Settings) -> None:
+def _init_worker(modality: Modality, settings: _Settings, weights: Path | None, backend: str | None) -> None:
     global _worker_state
-    assert modality.extractor is not None  # checked by prepare() before the pool starts
+    if modality.extractor is None:  # pairs: nothing to load
+        _worker_state = (settings, None)
+        return
     try:
-        _worker_state = (settings, modality.extractor())
+        _worker_state = (settings, build_extractor(modality, weights, backend))
     except AvctlError as exc:  # e.g. MissingWeights: handed to the parent with its message by the first job
         _worker_state = exc
     except Exception as exc:
@@ -256,30 +454,43 @@ def _run_in_worker(job: _Job) -> dict[str, Any]:
     return _process(job, *_worker_state)
 
 
-def _extractor_identity(modality: Modality) -> tuple[dict[str, str], Extractor | None]:
+def _extractor_identity(modality: Modality, weights: Path | None = None,
+                        backend: str | None = None) -> tuple[dict[str, str], Extractor | None]:
     """{"backend", "version"} of the modality's extractor, read from the factory when it carries them (a class with
-    class attributes: no model load), else from an instance built here (returned so it can be reused)."""
+    class attributes: no model load) and no other backend was asked for, else from an instance built here
+    (returned so it can be reused)."""
     factory = modality.extractor
     assert factory is not None
     extractor: Extractor | None = None
-    backend, version = getattr(factory, "backend", None), getattr(factory, "version", None)
-    if not (isinstance(backend, str) and isinstance(version, str)):
-        extractor = factory()
-        backend = str(getattr(extractor, "backend", type(extractor).__name__))
-        version = str(getattr(extractor, "version", "unknown"))
-    return {"backend": backend, "version": version}, extractor
+    known, version = getattr(factory, "backend", None), getattr(factory, "version", None)
+    usable = isinstance(known, str) and isinstance(version, str) and backend in (None, known) and weights is None
+    if usable and (backend is None or _takes_options(factory)):
+        return {"backend": str(known), "version": str(version)}, None
+    extractor = build_extractor(modality, weights, backend)
+    return {"backend": str(getattr(extractor, "backend", type(extractor).__name__)),
+            "version": str(getattr(extractor, "version", "unknown"))}, extractor
 
 
 # -------------------------------------------------------------------------------------------------------- prepare
-def _refuse_unsupported(modality: Modality) -> None:
+def _sources_for(modality: Modality, inputs: list[Path], out: Path) -> tuple[list[Source], list[dict[str, str]]]:
+    """Videos for an extracting modality, pairs for a paired one; BadInput/BadUsage when the inputs do not fit."""
+    manifests = [path for path in inputs if is_pairs_manifest(path)]
     if modality.paired:
-        raise BadInput(f"prepare for {modality.name!r} needs a pairs manifest (source and target videos); not "
-                       f"supported by this version yet ({modality.extractor_note})")
+        if not manifests or len(manifests) != len(inputs):
+            raise BadInput(f"prepare for {modality.name!r} needs a pairs manifest (source and target videos): pass "
+                           "one .jsonl with {\"source\", \"target\", \"caption\"?} per line or a .csv with "
+                           f"source,target[,caption] columns, not videos ({modality.extractor_note})")
+        pairs, skipped = find_pairs(manifests)
+        if not pairs and not skipped:
+            raise BadInput(f"{manifests[0]}: the pairs manifest has no rows; add one source/target pair per line")
+        return pairs, skipped
     if modality.extractor is None:
         raise BadInput(f"prepare for {modality.name!r} needs an extractor this version does not ship yet; "
                        f"{modality.extractor_note}")
-
-
+    if manifests:
+        raise BadUsage(f"{manifests[0]}: a pairs manifest, but {modality.name!r} extracts its control from videos; "
+                       "pass video files or folders")
+    return find_sources(inputs, out)
 def _check_compatible(out: Path, existing: dict[str, Any], info: dict[str, Any]) -> None:
     different = [name for name in _COMPATIBLE_FIELDS if existing.get(name) != info.get(name)]
     if different:
