@@ -463,23 +463,25 @@ def _extractor_identity(modality: Modality, weights: Path | None = None,
     assert factory is not None
     extractor: Extractor | None = None
     known, version = getattr(factory, "backend", None), getattr(factory, "version", None)
-    usable = isinstance(known, str) and isinstance(version, str) and backend in (None, known) and weights is None
-    if usable and (backend is None or _takes_options(factory)):
-        return {"backend": str(known), "version": str(version)}, None
+    if isinstance(known, str) and isinstance(version, str) and backend is None and weights is None:
+        return {"backend": known, "version": version}, None
     extractor = build_extractor(modality, weights, backend)
     return {"backend": str(getattr(extractor, "backend", type(extractor).__name__)),
             "version": str(getattr(extractor, "version", "unknown"))}, extractor
 
 
 # -------------------------------------------------------------------------------------------------------- prepare
-def _sources_for(modality: Modality, inputs: list[Path], out: Path) -> tuple[list[Source], list[dict[str, str]]]:
-    """Videos for an extracting modality, pairs for a paired one; BadInput/BadUsage when the inputs do not fit."""
+def _sources_for(modality: Modality, inputs: list[Path], out: Path,
+                 bucket: Bucket) -> tuple[list[Source], list[dict[str, str]]]:
+    """Videos for an extracting modality, pairs for a paired one, after checking the bucket; BadInput/BadUsage when
+    the modality, the bucket or the inputs do not fit."""
     manifests = [path for path in inputs if is_pairs_manifest(path)]
     if modality.paired:
         if not manifests or len(manifests) != len(inputs):
             raise BadInput(f"prepare for {modality.name!r} needs a pairs manifest (source and target videos): pass "
                            "one .jsonl with {\"source\", \"target\", \"caption\"?} per line or a .csv with "
                            f"source,target[,caption] columns, not videos ({modality.extractor_note})")
+        bucket.check(VAE_SPATIAL, VAE_TEMPORAL, modality.downscale)
         pairs, skipped = find_pairs(manifests)
         if not pairs and not skipped:
             raise BadInput(f"{manifests[0]}: the pairs manifest has no rows; add one source/target pair per line")
@@ -490,6 +492,7 @@ def _sources_for(modality: Modality, inputs: list[Path], out: Path) -> tuple[lis
     if manifests:
         raise BadUsage(f"{manifests[0]}: a pairs manifest, but {modality.name!r} extracts its control from videos; "
                        "pass video files or folders")
+    bucket.check(VAE_SPATIAL, VAE_TEMPORAL, modality.downscale)
     return find_sources(inputs, out)
 def _check_compatible(out: Path, existing: dict[str, Any], info: dict[str, Any]) -> None:
     different = [name for name in _COMPATIBLE_FIELDS if existing.get(name) != info.get(name)]
@@ -510,18 +513,25 @@ def prepare(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    weights: Path | None = None,
+    backend: str | None = None,
 ) -> PrepareSummary:
-    """Build (or resume) the dataset for `modality` in `out` from `inputs`. Raises BadInput/BadUsage when nothing
-    can start (unsupported modality, bad bucket, no videos, an incompatible existing dataset); per-clip problems
-    are listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip."""
-    _refuse_unsupported(modality)
+    """Build (or resume) the dataset for `modality` in `out` from `inputs` (videos and folders, or pairs manifests
+    for a paired modality). Raises BadInput/BadUsage when nothing can start (unsupported modality, bad bucket, no
+    videos, an incompatible existing dataset, --weights/--backend the extractor cannot take); per-clip problems are
+    listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip."""
     if workers < 1:
         raise BadUsage(f"--workers must be at least 1, got {workers}")
-    bucket.check(VAE_SPATIAL, VAE_TEMPORAL, modality.downscale)
+    if modality.paired and (weights is not None or backend is not None):
+        raise BadUsage(f"--weights/--backend: {modality.name!r} is made from pairs of videos and runs no extractor; "
+                       "drop them")
     out = Path(out)
-    sources, name_clashes = find_sources(inputs, out)
+    sources, early_skips = _sources_for(modality, list(inputs), out, bucket)
 
-    identity, extractor = _extractor_identity(modality)
+    if modality.paired:
+        identity, extractor = dict(PAIRS_IDENTITY), None
+    else:
+        identity, extractor = _extractor_identity(modality, weights, backend)
     info = {
         "modality": modality.name,
         "bucket": str(bucket),
@@ -539,21 +549,23 @@ def prepare(
     remove_stale_temp_files(out, ("video", "reference", "mask"))
     write_json(out / INFO, info)
 
-    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(name_clashes))
+    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips))
     rows: dict[str, dict[str, Any]] = {} if overwrite else {row["video"]: row for row in read_rows(out)}
     jobs: list[_Job] = []
     for source in sources:
-        text = caption_for(source.path, caption)
+        text = source.caption if source.caption is not None else caption_for(source.path, caption)
         row = rows.get(f"video/{source.rel}.mp4")
         if row is not None and all(path.is_file() for path in row_files(out, row)):
             row["caption"] = text  # captions are cheap to refresh; media are not redone
             summary.existing.append(source.rel)
         else:
             rows.pop(f"video/{source.rel}.mp4", None)
-            jobs.append(_Job(source=str(source.path), rel=source.rel, key=source.key, caption=text))
+            jobs.append(_Job(source=str(source.path), rel=source.rel, key=source.key, caption=text,
+                             reference_source=str(source.reference) if source.reference is not None else None))
     write_manifest(out, rows.values())
 
     settings = _Settings(out=str(out), bucket=bucket, downscale=modality.downscale, seed=seed)
+    extracted = {"frames": 0, "seconds": 0.0}
 
     def record(result: dict[str, Any], completed: int) -> None:
         if result["status"] == "done":
@@ -562,6 +574,9 @@ def prepare(
             summary.done.append(result["rel"])
         else:
             getattr(summary, result["status"]).append({"clip": result["rel"], "reason": result["reason"]})
+        if "extract_s" in result:
+            extracted["frames"] += int(result["frames"])
+            extracted["seconds"] += float(result["extract_s"])
         summary.rows = len(rows)
         if progress is not None:
             progress(completed, len(jobs))
@@ -570,15 +585,15 @@ def prepare(
     if progress is not None:
         progress(0, len(jobs))
     if workers == 1 or len(jobs) <= 1:
-        if jobs and extractor is None:
-            assert modality.extractor is not None
-            extractor = modality.extractor()
+        if jobs and extractor is None and not modality.paired:
+            extractor = build_extractor(modality, weights, backend)
         for completed, job in enumerate(jobs, start=1):
-            assert extractor is not None
             record(_process(job, settings, extractor), completed)
     else:
-        _run_pool(modality, settings, jobs, workers, record)
+        _run_pool(modality, settings, jobs, workers, record, weights, backend)
 
+    if extracted["frames"] and extracted["seconds"] > 0:
+        summary.frames_per_s = round(extracted["frames"] / extracted["seconds"], 2)
     summary.done.sort()
     summary.skipped.sort(key=lambda item: item["clip"])
     summary.failed.sort(key=lambda item: item["clip"])
@@ -591,10 +606,12 @@ def _run_pool(
     jobs: list[_Job],
     workers: int,
     record: Callable[[dict[str, Any], int], None],
+    weights: Path | None = None,
+    backend: str | None = None,
 ) -> None:
     context = multiprocessing.get_context("spawn")  # fork would copy CUDA/threads state of a model-backed parent
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                               initargs=(modality, settings))
+                               initargs=(modality, settings, weights, backend))
     try:
         pending: set[Future[dict[str, Any]]] = {pool.submit(_run_in_worker, job) for job in jobs}
         completed = 0
@@ -609,3 +626,52 @@ def _run_pool(
     finally:
         # On an interruption, queued clips are dropped; running ones finish writing (atomically) but get no row.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------- throughput and encode
+def _throughput_frames(frames: int, size: int) -> np.ndarray:
+    """[frames, size, size, 3] uint8: seeded texture plus a bright square moving 4 px a frame (edges, corners and
+    motion for every kind of extractor)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (size + 4 * frames, size + 4 * frames, 3), dtype=np.uint8),
+                               (0, 0), 2.0)
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)  # [F, S, S, 3]
+    side = size // 4
+    for i in range(frames):
+        out[i] = texture[4 * i : 4 * i + size, 4 * i : 4 * i + size]
+        out[i, side : 2 * side, side + 4 * i : 2 * side + 4 * i] = 230
+    return out
+
+
+def prepare_throughput(modality: Modality, frames: int = 17, size: int = 512, weights: Path | None = None,
+                       backend: str | None = None) -> float:
+    """Frames per second of the modality's extractor on `frames` synthetic size×size frames (one clip, after one
+    untimed warm-up call on its first frames). Model-backed extractors need their weights as for `prepare`."""
+    if frames < 1 or size < 8:
+        raise BadUsage(f"throughput needs at least 1 frame of at least 8×8 pixels, got {frames} of {size}×{size}")
+    if modality.extractor is None:
+        raise BadUsage(f"{modality.name!r} runs no extractor ({modality.extractor_note}); nothing to time")
+    extractor = build_extractor(modality, weights, backend)
+    video = _throughput_frames(frames, size)
+    reference_size = (size // modality.downscale, size // modality.downscale)
+
+    def clip(selected: np.ndarray) -> Clip:
+        return Clip(frames=selected, fps=24.0, key="throughput", seed=0, reference_size=reference_size)
+
+    extractor(clip(video[: min(2, frames)]))  # warm-up: lazy imports, allocator, model kernels
+    started = time.perf_counter()
+    extractor(clip(video))
+    return frames / max(time.perf_counter() - started, 1e-9)
+
+
+def encode_dataset(out: Path, backbone: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Fill `out`'s latent cache for `backbone` now (what `avctl train` would otherwise do first). Returns
+    {"encoded": samples encoded now, "cached": samples whose cache entry was already fresh}."""
+    from avctl.cache import load_samples
+    from avctl.dataset import load_manifest
+
+    info, rows = load_manifest(out)
+    _, encoded = load_samples(backbone, Path(out), info, rows, progress=progress)
+    return {"encoded": encoded, "cached": len(rows) - encoded}

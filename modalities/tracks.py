@@ -6,7 +6,8 @@ The shipped backend, "opencv-lk", is an offline, weightless point tracker:
 * each step t → t+1 runs pyramidal Lucas-Kanade (`cv2.calcOpticalFlowPyrLK`) forward, then backward from where the
   points landed; a point whose round trip misses its start by more than `FB_MAX_ERROR` (1 px), whose LK status fails
   either way, whose window differs from its seed window by more than `APPEARANCE_MAX_ERROR` grey levels, or that
-  comes within half an LK window of the frame's edge is dropped (occluded, vanished, ambiguous or leaving) and its track ends;
+  comes within half an LK window of the frame's edge is dropped (occluded, vanished, ambiguous or leaving) and its
+  track ends;
 * when fewer than half the tracks are alive, new corners are seeded sparsely (away from the living points, on every
   `RESEED_EVERY`-th frame only) on the current frame; a seeded track is invisible before the frame it starts on.
 
