@@ -137,7 +137,12 @@ def modalities_cmd(json_out: JsonOpt = False) -> None:
 @command("prepare")
 def prepare_cmd(
     modality: Annotated[str, typer.Argument(help="Modality name (see `avctl modalities`).")],
-    inputs: Annotated[list[Path], typer.Argument(help="Video files or folders (searched recursively).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Video files or folders (searched recursively); for paired modalities (local-edit, "
+                       "cut-on-action, camera-video) a pairs manifest: .jsonl lines {\"source\", \"target\", "
+                       "\"caption\"?} or a .csv with source,target[,caption] columns, paths relative to it."),
+    ],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Dataset folder. Default: datasets/<modality>.")] = None,
     bucket: Annotated[
         str | None,
@@ -147,18 +152,34 @@ def prepare_cmd(
     seed: Annotated[int, typer.Option(help="Seed for random controls (masks, degradations).")] = 42,
     workers: Annotated[int, typer.Option(min=1, help="Clips processed in parallel; results do not depend on it.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Redo finished samples / replace a dataset of another kind.")] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Extractor weights (model-backed extractors). Looked up as --weights, then "
+                     "$AVCTL_HOME/weights/BACKEND, then the Hugging Face cache; never downloaded."),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Extractor backend, where a modality offers several (tracks: opencv-lk, the default). "
+                     "Recorded in avctl.json."),
+    ] = None,
+    encode: Annotated[
+        bool,
+        typer.Option(help="Also fill the latent cache for --model now (what `avctl train` would do first); "
+                     "fresh entries are kept."),
+    ] = False,
     model: ModelOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Extract controls from videos into an ltx-trainer-compatible dataset (dataset.jsonl + media). Needs no model
-    weights. Rerunning skips finished clips."""
+    """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
+    (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips."""
     from avctl.media import Bucket
-    from avctl.prepare import default_bucket, prepare
+    from avctl.prepare import default_bucket, encode_dataset, prepare
     from modalities.base import get_modality
 
     mod = get_modality(modality)
     b = Bucket.parse(bucket) if bucket else default_bucket(model or os.environ.get("AVCTL_MODEL"), mod.downscale)
     target = out_dir or Path("datasets") / modality
+    counts = {"encoded": 0, "cached": 0}
     with _progress(json_out) as progress:
         task = None
 
@@ -169,8 +190,15 @@ def prepare_cmd(
             progress.update(task, completed=done, total=total)
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
-                          progress=tick)
+                          progress=tick, weights=weights, backend=backend)
+        if encode and summary.rows:
+            backbone = _load_backbone(model)
+            encoding = progress.add_task("encode", total=summary.rows, info="")
+            counts = encode_dataset(target, backbone,
+                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t))
     data = summary.to_dict()
+    if encode:
+        data.update(counts)
     if json_out:
         _emit(data)
     else:
@@ -185,6 +213,10 @@ def prepare_cmd(
             table.add_row(key, str(len(items)), detail)
         err.print(table)
         err.print(f"dataset: {target / 'dataset.jsonl'}")
+        if data.get("frames_per_s"):
+            err.print(f"extraction: {data['frames_per_s']:g} frames/s")
+        if encode:
+            err.print(f"latent cache: {data['encoded']} encoded now, {data['cached']} already fresh")
     if not data.get("done") and not data.get("existing"):
         raise typer.Exit(1)
 

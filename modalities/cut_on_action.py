@@ -1,6 +1,6 @@
 """Cut-on-action (paper §7): continue a video after a cut to another viewpoint. Trained on multi-camera synthetic
 pairs (MultiCamVideo), then on pairs the LoRA itself generated with growing viewpoint changes. Data are pairs, not
-extracted."""
+extracted: `avctl prepare cut-on-action pairs.jsonl`, source = the first camera (reference), target = the second."""
 
 from __future__ import annotations
 
@@ -20,5 +20,5 @@ CUT_ON_ACTION = Modality(
     paired=True,
     extractor=None,
     extractor_note="paired media: two synchronized cameras of one scene (MultiCamVideo, then self-generated "
-    "pairs), from a pairs manifest (planned)",
+    "pairs), from a pairs manifest (.jsonl / .csv): source camera → reference, other camera → target",
 )

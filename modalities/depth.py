@@ -42,7 +42,10 @@ def _cached_repo(repo_id: str) -> bool:
     """Whether the local Hugging Face cache holds `repo_id`'s config (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id (e.g. a path that does not exist)
+        return False
     return isinstance(found, str)
 
 
@@ -153,8 +156,8 @@ def depth_extractor(weights: Path | None = None, backend: str | None = None) -> 
             return DepthAnythingExtractor.from_pretrained(place)
     if _cached_repo(repo_id):
         return DepthAnythingExtractor.from_pretrained(repo_id)
-    tried = ", ".join(str(p) for p in places) or "no weights dir given, $AVCTL_HOME unset"
-    raise MissingWeights(f"no {backend} depth weights found (tried {tried}, and the Hugging Face cache); "
+    searched = ", ".join([*(str(p) for p in places), "the local Hugging Face cache"])
+    raise MissingWeights(f"no {backend} depth weights in {searched}; "
                          + _download_hint(repo_id, places[:1] or []))
 
 

@@ -1,6 +1,7 @@
 """Local edit (paper §7): paired videos with and without an object and its side effects (ROSE); the reference is
 the original video, the target the edited one. At inference a first frame edited by an image editor is propagated
-without an explicit mask. Data are pairs, not extracted."""
+without an explicit mask. Data are pairs, not extracted: `avctl prepare local-edit pairs.jsonl` with one
+{"source": original, "target": edited, "caption"?} per line (or a source,target[,caption] CSV)."""
 
 from __future__ import annotations
 
@@ -19,5 +20,6 @@ LOCAL_EDIT = Modality(
     context="noised",
     paired=True,
     extractor=None,
-    extractor_note="paired media: (original, edited) videos such as the ROSE dataset, from a pairs manifest (planned)",
+    extractor_note="paired media: (original → reference, edited → target) videos such as the ROSE dataset, from a "
+    "pairs manifest (.jsonl / .csv)",
 )

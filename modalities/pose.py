@@ -249,6 +249,8 @@ class DWPoseExtractor:
         )
         det = ort.InferenceSession(str(detector), providers=providers)
         pose_session = ort.InferenceSession(str(pose), providers=providers)
+        if use_cuda and "CUDAExecutionProvider" not in det.get_providers():  # CUDA libraries failed to load
+            _warn_cpu(list(det.get_providers()))
         return cls(det, pose_session, source=str(detector.parent))
 
     def detect_people(self, frames: np.ndarray) -> list[np.ndarray]:
@@ -332,7 +334,10 @@ def _download_hint(where: Path | str) -> str:
 def _cached_files() -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = [try_to_load_from_cache(HF_REPO, name) for name in (DET_FILE, POSE_FILE)]
+    try:
+        found = [try_to_load_from_cache(HF_REPO, name) for name in (DET_FILE, POSE_FILE)]
+    except ValueError:
+        return None
     if all(isinstance(f, str) for f in found):
         directories = {Path(str(f)).parent for f in found}
         if len(directories) == 1:
@@ -359,9 +364,9 @@ def pose_extractor(weights: Path | None = None, backend: str | None = None) -> D
     cached = _cached_files()
     if cached is not None:
         return DWPoseExtractor.from_pretrained(cached)
-    tried = ", ".join(str(p) for p in places) or "no weights dir given, $AVCTL_HOME unset"
-    raise MissingWeights(f"DWPose weights {DET_FILE} and {POSE_FILE} not found (tried {tried}, and the Hugging Face "
-                         f"cache); {_download_hint(places[0] if places else '$AVCTL_HOME/weights/' + BACKEND)}")
+    searched = ", ".join([*(str(p) for p in places), "the local Hugging Face cache"])
+    raise MissingWeights(f"DWPose weights {DET_FILE} and {POSE_FILE} not found in {searched}; "
+                         f"{_download_hint(places[0] if places else '$AVCTL_HOME/weights/' + BACKEND)}")
 
 
 POSE = Modality(

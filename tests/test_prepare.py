@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avctl.dataset import check_dataset, default_bucket, load_manifest
-from avctl.errors import BadInput, BadUsage
+from avctl.errors import BadInput, BadUsage, MissingWeights
 from avctl.media import Bucket, probe, read_audio, read_video
 from avctl.prepare import AUDIO_SAMPLE_RATE, PrepareSummary, find_sources, prepare
 from modalities.base import Clip, Control, get_modality
@@ -147,9 +147,13 @@ def test_a_different_dataset_in_out_needs_overwrite(videos: Path, tmp_path: Path
         check_dataset(info, get_modality("inpaint"), Bucket(128, 128, 17))
 
 
-def test_refusals_are_clear(videos: Path, tmp_path: Path) -> None:
+def test_refusals_are_clear(videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
     clip = [videos / "c.mov"]
-    with pytest.raises(BadInput, match="prepare for 'depth' needs an extractor this version does not ship yet"):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.delenv("AVCTL_HOME", raising=False)
+    with pytest.raises(MissingWeights, match="Depth-Anything-V2-Small-hf"):  # at once, before any clip
         prepare(get_modality("depth"), clip, tmp_path / "d", Bucket(128, 128, 9), None)
     with pytest.raises(BadInput, match="prepare for 'local-edit' needs a pairs manifest"):
         prepare(get_modality("local-edit"), clip, tmp_path / "e", BUCKET, None)
