@@ -209,7 +209,7 @@ ANCHORS = sum((DET_SIZE // s) ** 2 for s in (8, 16, 32))  # 8400
 
 
 def _constant_model(path: Path, input_name: str, input_shape: list[Any], outputs: dict[str, np.ndarray]) -> None:
-    onnx = pytest.importorskip("onnx")
+    import onnx  # a dev dependency (pyproject [dev]): the tests build tiny DWPose-shaped models with it
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2, 3], keepdims=0),  # [N]
@@ -263,7 +263,6 @@ def dwpose_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dwpose_end_to_end_on_tiny_onnx_models(dwpose_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("onnxruntime")
     monkeypatch.setattr(pose_mod, "_warned_cpu", False)
     extractor = pose_mod.DWPoseExtractor.from_pretrained(dwpose_dir)
     if extractor.providers == ["CPUExecutionProvider"]:
@@ -302,7 +301,6 @@ def test_dwpose_end_to_end_on_tiny_onnx_models(dwpose_dir: Path, monkeypatch: py
 
 
 def test_dwpose_no_person_is_bad_input(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     _detector(tmp_path / "yolox_l.onnx", None)
     _pose_model(tmp_path / "dw-ll_ucoco_384.onnx")
     extractor = pose_mod.DWPoseExtractor.from_pretrained(tmp_path, device="cpu")
@@ -325,7 +323,6 @@ def test_dwpose_missing_files(tmp_path: Path, empty_hf_cache: Path, dwpose_dir: 
     with pytest.raises(BadUsage, match="unknown pose backend"):
         pose_mod.pose_extractor(backend="openpose")
     # found through $AVCTL_HOME/weights/dwpose
-    pytest.importorskip("onnxruntime")
     (tmp_path / "home" / "weights").mkdir(parents=True)
     (tmp_path / "home" / "weights" / "dwpose").symlink_to(dwpose_dir, target_is_directory=True)
     monkeypatch.setenv("AVCTL_HOME", str(tmp_path / "home"))
