@@ -6,7 +6,8 @@ A prepared dataset folder holds
                          [, reference_mask, reference_audio], plus fps; paths relative to the folder, rows sorted
     avctl.json           modality, bucket "WxHxF", reference downscale, extractor backend + version, seed, avctl version
     video/<rel>.mp4      the bucket-size target (with the source's audio, when it has some)
-    reference/<rel>.mp4  the control, lossless, at bucket size ÷ downscale   (reference/<rel>.wav for audio controls)
+    reference/<rel>.mp4  the control, lossless, at bucket size ÷ downscale   (reference/<rel>.wav for audio controls;
+                         for paired modalities the pair's source video, cut and fitted like its target)
     mask/<rel>.mp4       the hole mask (255 = hole), lossless, for masked controls
 
 Every file is written atomically and the manifest is rewritten after each sample, so a row never points at a file
