@@ -8,8 +8,10 @@ names a modality: it reads these fields.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -60,6 +62,19 @@ class Extractor(Protocol):
     version: str
 
     def __call__(self, clip: Clip) -> Control: ...
+
+
+def weight_places(weights: Path | str | None, backend: str) -> list[Path]:
+    """Where a model-backed extractor looks for its weights, in order: the `--weights` folder itself, then
+    `<weights>/<backend>`, then `$AVCTL_HOME/weights/<backend>`. (The local hub cache comes after these; nothing is
+    ever downloaded.)"""
+    places: list[Path] = []
+    if weights is not None:
+        places += [Path(weights), Path(weights) / backend]
+    home = os.environ.get("AVCTL_HOME")
+    if home:
+        places.append(Path(home) / "weights" / backend)
+    return places
 
 
 @dataclass(frozen=True)

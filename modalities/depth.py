@@ -17,7 +17,6 @@ Hugging Face cache (never the network), and a missing model raises `MissingWeigh
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage, MissingWeights
-from modalities.base import Clip, Control, Modality
+from modalities.base import Clip, Control, Modality, weight_places
 
 BACKEND = "depth-anything-v2"
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
@@ -145,12 +144,7 @@ def depth_extractor(weights: Path | None = None, backend: str | None = None) -> 
     if backend not in BACKENDS:
         raise BadUsage(f"unknown depth backend {backend!r}; known: {', '.join(BACKENDS)}")
     repo_id = BACKENDS[backend]
-    places: list[Path] = []
-    if weights is not None:
-        places += [Path(weights), Path(weights) / backend]
-    home = os.environ.get("AVCTL_HOME")
-    if home:
-        places.append(Path(home) / "weights" / backend)
+    places = weight_places(weights, backend)
     for place in places:
         if _is_model_dir(place):
             return DepthAnythingExtractor.from_pretrained(place)

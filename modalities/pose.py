@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
-from modalities.base import Clip, Control, Modality
+from modalities.base import Clip, Control, Modality, weight_places
 
 BACKEND = "dwpose"
 HF_REPO = "yzd-v/DWPose"
@@ -352,12 +351,7 @@ def pose_extractor(weights: Path | None = None, backend: str | None = None) -> D
     backend = backend or BACKEND
     if backend != BACKEND:
         raise BadUsage(f"unknown pose backend {backend!r}; known: {BACKEND}")
-    places: list[Path] = []
-    if weights is not None:
-        places += [Path(weights), Path(weights) / backend]
-    home = os.environ.get("AVCTL_HOME")
-    if home:
-        places.append(Path(home) / "weights" / backend)
+    places = weight_places(weights, backend)
     for place in places:
         if (place / DET_FILE).is_file() and (place / POSE_FILE).is_file():
             return DWPoseExtractor.from_pretrained(place)
