@@ -799,6 +799,10 @@ def bench_cmd(
         bool, typer.Option(help="Also time diffusers' LTX2InContextPipeline attention path at strength 1 and 0.")
     ] = True,
     plot: Annotated[Path | None, typer.Option(help="Write latency vs downscale as a PNG.")] = None,
+    prepare: Annotated[
+        str | None,
+        typer.Option(help="Instead: time MODALITY's prepare extractor on 512×512 frames (frames/s); no model needed."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Time one denoising step per reference downscale and strength (all in one process, so ratios are fair), with
@@ -810,6 +814,19 @@ def bench_cmd(
     from avctl.bench import plot as plot_bench
     from avctl.bench import rows_to_dicts, run_bench
 
+    if prepare is not None:
+        from avctl.prepare import prepare_throughput
+        from modalities.base import get_modality
+
+        fps_rate = prepare_throughput(get_modality(prepare), frames=frames or 49, size=width or 512)
+        result = {"modality": prepare, "size": width or 512, "frames": frames or 49, "frames_per_s": fps_rate,
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+        if json_out:
+            _emit(result)
+        else:
+            out.print(f"prepare {prepare}: {fps_rate:.1f} frames/s at {result['size']}×{result['size']} "
+                      f"({result['machine']})")
+        return
     name = _model_name(model)
     tiny = name == "tiny"
     w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else 121)

@@ -156,3 +156,10 @@ def test_validation_samples_do_not_disturb_training(chain):
     assert (a / "samples" / "step_00002.mp4").is_file() and (a / "samples" / "step_00002.png").is_file()
     wa, wb = load_file(str(a / "lora.safetensors")), load_file(str(b / "lora.safetensors"))
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_bench_reports_prepare_throughput():
+    r = invoke("bench", "--prepare", "canny", "--frames", "5", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["modality"] == "canny" and res["size"] == 512 and res["frames_per_s"] > 0
