@@ -8,7 +8,9 @@ from avctl.canvas import Canvas, audio_coords, video_coords
 from avctl.strength import set_strength
 
 
-def _placeholder(transformer: torch.nn.Module, stream: str, batch: int, device: torch.device, dtype: torch.dtype):
+def _absent_stream_token(
+    transformer: torch.nn.Module, stream: str, batch: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One zero token for an absent stream. The model cannot take an empty sequence, so an absent stream gets a
     single token and audio↔video attention is switched off (`isolate_modalities`): the present stream then cannot
     see it at all."""
@@ -38,7 +40,7 @@ def predict(
 
     def stream_inputs(sc, name):
         if sc is None:
-            return _placeholder(transformer, name, batch, device, dtype)
+            return _absent_stream_token(transformer, name, batch, device, dtype)
         return sc.tokens.to(dtype), sc.coords, sc.timestep
 
     v_tokens, v_coords, v_t = stream_inputs(canvas.video, "video")

@@ -168,3 +168,14 @@ def test_symmetric_direction_also_scales_reference_rows(model):
     # one-way strength leaves the first block's reference rows as at full strength; symmetric changes them
     assert not torch.allclose(v_t[:, 48:], v_s[:, 48:], atol=1e-6)
     assert not torch.allclose(v_t, v_1, atol=1e-6)
+
+
+def test_absent_stream_is_invisible_to_the_present_one(model):
+    """`absent` context: no audio tokens reach the video (one stand-in token, audio↔video attention off)."""
+    tr, d = model
+    video = build_stream("video", tr, d["video"], d["sigma"], [Reference(d["video_ref"], 2, 0.5)])
+    with torch.no_grad():
+        v_absent, a_absent = predict(tr, Canvas(video, None), *d["text"])
+        v_joint, _ = predict(tr, Canvas(video, build_stream("audio", tr, d["audio"], d["sigma"])), *d["text"])
+    assert a_absent is None and v_absent.shape == video.tokens.shape and torch.isfinite(v_absent).all()
+    assert not torch.allclose(v_absent, v_joint, atol=1e-5)  # the joint run does see audio
