@@ -720,6 +720,9 @@ def eval_cmd(
     control: Annotated[Path | None, typer.Option(help="Control video (one pair).")] = None,
     video: Annotated[Path | None, typer.Option(help="Generated video (one pair).")] = None,
     mask: Annotated[Path | None, typer.Option(help="Inpainting mask video/image (white = hole).")] = None,
+    source: Annotated[
+        Path | None, typer.Option(help="The clip the control was extracted from (tracks: end-point error).")
+    ] = None,
     runs: Annotated[
         Path | None, typer.Option(help="Folder of generations: every mp4 with the .json sidecar `generate` writes.")
     ] = None,
@@ -742,7 +745,7 @@ def eval_cmd(
     else:
         if not (modality and control and video):
             raise BadUsage("give MODALITY --control PATH --video PATH (or --runs DIR)")
-        results = [evaluate_pair(modality, control, video, mask)]
+        results = [evaluate_pair(modality, control, video, mask, source=source)]
     if sheet is not None:
         rows: list[tuple[str, Any]] = []
         captions = []

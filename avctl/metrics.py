@@ -559,6 +559,66 @@ def read_mask(path: Path, width: int, height: int) -> np.ndarray:
     return masks
 
 
+# ----------------------------------------------------------------------------------------------------------- tracks
+def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
+    """Track end-point error in output pixels (lower = the output follows the source's motion more closely).
+
+    1. Track the SOURCE (the clip the tracks control was extracted from) with the tracks extractor's own tracker
+       (`modalities.tracks.track_coordinates`: Shi-Tomasi + LK with its forward-backward and appearance checks).
+    2. Take the points alive on source frame 0, scale them to the output's size, and follow them through the OUTPUT
+       with pyramidal LK, forward only, frame t → t+1 (same window and pyramid as the tracker); a point whose LK step
+       fails keeps its last position (losing a point is not rewarded).
+    3. For each frame t ≥ 1 with at least one of those points alive in the source track, the mean Euclidean distance
+       between its output position and its source position scaled to the output size; the metric is the mean of
+       these per-frame means. Frame 0 is left out (zero by construction).
+    The first min(F) frames are compared; sizes may differ (aspect is stretched, like the other metrics).
+    Raises BadInput when there are fewer than 2 frames or no point is tracked past frame 0 in the source."""
+    from modalities.tracks import _LK_CRITERIA, LK_LEVELS, LK_WINDOW, track_coordinates
+
+    source = _check_video("track_epe source", source_frames, 2)
+    output = _check_video("track_epe output", output_frames, 2)
+    count = min(len(source), len(output))
+    source, output = source[:count], output[:count]
+    points, alive = track_coordinates(source)  # [F, N, 2], [F, N]
+    start = alive[0]
+    points, alive = points[:, start], alive[:, start]  # only the tracks that start on frame 0
+    if not alive[1:].any():
+        raise BadInput("track_epe: no point of the source is tracked past frame 0 (too little texture or motion "
+                       "too large); nothing to compare")
+    scale = np.array([output.shape[2] / source.shape[2], output.shape[1] / source.shape[1]], dtype=np.float32)
+    expected = points * scale  # [F, n, 2] in output pixels
+    params = {"winSize": (LK_WINDOW, LK_WINDOW), "maxLevel": LK_LEVELS, "criteria": _LK_CRITERIA}
+    current = expected[0].copy()  # [n, 2]
+    previous = _grey(output[0])
+    errors: list[float] = []
+    for t in range(1, count):
+        following = _grey(output[t])
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, following, current.reshape(-1, 1, 2), None, **params)
+        ok = status.reshape(-1) == 1
+        current = np.where(ok[:, None], moved.reshape(-1, 2), current).astype(np.float32)
+        previous = following
+        if alive[t].any():
+            errors.append(float(np.linalg.norm(current[alive[t]] - expected[t, alive[t]], axis=1).mean()))
+    return float(np.mean(errors))
+
+
+def _track_epe_entry(source: Path | None, video: Path, metrics: dict[str, Any], missing: dict[str, str],
+                     compared: dict[str, Any]) -> None:
+    """evaluate_pair's tracks branch: track_epe against `source`, or not available with the reason."""
+    missing.pop("control_fidelity", None)
+    if source is None:
+        missing["track_epe"] = ("no source clip given: track_epe compares the output's motion with the tracks of the "
+                                "clip the control was extracted from; pass source=<that clip>")
+        return
+    source_frames = read_video(source).frames
+    output_frames = read_video(video).frames
+    compared["source_frames"] = len(source_frames)
+    try:
+        metrics["track_epe"] = track_epe(source_frames, output_frames)
+    except BadInput as exc:
+        missing["track_epe"] = str(exc)
+
+
 def flow_frames(frames: np.ndarray, short_side: int = FLOW_SHORT_SIDE) -> np.ndarray:
     """The frames `evaluate_pair` runs the flow-based metrics on: shrunk (INTER_AREA, aspect kept) so the short side
     is at most `short_side` pixels; smaller clips are left as they are."""
@@ -667,14 +727,18 @@ def _evaluate(
     }
 
 
-def evaluate_pair(modality: str, control: Path, video: Path, mask: Path | None = None) -> dict[str, Any]:
+def evaluate_pair(
+    modality: str, control: Path, video: Path, mask: Path | None = None, source: Path | None = None
+) -> dict[str, Any]:
     """Evaluate one generated video against its control.
 
     Returns {"modality", "control", "video", "compared", "metrics": {name: value}, "not_available": {name: reason}}:
     - canny → edge_f1 (see its size rule); inpaint → masked_psnr and masked_ssim against the control (the reference
       with the hole painted over), outside the mask (`mask` required: the mask/<clip>.mp4 `avctl prepare` writes, or
       an image); audio-intensity → audio_envelope_correlation of the control's and the output's audio;
-      depth / pose → not available (no model ships offline); other modalities → "control_fidelity" not available.
+      depth / pose → not available (no model ships offline); tracks → track_epe of the output against `source`
+      (the clip the control was extracted from; not available without it); other modalities → "control_fidelity"
+      not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
       vbench_is_dynamic (a metric the clip is too short for is listed as not available with the reason). The
       flow-based ones (warp_error, motion_smoothness, dynamic_degree, vbench_is_dynamic) run on the output shrunk to
@@ -689,7 +753,11 @@ def evaluate_pair(modality: str, control: Path, video: Path, mask: Path | None =
     if modality == "inpaint" and mask is None:
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
                        "prepare` wrote next to the control")
-    return _evaluate(modality, control, video, Path(mask) if mask is not None else None, None)
+    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None)
+    if modality == "tracks":
+        _track_epe_entry(Path(source) if source is not None else None, video, result["metrics"],
+                         result["not_available"], result["compared"])
+    return result
 
 
 def _control_path(item: str, sidecar: Path) -> Path | None:

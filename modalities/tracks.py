@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage
+from avctl.media import atomic_path
 from modalities.base import Clip, Control, Modality
 
 MAX_TRACKS = 64
@@ -149,6 +150,26 @@ def track_points(frames: np.ndarray, max_tracks: int = MAX_TRACKS,
     if not all_points:
         return Tracks(points=np.zeros((0, count, 2), np.float32), visible=np.zeros((0, count), bool))
     return Tracks(points=np.stack(all_points), visible=np.stack(all_visible))
+
+
+def track_coordinates(frames: np.ndarray, max_tracks: int = MAX_TRACKS) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinates the tracks control is drawn from, frame-major: (points [F, N, 2] float32 (x, y) in pixels of
+    `frames` (bucket pixels for the extractor), alive [F, N] bool). Same tracker as the extractor (`track_points`);
+    a point's coordinates where it is not alive are 0 and meaningless."""
+    tracks = track_points(frames, max_tracks)
+    return np.ascontiguousarray(tracks.points.transpose(1, 0, 2)), np.ascontiguousarray(tracks.visible.T)
+
+
+def write_track_coordinates(path: str | Path, frames: np.ndarray, max_tracks: int = MAX_TRACKS) -> Path:
+    """Track `frames` (see `track_coordinates`) and write `points` [F, N, 2] and `alive` [F, N] to an .npz at `path`
+    atomically (temp file, then replace). Returns the path."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise BadUsage(f"{path}: track coordinates are written as .npz; give a path ending in .npz")
+    points, alive = track_coordinates(frames, max_tracks)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, points=points, alive=alive)
+    return path
 
 
 def age_colour(ratio: float) -> tuple[float, float, float]:
