@@ -723,6 +723,10 @@ def eval_cmd(
     source: Annotated[
         Path | None, typer.Option(help="The clip the control was extracted from (tracks: end-point error).")
     ] = None,
+    clip_model: Annotated[
+        Path | None,
+        typer.Option(help="Local CLIP (background consistency) or DINO/ViT (subject consistency) transformers folder."),
+    ] = None,
     runs: Annotated[
         Path | None, typer.Option(help="Folder of generations: every mp4 with the .json sidecar `generate` writes.")
     ] = None,
@@ -739,13 +743,13 @@ def eval_cmd(
             raise BadUsage("use either --runs DIR or MODALITY --control --video, not both")
         if not runs.is_dir():
             raise BadInput(f"{runs}: not a folder")
-        results = evaluate_runs(runs)
+        results = evaluate_runs(runs, clip_model)
         if not any("metrics" in r for r in results):
             raise BadInput(f"{runs}: no generation with a readable .json sidecar and control to evaluate")
     else:
         if not (modality and control and video):
             raise BadUsage("give MODALITY --control PATH --video PATH (or --runs DIR)")
-        results = [evaluate_pair(modality, control, video, mask, source=source)]
+        results = [evaluate_pair(modality, control, video, mask, source=source, clip_model=clip_model)]
     if sheet is not None:
         rows: list[tuple[str, Any]] = []
         captions = []

@@ -660,8 +660,42 @@ def _temporal_metrics(
         missing["vbench_is_dynamic"] = missing["dynamic_degree"]
 
 
+def feature_consistency(frames: np.ndarray, model_dir: Path, batch: int = 16) -> tuple[str, float]:
+    """VBench-style consistency from a local image model: for every frame t ≥ 1, the mean of the cosine similarity
+    of its embedding to frame 0's and to frame t−1's, averaged over t. A CLIP directory gives VBench's
+    "background_consistency" (CLIP image features); a DINO / ViT directory its "subject_consistency" (the CLS
+    feature). Loaded with transformers from the local folder only (no download, no remote code)."""
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise BadInput(f"{model_dir}: not a transformers model folder (no config.json); give a local CLIP or DINO dir")
+    frames = _check_video("video", frames, min_frames=2)
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+    is_clip = hasattr(model, "get_image_features")
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(frames), batch):
+            pixels = processor(images=list(frames[start : start + batch]), return_tensors="pt")["pixel_values"]
+            if is_clip:
+                out = model.get_image_features(pixel_values=pixels)
+                emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+            else:
+                emb = model(pixel_values=pixels).last_hidden_state[:, 0]  # CLS token
+            feats.append(torch.nn.functional.normalize(emb.float(), dim=-1))
+    f = torch.cat(feats)  # [F, D], unit length
+    to_first = (f[1:] * f[:1]).sum(-1)
+    to_prev = (f[1:] * f[:-1]).sum(-1)
+    name = "background_consistency" if is_clip or config.model_type == "clip" else "subject_consistency"
+    return name, float(((to_first + to_prev) / 2).mean())
+
+
 def _evaluate(
-    modality: str | None, control: Path, video: Path, mask: Path | None, mask_missing: str | None
+    modality: str | None, control: Path, video: Path, mask: Path | None, mask_missing: str | None,
+    clip_model: Path | None = None,
 ) -> dict[str, Any]:
     output = read_video(video)
     metrics: dict[str, Any] = {}
@@ -717,6 +751,10 @@ def _evaluate(
 
     _temporal_metrics(output.frames, output.fps, metrics, missing, compared)
     missing.update(VBENCH_NOT_AVAILABLE)
+    if clip_model is not None:
+        name, value = feature_consistency(output.frames, clip_model)
+        metrics[name] = value
+        missing.pop(name, None)
     return {
         "modality": modality,
         "control": str(control),
@@ -728,7 +766,8 @@ def _evaluate(
 
 
 def evaluate_pair(
-    modality: str, control: Path, video: Path, mask: Path | None = None, source: Path | None = None
+    modality: str, control: Path, video: Path, mask: Path | None = None, source: Path | None = None,
+    clip_model: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one generated video against its control.
 
@@ -744,7 +783,8 @@ def evaluate_pair(
       flow-based ones (warp_error, motion_smoothness, dynamic_degree, vbench_is_dynamic) run on the output shrunk to
       a short side of at most 256 px (`flow_frames`; Farneback at 768×448 costs about a second per flow on a CPU);
       dynamic_degree and vbench_is_dynamic use VBench's fps-based frame sampling;
-    - VBench's model-based scores (subject/background consistency, aesthetic and imaging quality) → not available.
+    - VBench's model-based scores (subject/background consistency, aesthetic and imaging quality) → not available,
+      except the consistency score of `clip_model` (a local CLIP or DINO folder, `feature_consistency`).
     Control and output may differ in length (generated clips can lose the last frame): the first min(F) frames are
     compared (a video mask shortens that further). Different sizes are compared at the control's size: the output
     is resized to it (masked metrics) or its edges are (edge_f1); a different aspect ratio is stretched.
@@ -753,7 +793,7 @@ def evaluate_pair(
     if modality == "inpaint" and mask is None:
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
                        "prepare` wrote next to the control")
-    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None)
+    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, clip_model)
     if modality == "tracks":
         _track_epe_entry(Path(source) if source is not None else None, video, result["metrics"],
                          result["not_available"], result["compared"])
@@ -789,7 +829,7 @@ def _is_generate_extra(path: Path) -> bool:
     return path.name.startswith(".") or path.name.endswith(".preview.mp4") or ".control-" in path.name
 
 
-def evaluate_runs(runs_dir: Path) -> list[dict[str, Any]]:
+def evaluate_runs(runs_dir: Path, clip_model: Path | None = None) -> list[dict[str, Any]]:
     """Evaluate every `*.mp4` directly in `runs_dir` that has a `<stem>.json` sidecar from `avctl generate`, against
     its first control with the first modality (`evaluate_pair`), adding "sidecar", "strength", "seed" and "loras"
     from the sidecar. For inpaint, the mask is looked up where `avctl prepare` puts it (a control at
@@ -835,7 +875,7 @@ def evaluate_runs(runs_dir: Path) -> list[dict[str, Any]]:
             mask_missing = (f"no mask found for {control} (expected <dataset>/mask/<clip>.mp4 next to "
                             "<dataset>/reference/<clip>.mp4); evaluate this video on its own with its mask")
         try:
-            row = _evaluate(modality, control, video, mask, mask_missing)
+            row = _evaluate(modality, control, video, mask, mask_missing, clip_model)
         except AvctlError as exc:
             rows.append({"video": str(video), "skipped": str(exc)})
             continue
