@@ -39,7 +39,7 @@ def test_static_clip_is_fully_consistent_and_noise_is_not(clip_dir):
     noise = rng.integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
     _, varied = feature_consistency(noise, clip_dir)
     assert varied < same
-    with pytest.raises(BadInput, match="config.json"):
+    with pytest.raises(BadInput, match=r"config\.json"):
         feature_consistency(still, clip_dir / "missing")
 
 
