@@ -63,14 +63,14 @@ _FONT_SCALE = 0.45
 
 #: Model-based scores that `evaluate_pair` always reports as not available, with the reason.
 VBENCH_NOT_AVAILABLE = {
-    "subject_consistency": "VBench subject consistency needs DINO ViT-B/16 weights (dino_vitbase16_pretrain.pth), "
-    "which avctl does not ship",
-    "background_consistency": "VBench background consistency needs CLIP ViT-B/32 weights (ViT-B-32.pt), which avctl "
-    "does not ship",
+    "subject_consistency": "VBench subject consistency needs DINO ViT-B/16 weights, which avctl does not ship; pass a "
+    "local DINO/ViT transformers folder with --clip-model",
+    "background_consistency": "VBench background consistency needs CLIP ViT-B/32 weights, which avctl does not ship; "
+    "pass a local CLIP transformers folder with --clip-model",
     "aesthetic_quality": "VBench aesthetic quality needs CLIP ViT-L/14 and the LAION aesthetic predictor "
     "(sa_0_4_vit_l_14_linear.pth), which avctl does not ship; there is no credible weightless substitute",
     "imaging_quality": "VBench imaging quality needs MUSIQ weights (musiq_spaq_ckpt-358bb6af.pth), which avctl does "
-    "not ship",
+    "not ship; the BRISQUE substitute needs opencv-contrib's cv2.quality plus its model files, not installed here",
 }
 
 #: Control-fidelity metrics that need a model to re-estimate the control on the output.
