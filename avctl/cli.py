@@ -727,14 +727,25 @@ def eval_cmd(
         Path | None,
         typer.Option(help="Local CLIP (background consistency) or DINO/ViT (subject consistency) transformers folder."),
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="depth / pose: the extractor's weights (as for `prepare --weights`), to re-estimate the "
+                     "control on the output. Default: $AVCTL_HOME/weights, then the local hub cache."),
+    ] = None,
+    brisque_model: Annotated[
+        Path | None,
+        typer.Option(help="Folder with brisque_model_live.yml and brisque_range_live.yml: adds BRISQUE image "
+                     "quality (needs opencv-contrib-python)."),
+    ] = None,
     runs: Annotated[
         Path | None, typer.Option(help="Folder of generations: every mp4 with the .json sidecar `generate` writes.")
     ] = None,
     sheet: Annotated[Path | None, typer.Option(help="Write a PNG contact sheet (control | output, metrics).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure control fidelity (edge F1, masked PSNR/SSIM, …) and temporal quality (warp error, flicker, motion
-    smoothness, dynamic degree). Metrics whose models are not installed are listed as not available."""
+    """Measure control fidelity (edge F1, masked PSNR/SSIM, depth / pose agreement, track error, …) and temporal
+    quality (warp error, flicker, motion smoothness, dynamic degree). Metrics whose models are not installed are
+    listed as not available, never guessed."""
     from avctl import media
     from avctl.metrics import contact_sheet, evaluate_pair, evaluate_runs
 
@@ -743,13 +754,14 @@ def eval_cmd(
             raise BadUsage("use either --runs DIR or MODALITY --control --video, not both")
         if not runs.is_dir():
             raise BadInput(f"{runs}: not a folder")
-        results = evaluate_runs(runs, clip_model)
+        results = evaluate_runs(runs, clip_model, weights, brisque_model)
         if not any("metrics" in r for r in results):
             raise BadInput(f"{runs}: no generation with a readable .json sidecar and control to evaluate")
     else:
         if not (modality and control and video):
             raise BadUsage("give MODALITY --control PATH --video PATH (or --runs DIR)")
-        results = [evaluate_pair(modality, control, video, mask, source=source, clip_model=clip_model)]
+        results = [evaluate_pair(modality, control, video, mask, source=source, clip_model=clip_model,
+                                 weights=weights, brisque_model=brisque_model)]
     if sheet is not None:
         rows: list[tuple[str, Any]] = []
         captions = []

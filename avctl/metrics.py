@@ -3,13 +3,15 @@
 Everything here runs without model weights (see the reference notes, extractors.md §5). The metric functions are pure
 functions on numpy arrays: video frames are uint8 [F, H, W, 3] RGB, masks uint8 [F, H, W] or [H, W] (nonzero = hole),
 audio float [C, N] or [N]. A metric that needs a model avctl does not ship (depth and pose re-estimation, VBench's
-DINO / CLIP / LAION / MUSIQ scores) is never approximated by a number: `evaluate_pair` lists it under
-"not_available" with the reason.
+DINO / CLIP / LAION / MUSIQ scores, BRISQUE) runs only when the user points at the model, and is otherwise never
+approximated by a number: `evaluate_pair` lists it under "not_available" with the reason.
 
 Control fidelity
     edge_f1                 Canny edges of the output against the control's edges, with a pixel tolerance.
     masked_psnr/ssim        output against the inpainting reference, outside the hole only.
     audio_envelope_correlation   Pearson correlation of 20 ms RMS envelopes in dB.
+    depth_agreement         depth re-estimated on the output vs the depth control (correlation, aligned RMSE).
+    pose_agreement          skeletons re-detected on the output vs the pose control (tolerant pixel F1).
 Temporal quality (on the output alone)
     warp_error              flow-warping error with a forward-backward occlusion check (0–255 scale, lower = steadier).
     flicker                 mean jump of the frame-mean brightness between consecutive frames (0–255, lower = steadier).
@@ -30,14 +32,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 
-from avctl.errors import AvctlError, BadInput, BadUsage
-from avctl.media import atomic_path, probe, read_audio, read_frames_or_image, read_video
+from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
+from avctl.media import VideoClip, atomic_path, probe, read_audio, read_frames_or_image, read_video
 
 FlowMethod = Literal["farneback", "dis"]
 
@@ -70,22 +73,18 @@ VBENCH_NOT_AVAILABLE = {
     "aesthetic_quality": "VBench aesthetic quality needs CLIP ViT-L/14 and the LAION aesthetic predictor "
     "(sa_0_4_vit_l_14_linear.pth), which avctl does not ship; there is no credible weightless substitute",
     "imaging_quality": "VBench imaging quality needs MUSIQ weights (musiq_spaq_ckpt-358bb6af.pth), which avctl does "
-    "not ship; the BRISQUE substitute needs opencv-contrib's cv2.quality plus its model files, not installed here",
+    "not ship; for the BRISQUE substitute install opencv-contrib-python and pass --brisque-model DIR",
 }
 
-#: Control-fidelity metrics that need a model to re-estimate the control on the output.
-MODEL_FIDELITY_NOT_AVAILABLE = {
-    "depth": (
-        "depth_fidelity",
-        "comparing depth needs a depth model (Video-Depth-Anything or Depth-Anything-V2) to re-estimate depth on "
-        "the output; no depth model ships offline",
-    ),
-    "pose": (
-        "pose_fidelity",
-        "comparing pose needs a pose model (DWPose, or MediaPipe as an optional extra) to re-detect keypoints on the "
-        "output; no pose model ships with avctl",
-    ),
+#: Control-fidelity metrics that re-estimate the control on the output with the modality's own extractor model:
+#: modality → (metric names, what is needed).
+MODEL_FIDELITY = {
+    "depth": (("depth_correlation", "depth_aligned_rmse"),
+              "re-estimating depth on the output needs the depth extractor's model (Depth-Anything-V2)"),
+    "pose": (("pose_skeleton_f1",), "re-detecting pose on the output needs the pose extractor's models (DWPose)"),
 }
+
+BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
 
 
 # ----------------------------------------------------------------------------------------------------------- checks
@@ -171,22 +170,76 @@ def edge_f1(control: np.ndarray, output: np.ndarray, tolerance_px: int = 2) -> f
         raise BadUsage(f"edge_f1: tolerance_px must be ≥ 0, got {tolerance_px}")
     height, width = control.shape[1:3]
     out_edges = output_edges(output, height, width)  # [F, h, w] bool
+    ctrl_edges = np.stack([_grey(frame) >= EDGE_THRESHOLD for frame in control])  # [F, h, w] bool
+    return tolerant_f1(ctrl_edges, out_edges, tolerance_px)
+
+
+def tolerant_f1(reference: np.ndarray, found: np.ndarray, tolerance_px: int) -> float:
+    """F1 of two binary pixel sets [F, h, w] with a distance tolerance: precision = `found` pixels within
+    `tolerance_px` of a `reference` pixel (a disk of diameter 2t+1) / `found` pixels, recall the other way round;
+    counts summed over all frames. Both empty → 1.0; one empty → 0.0."""
     kernel = _disk(tolerance_px)
-    out_total = ctrl_total = out_matched = ctrl_matched = 0
-    for ctrl_frame, out_edge in zip(control, out_edges, strict=True):
-        ctrl_edge = _grey(ctrl_frame) >= EDGE_THRESHOLD  # [h, w] bool
-        ctrl_near = cv2.dilate(ctrl_edge.astype(np.uint8), kernel) > 0
-        out_near = cv2.dilate(out_edge.astype(np.uint8), kernel) > 0
-        out_total += int(out_edge.sum())
-        ctrl_total += int(ctrl_edge.sum())
-        out_matched += int((out_edge & ctrl_near).sum())
-        ctrl_matched += int((ctrl_edge & out_near).sum())
-    if out_total == 0 and ctrl_total == 0:
+    found_total = ref_total = found_matched = ref_matched = 0
+    for ref, hit in zip(reference, found, strict=True):
+        ref_near = cv2.dilate(ref.astype(np.uint8), kernel) > 0
+        hit_near = cv2.dilate(hit.astype(np.uint8), kernel) > 0
+        found_total += int(hit.sum())
+        ref_total += int(ref.sum())
+        found_matched += int((hit & ref_near).sum())
+        ref_matched += int((ref & hit_near).sum())
+    if found_total == 0 and ref_total == 0:
         return 1.0
-    if out_total == 0 or ctrl_total == 0:
+    if found_total == 0 or ref_total == 0:
         return 0.0
-    precision, recall = out_matched / out_total, ctrl_matched / ctrl_total
+    precision, recall = found_matched / found_total, ref_matched / ref_total
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# ------------------------------------------------------------------------------------- model-based control fidelity
+def depth_agreement(control: np.ndarray, output_depth: np.ndarray) -> dict[str, float]:
+    """How well depth re-estimated on the output agrees with a depth control.
+
+    `control` [F, h, w, 3] uint8: a depth video as the depth extractor renders it (grey, near = white, one min/max
+    over the clip), read as disparity in 0..1. `output_depth` [F, H, W] float: the depth model's relative inverse
+    depth on the output frames (un-normalised), shrunk to h × w with INTER_AREA. Both are only defined up to scale
+    and shift, so the output is fitted onto the control by least squares (one scale and shift for the whole clip,
+    as the extractor normalises per clip). Returns:
+    - depth_correlation: Pearson correlation over all pixels (1 = same relative depth; invariant to scale/shift);
+    - depth_aligned_rmse: RMSE of the fitted output against the control, in units of the control's 0..1 range.
+    A constant control or output has no relative depth to compare: BadInput."""
+    control = _check_video("depth control", control)
+    output_depth = np.asarray(output_depth, dtype=np.float32)
+    if output_depth.ndim != 3 or len(output_depth) != len(control):
+        raise BadInput(f"depth_agreement: output depth must be [F, H, W] with F = {len(control)}, got "
+                       f"{output_depth.shape}")
+    height, width = control.shape[1:3]
+    target = np.stack([_grey(frame) for frame in control]).astype(np.float64) / 255.0  # [F, h, w]
+    found = np.stack([d if d.shape == (height, width) else cv2.resize(d, (width, height),
+                                                                        interpolation=cv2.INTER_AREA)
+                      for d in output_depth]).astype(np.float64)  # [F, h, w]
+    t, o = target.ravel(), found.ravel()
+    if t.std() == 0 or o.std() == 0:
+        which = "control" if t.std() == 0 else "output's re-estimated depth"
+        raise BadInput(f"the {which} is constant: no relative depth to compare")
+    correlation = float(np.corrcoef(t, o)[0, 1])
+    design = np.stack([o, np.ones_like(o)], axis=1)
+    (scale, shift), *_ = np.linalg.lstsq(design, t, rcond=None)
+    rmse = float(np.sqrt(np.mean((scale * o + shift - t) ** 2)))
+    return {"depth_correlation": correlation, "depth_aligned_rmse": rmse}
+
+
+POSE_PIXEL_LEVEL = 40  # a pose drawing's pixel is "skeleton" when its brightest channel reaches this (on black)
+POSE_TOLERANCE_PX = 3
+
+
+def pose_agreement(control: np.ndarray, output_pose: np.ndarray, tolerance_px: int = POSE_TOLERANCE_PX) -> float:
+    """F1 (`tolerant_f1`) between the skeleton pixels of a pose control and of the skeletons re-detected on the
+    output and drawn the same way (both [F, h, w, 3] uint8 on black, same size). Colour is ignored: a limb drawn in
+    the right place counts whichever limb it is."""
+    control = _check_video("pose control", control)
+    output_pose = _check_video("re-detected pose", output_pose)
+    _check_same_shape("pose_agreement", control, output_pose)
+    return tolerant_f1(control.max(-1) >= POSE_PIXEL_LEVEL, output_pose.max(-1) >= POSE_PIXEL_LEVEL, tolerance_px)
 
 
 # ----------------------------------------------------------------------------------------------------- masked metrics
@@ -693,9 +746,71 @@ def feature_consistency(frames: np.ndarray, model_dir: Path, batch: int = 16) ->
     return name, float(((to_first + to_prev) / 2).mean())
 
 
+@dataclass(frozen=True)
+class EvalModels:
+    """Local models for the model-based metrics; a metric whose model is None is reported as not available."""
+
+    clip_model: Path | None = None  # CLIP (background consistency) or DINO/ViT (subject consistency) folder
+    weights: Path | None = None  # extractor weights for depth / pose re-estimation, as `avctl prepare --weights`
+    brisque_model: Path | None = None  # folder with BRISQUE_FILES (needs opencv-contrib's cv2.quality)
+
+
+def _model_fidelity(modality: str, control: Path, output: VideoClip, weights: Path | None, metrics: dict[str, Any],
+                    missing: dict[str, str], compared: dict[str, Any]) -> None:
+    """evaluate_pair's depth / pose branch: re-run the modality's extractor on the output and compare it with the
+    control, or list the metrics as not available with the reason (no model found)."""
+    from avctl.prepare import build_extractor
+    from modalities.base import Clip, get_modality
+
+    names, need = MODEL_FIDELITY[modality]
+    try:
+        extractor = build_extractor(get_modality(modality), weights)
+    except MissingWeights as exc:
+        for name in names:
+            missing[name] = f"{need}: {exc}"
+        return
+    ctrl = read_video(control)
+    count = min(len(ctrl.frames), len(output.frames))
+    height, width = ctrl.frames.shape[1:3]
+    compared.update(control_frames=len(ctrl.frames), frames=count, width=width, height=height,
+                    fidelity_model=getattr(extractor, "version", modality))
+    frames = np.ascontiguousarray(output.frames[:count])
+    if modality == "depth":
+        try:
+            metrics.update(depth_agreement(ctrl.frames[:count], extractor.predict(frames)))
+        except BadInput as exc:
+            for name in names:
+                missing[name] = str(exc)
+        return
+    clip = Clip(frames=frames, fps=output.fps, key=control.name, seed=0, reference_size=(height, width))
+    try:
+        drawn = extractor(clip).frames
+    except BadInput:  # no person found on the output: nothing drawn, which the F1 then scores
+        drawn = np.zeros((count, height, width, 3), dtype=np.uint8)
+    metrics["pose_skeleton_f1"] = pose_agreement(ctrl.frames[:count], drawn)
+
+
+def brisque(frames: np.ndarray, model_dir: Path, samples: int = 8) -> float:
+    """Mean BRISQUE score (0–100, lower = better looking) of up to `samples` evenly spaced frames, with OpenCV
+    contrib's `cv2.quality.QualityBRISQUE_compute` and the model files `BRISQUE_FILES` in `model_dir`."""
+    quality = getattr(cv2, "quality", None)
+    if quality is None or not hasattr(quality, "QualityBRISQUE_compute"):
+        raise MissingWeights("BRISQUE needs OpenCV's contrib module cv2.quality: pip install opencv-contrib-python "
+                             "(it replaces opencv-python)")
+    model, ranges = (Path(model_dir) / name for name in BRISQUE_FILES)
+    if not (model.is_file() and ranges.is_file()):
+        raise MissingWeights(f"{model_dir}: needs {BRISQUE_FILES[0]} and {BRISQUE_FILES[1]} (from opencv_contrib's "
+                             "modules/quality/samples)")
+    frames = _check_video("video", frames)
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(samples, len(frames))).round().astype(int))
+    scores = [float(quality.QualityBRISQUE_compute(cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR), str(model),
+                                                    str(ranges))[0]) for i in picks]
+    return float(np.mean(scores))
+
+
 def _evaluate(
     modality: str | None, control: Path, video: Path, mask: Path | None, mask_missing: str | None,
-    clip_model: Path | None = None,
+    models: EvalModels = EvalModels(),
 ) -> dict[str, Any]:
     output = read_video(video)
     metrics: dict[str, Any] = {}
@@ -728,9 +843,8 @@ def _evaluate(
                 metrics["masked_ssim"] = masked_ssim(reference, out, holes)
             except BadInput as exc:
                 raise BadInput(f"{mask}: {exc}") from exc
-    elif modality in MODEL_FIDELITY_NOT_AVAILABLE:
-        name, reason = MODEL_FIDELITY_NOT_AVAILABLE[modality]
-        missing[name] = reason
+    elif modality in MODEL_FIDELITY:
+        _model_fidelity(modality, control, output, models.weights, metrics, missing, compared)
     elif modality == "audio-intensity":
         control_audio = read_audio(control, ENVELOPE_SAMPLE_RATE, channels=1)
         output_audio = read_audio(video, ENVELOPE_SAMPLE_RATE, channels=1)
@@ -751,10 +865,15 @@ def _evaluate(
 
     _temporal_metrics(output.frames, output.fps, metrics, missing, compared)
     missing.update(VBENCH_NOT_AVAILABLE)
-    if clip_model is not None:
-        name, value = feature_consistency(output.frames, clip_model)
+    if models.clip_model is not None:
+        name, value = feature_consistency(output.frames, models.clip_model)
         metrics[name] = value
         missing.pop(name, None)
+    if models.brisque_model is not None:
+        try:
+            metrics["brisque"] = brisque(output.frames, models.brisque_model)
+        except MissingWeights as exc:
+            missing["brisque"] = str(exc)
     return {
         "modality": modality,
         "control": str(control),
@@ -767,7 +886,7 @@ def _evaluate(
 
 def evaluate_pair(
     modality: str, control: Path, video: Path, mask: Path | None = None, source: Path | None = None,
-    clip_model: Path | None = None,
+    clip_model: Path | None = None, weights: Path | None = None, brisque_model: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one generated video against its control.
 
@@ -775,7 +894,9 @@ def evaluate_pair(
     - canny → edge_f1 (see its size rule); inpaint → masked_psnr and masked_ssim against the control (the reference
       with the hole painted over), outside the mask (`mask` required: the mask/<clip>.mp4 `avctl prepare` writes, or
       an image); audio-intensity → audio_envelope_correlation of the control's and the output's audio;
-      depth / pose → not available (no model ships offline); tracks → track_epe of the output against `source`
+      depth → depth_correlation and depth_aligned_rmse, pose → pose_skeleton_f1, by re-running the modality's
+      extractor on the output (`weights` as for `avctl prepare --weights`; not available when no model is found,
+      since none ships); tracks → track_epe of the output against `source`
       (the clip the control was extracted from; not available without it); other modalities → "control_fidelity"
       not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
@@ -784,7 +905,8 @@ def evaluate_pair(
       a short side of at most 256 px (`flow_frames`; Farneback at 768×448 costs about a second per flow on a CPU);
       dynamic_degree and vbench_is_dynamic use VBench's fps-based frame sampling;
     - VBench's model-based scores (subject/background consistency, aesthetic and imaging quality) → not available,
-      except the consistency score of `clip_model` (a local CLIP or DINO folder, `feature_consistency`).
+      except the consistency score of `clip_model` (a local CLIP or DINO folder, `feature_consistency`); with
+      `brisque_model`, also `brisque` (needs opencv-contrib).
     Control and output may differ in length (generated clips can lose the last frame): the first min(F) frames are
     compared (a video mask shortens that further). Different sizes are compared at the control's size: the output
     is resized to it (masked metrics) or its edges are (edge_f1); a different aspect ratio is stretched.
@@ -793,7 +915,8 @@ def evaluate_pair(
     if modality == "inpaint" and mask is None:
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
                        "prepare` wrote next to the control")
-    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, clip_model)
+    models = EvalModels(clip_model, weights, brisque_model)
+    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, models)
     if modality == "tracks":
         _track_epe_entry(Path(source) if source is not None else None, video, result["metrics"],
                          result["not_available"], result["compared"])
@@ -829,7 +952,8 @@ def _is_generate_extra(path: Path) -> bool:
     return path.name.startswith(".") or path.name.endswith(".preview.mp4") or ".control-" in path.name
 
 
-def evaluate_runs(runs_dir: Path, clip_model: Path | None = None) -> list[dict[str, Any]]:
+def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path | None = None,
+                  brisque_model: Path | None = None) -> list[dict[str, Any]]:
     """Evaluate every `*.mp4` directly in `runs_dir` that has a `<stem>.json` sidecar from `avctl generate`, against
     its first control with the first modality (`evaluate_pair`), adding "sidecar", "strength", "seed" and "loras"
     from the sidecar. For inpaint, the mask is looked up where `avctl prepare` puts it (a control at
@@ -875,7 +999,8 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None) -> list[dict[s
             mask_missing = (f"no mask found for {control} (expected <dataset>/mask/<clip>.mp4 next to "
                             "<dataset>/reference/<clip>.mp4); evaluate this video on its own with its mask")
         try:
-            row = _evaluate(modality, control, video, mask, mask_missing, clip_model)
+            row = _evaluate(modality, control, video, mask, mask_missing,
+                            EvalModels(clip_model, weights, brisque_model))
         except AvctlError as exc:
             rows.append({"video": str(video), "skipped": str(exc)})
             continue

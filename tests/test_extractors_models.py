@@ -17,6 +17,7 @@ from avctl.errors import BadInput, BadUsage, MissingWeights
 from modalities import depth as depth_mod
 from modalities import pose as pose_mod
 from modalities.base import Clip
+from modalities.pose import draw_pose
 
 
 def _clip(frames: np.ndarray, reference_size: tuple[int, int]) -> Clip:
@@ -332,3 +333,75 @@ def test_dwpose_missing_files(tmp_path: Path, empty_hf_cache: Path, dwpose_dir: 
 def test_pose_modality_uses_the_factory() -> None:
     assert pose_mod.POSE.extractor is pose_mod.pose_extractor
     assert "DWPose" in pose_mod.POSE.extractor_note
+
+
+# ------------------------------------------------------------------------------------- eval: re-estimate on the output
+def test_depth_agreement_is_scale_invariant_and_falls_with_noise() -> None:
+    from avctl.metrics import depth_agreement
+
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:24, 0:32]
+    disparity = np.stack([(xs + 2 * ys + 3 * i) / 100.0 for i in range(4)]).astype(np.float32)  # [F, h, w]
+    control = np.repeat(depth_mod.render_depth(disparity, (24, 32)), 1, axis=0)
+    same = depth_agreement(control, 7.0 * np.repeat(np.repeat(disparity, 2, 1), 2, 2) + 3.0)  # 2× size, rescaled
+    assert same["depth_correlation"] > 0.999 and same["depth_aligned_rmse"] < 0.01
+    scores = [depth_agreement(control, disparity + rng.normal(0, noise, disparity.shape))["depth_correlation"]
+              for noise in (0.02, 0.1, 0.5)]
+    assert scores[0] > scores[1] > scores[2]
+    assert depth_agreement(control, -disparity)["depth_correlation"] < -0.99  # near/far swapped
+    with pytest.raises(BadInput, match="constant"):
+        depth_agreement(np.zeros_like(control), disparity)
+
+
+def test_pose_agreement_falls_as_the_skeleton_moves() -> None:
+    from avctl.metrics import pose_agreement
+
+    points = np.zeros((1, 18, 2))
+    points[0, :, 0] = np.linspace(20, 100, 18)
+    points[0, :, 1] = np.linspace(20, 70, 18)
+    scores = np.ones((1, 18))
+
+    def drawn(dx: float) -> np.ndarray:
+        return draw_pose(points + np.array([dx, 0.0]), scores, 96, 128)[None]
+
+    values = [pose_agreement(drawn(0), drawn(dx)) for dx in (0, 2, 8, 30)]
+    assert values[0] == 1.0 and values[0] >= values[1] > values[2] > values[3]
+    assert pose_agreement(drawn(0), np.zeros_like(drawn(0))) == 0.0
+
+
+def test_eval_reestimates_depth_and_pose_with_given_weights(tiny_depth_dir: Path, dwpose_dir: Path,
+                                                            tmp_path: Path) -> None:
+    from avctl.media import write_video
+    from avctl.metrics import evaluate_pair
+
+    frames = np.random.default_rng(3).integers(0, 256, size=(4, 160, 320, 3), dtype=np.uint8)
+    frames = cv2.GaussianBlur(frames.reshape(-1, 320, 3), (9, 9), 3).reshape(frames.shape)  # compresses faithfully
+    output = tmp_path / "out.mp4"
+    write_video(output, frames, 12.0, lossless=True)
+
+    depth_control = tmp_path / "depth.mp4"
+    extractor = depth_mod.DepthAnythingExtractor.from_pretrained(tiny_depth_dir, device="cpu")
+    write_video(depth_control, extractor(_clip(frames, (80, 160))).frames, 12.0, lossless=True)
+    result = evaluate_pair("depth", depth_control, output, weights=tiny_depth_dir)
+    assert result["metrics"]["depth_correlation"] > 0.99  # the control was made from this very clip
+    assert result["metrics"]["depth_aligned_rmse"] < 0.02
+    assert "depth_correlation" not in result["not_available"]
+
+    pose_control = tmp_path / "pose.mp4"
+    drawn = pose_mod.DWPoseExtractor.from_pretrained(dwpose_dir)(_clip(frames, (80, 160))).frames
+    write_video(pose_control, drawn, 12.0, lossless=True)
+    assert evaluate_pair("pose", pose_control, output, weights=dwpose_dir)["metrics"]["pose_skeleton_f1"] == 1.0
+    black = tmp_path / "black.mp4"
+    write_video(black, np.zeros_like(drawn), 12.0, lossless=True)
+    assert evaluate_pair("pose", black, output, weights=dwpose_dir)["metrics"]["pose_skeleton_f1"] == 0.0
+
+
+def test_brisque_without_opencv_contrib_is_not_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avctl.media import write_video
+    from avctl.metrics import evaluate_pair
+
+    monkeypatch.delattr(cv2, "quality", raising=False)  # as with plain opencv-python
+    video = tmp_path / "v.mp4"
+    write_video(video, np.zeros((3, 32, 32, 3), dtype=np.uint8), 12.0)
+    result = evaluate_pair("canny", video, video, brisque_model=tmp_path)
+    assert "brisque" not in result["metrics"] and "opencv-contrib" in result["not_available"]["brisque"]

@@ -257,7 +257,9 @@ def canny_pair(tmp_path: Path) -> tuple[Path, Path]:
     return control, output
 
 
-def test_evaluate_pair_canny_and_depth(canny_pair: tuple[Path, Path]) -> None:
+def test_evaluate_pair_canny_and_depth(canny_pair: tuple[Path, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AVCTL_HOME", raising=False)
     control, output = canny_pair
     result = evaluate_pair("canny", control, output)
     assert set(result) >= {"modality", "control", "video", "metrics", "not_available"}
@@ -269,9 +271,12 @@ def test_evaluate_pair_canny_and_depth(canny_pair: tuple[Path, Path]) -> None:
     assert set(VBENCH_NOT_AVAILABLE) <= set(result["not_available"])
     json.dumps(result)  # serialisable as it is
 
-    depth = evaluate_pair("depth", control, output)
-    assert "depth_fidelity" in depth["not_available"] and "edge_f1" not in depth["metrics"]
-    assert "depth" in depth["not_available"]["depth_fidelity"]
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    depth = evaluate_pair("depth", control, output, weights=empty)
+    assert {"depth_correlation", "depth_aligned_rmse"} <= set(depth["not_available"])
+    assert "edge_f1" not in depth["metrics"] and "depth_correlation" not in depth["metrics"]
+    assert "huggingface-cli download" in depth["not_available"]["depth_correlation"]
     assert set(TEMPORAL) <= set(depth["metrics"])
 
 
