@@ -413,16 +413,29 @@ def resolve_weights(weights: Path | None, backend: str | None) -> Path | None:
     return None
 
 
-def build_extractor(modality: Modality, weights: Path | None = None, backend: str | None = None) -> Extractor:
+def build_extractor(modality: Modality, weights: Path | None = None, backend: str | None = None,
+                    options: dict[str, Any] | None = None) -> Extractor:
     """The modality's extractor: `factory(weights=..., backend=...)` when its factory takes those keywords (weights
-    resolved by `resolve_weights`), else `factory()`, refusing --weights / --backend it could not honour."""
+    resolved by `resolve_weights`), else `factory()`, refusing --weights / --backend it could not honour.
+    `options` are extra keyword arguments for factories that declare them (e.g. who-is-talking's `speakers`)."""
     factory = modality.extractor
     if factory is None:
         raise BadUsage(f"{modality.name!r} has no extractor ({modality.extractor_note})")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if options:
+        try:
+            parameters = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            parameters = {}  # type: ignore[assignment]
+        refused = [k for k in options if k not in parameters]
+        if refused:
+            raise BadUsage(f"--{refused[0]}: the {modality.name!r} extractor takes no such option")
+        if not _takes_options(factory):
+            return factory(**options)
     if _takes_options(factory):
         default = getattr(factory, "backend", None)
         chosen = backend or (default if isinstance(default, str) else None)
-        return factory(weights=resolve_weights(weights, chosen), backend=backend)
+        return factory(weights=resolve_weights(weights, chosen), backend=backend, **options)
     if weights is not None or backend is not None:
         given = " and ".join(flag for flag, value in (("--weights", weights), ("--backend", backend))
                              if value is not None)
@@ -434,13 +447,14 @@ def build_extractor(modality: Modality, weights: Path | None = None, backend: st
 _worker_state: tuple[_Settings, Extractor | None] | AvctlError | None = None
 
 
-def _init_worker(modality: Modality, settings: _Settings, weights: Path | None, backend: str | None) -> None:
+def _init_worker(modality: Modality, settings: _Settings, weights: Path | None, backend: str | None,
+                 options: dict[str, Any] | None = None) -> None:
     global _worker_state
     if modality.extractor is None:  # pairs: nothing to load
         _worker_state = (settings, None)
         return
     try:
-        _worker_state = (settings, build_extractor(modality, weights, backend))
+        _worker_state = (settings, build_extractor(modality, weights, backend, options))
     except AvctlError as exc:  # e.g. MissingWeights: handed to the parent with its message by the first job
         _worker_state = exc
     except Exception as exc:
@@ -454,8 +468,8 @@ def _run_in_worker(job: _Job) -> dict[str, Any]:
     return _process(job, *_worker_state)
 
 
-def _extractor_identity(modality: Modality, weights: Path | None = None,
-                        backend: str | None = None) -> tuple[dict[str, str], Extractor | None]:
+def _extractor_identity(modality: Modality, weights: Path | None = None, backend: str | None = None,
+                        options: dict[str, Any] | None = None) -> tuple[dict[str, str], Extractor | None]:
     """{"backend", "version"} of the modality's extractor, read from the factory when it carries them (a class with
     class attributes: no model load) and no other backend was asked for, else from an instance built here
     (returned so it can be reused)."""
@@ -463,9 +477,10 @@ def _extractor_identity(modality: Modality, weights: Path | None = None,
     assert factory is not None
     extractor: Extractor | None = None
     known, version = getattr(factory, "backend", None), getattr(factory, "version", None)
-    if isinstance(known, str) and isinstance(version, str) and backend is None and weights is None:
+    if (isinstance(known, str) and isinstance(version, str) and backend is None and weights is None
+            and not any(v is not None for v in (options or {}).values())):
         return {"backend": known, "version": version}, None
-    extractor = build_extractor(modality, weights, backend)
+    extractor = build_extractor(modality, weights, backend, options)
     return {"backend": str(getattr(extractor, "backend", type(extractor).__name__)),
             "version": str(getattr(extractor, "version", "unknown"))}, extractor
 
@@ -515,11 +530,14 @@ def prepare(
     progress: Callable[[int, int], None] | None = None,
     weights: Path | None = None,
     backend: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> PrepareSummary:
     """Build (or resume) the dataset for `modality` in `out` from `inputs` (videos and folders, or pairs manifests
     for a paired modality). Raises BadInput/BadUsage when nothing can start (unsupported modality, bad bucket, no
     videos, an incompatible existing dataset, --weights/--backend the extractor cannot take); per-clip problems are
-    listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip."""
+    listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip.
+    `options`: extra extractor keyword arguments (None values dropped), e.g. {"speakers": PATH} for
+    who-is-talking; an extractor that does not declare one refuses it with BadUsage."""
     if workers < 1:
         raise BadUsage(f"--workers must be at least 1, got {workers}")
     if modality.paired and (weights is not None or backend is not None):
@@ -531,7 +549,7 @@ def prepare(
     if modality.paired:
         identity, extractor = dict(PAIRS_IDENTITY), None
     else:
-        identity, extractor = _extractor_identity(modality, weights, backend)
+        identity, extractor = _extractor_identity(modality, weights, backend, options)
     info = {
         "modality": modality.name,
         "bucket": str(bucket),
@@ -586,11 +604,11 @@ def prepare(
         progress(0, len(jobs))
     if workers == 1 or len(jobs) <= 1:
         if jobs and extractor is None and not modality.paired:
-            extractor = build_extractor(modality, weights, backend)
+            extractor = build_extractor(modality, weights, backend, options)
         for completed, job in enumerate(jobs, start=1):
             record(_process(job, settings, extractor), completed)
     else:
-        _run_pool(modality, settings, jobs, workers, record, weights, backend)
+        _run_pool(modality, settings, jobs, workers, record, weights, backend, options)
 
     if extracted["frames"] and extracted["seconds"] > 0:
         summary.frames_per_s = round(extracted["frames"] / extracted["seconds"], 2)
@@ -608,10 +626,11 @@ def _run_pool(
     record: Callable[[dict[str, Any], int], None],
     weights: Path | None = None,
     backend: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     context = multiprocessing.get_context("spawn")  # fork would copy CUDA/threads state of a model-backed parent
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                               initargs=(modality, settings, weights, backend))
+                               initargs=(modality, settings, weights, backend, options))
     try:
         pending: set[Future[dict[str, Any]]] = {pool.submit(_run_in_worker, job) for job in jobs}
         completed = 0

@@ -10,6 +10,12 @@ stream, an audio LoRA's (`avctl.streams = ["audio"]`) on the audio stream; each 
 group. With `composite=True` the video controls are first merged into ONE reference video (`composite_controls`)
 that all video LoRAs attend to. A first-frame image is encoded as the target's first latent frame and kept clean:
 those tokens carry timestep 0 and are written back after every step (conditioned tokens).
+
+Given media as clean context: `keep_video` (audio for a given video: audio-intensity as trained, speech-ambient's
+AV→A mode) encodes the given frames as the video target and keeps them clean — timestep 0, never moved — while the
+audio is generated; `keep_audio` (who-is-talking with the user's own speech) does the same for the audio stream. The
+σ schedule is then shifted by the generated stream's token count, as in training, and the kept stream is returned
+as given (not round-tripped through its VAE).
 """
 
 from __future__ import annotations
@@ -296,6 +302,51 @@ def _prepare_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return fit_to_bucket(img[None], width, height)
 
 
+def _prepare_keep_video(frames_in: np.ndarray, width: int, height: int, frames: int) -> np.ndarray:
+    """Given video for --keep-video → [frames, height, width, 3] uint8 (cover-resized and centre-cropped)."""
+    from avctl.media import fit_to_bucket
+
+    video = np.asarray(frames_in)
+    if video.ndim != 4 or video.shape[3] != 3 or video.dtype != np.uint8:
+        raise BadInput(f"--keep-video must be uint8 RGB frames [F, H, W, 3], got {video.dtype} {tuple(video.shape)}")
+    if len(video) < frames:
+        raise BadInput(f"--keep-video has {len(video)} frames, the generation needs {frames}; pass --frames")
+    return fit_to_bucket(video[:frames], width, height)
+
+
+def _prepare_keep_audio(wav_in: np.ndarray, samples: int, backbone: Any) -> np.ndarray:
+    """Given audio for --keep-audio → [2, samples] float32 at the backbone's mel rate."""
+    wav = np.asarray(wav_in, dtype=np.float32)
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.ndim != 2 or wav.shape[0] not in (1, 2):
+        raise BadInput(f"--keep-audio must be [channels, samples] with 1 or 2 channels, got {tuple(wav.shape)}")
+    if wav.shape[1] < samples:
+        have = wav.shape[1] / backbone.audio_sample_rate
+        raise BadInput(f"--keep-audio lasts {have:.2f} s, the generation {samples / backbone.audio_sample_rate:.2f} "
+                       "s; give a longer track or fewer --frames")
+    wav = wav[:, :samples]
+    return np.ascontiguousarray(np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav)
+
+
+def read_keep_video(path: Path, frames: int | None = None) -> tuple[np.ndarray, float]:
+    """The frames and fps of a --keep-video file (BadInput for an unreadable file or one without video)."""
+    from avctl import media
+
+    clip = media.read_video(Path(path), max_frames=frames)
+    return clip.frames, clip.fps
+
+
+def read_keep_audio(path: Path, backbone: Any, seconds: float | None = None) -> np.ndarray:
+    """A --keep-audio file's sound [2, N] at the backbone's mel rate; BadInput when the file has no audio stream."""
+    from avctl import media
+
+    wav = media.read_audio(Path(path), backbone.audio_sample_rate, 2, max_seconds=seconds)
+    if wav is None:
+        raise BadInput(f"{path}: has no audio stream; --keep-audio needs a .wav or a video with sound")
+    return wav
+
+
 def generate(
     backbone: Any,
     prompt: str,
@@ -318,6 +369,8 @@ def generate(
     schedule: str = "auto",
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
+    keep_video: np.ndarray | None = None,
+    keep_audio: np.ndarray | None = None,
 ) -> Generation:
     """Generate video + audio from a prompt with control LoRAs (video and audio ones, in one joint pass).
 
@@ -326,7 +379,10 @@ def generate(
     `first_frame` [H, W, 3] uint8 conditions the first frame (kept clean at timestep 0 throughout).
     `schedule`: "auto" | "shifted" | "distilled" (`resolve_schedule`); `steps` None = the schedule's default.
     `warn` receives one-line notes (a control cut to length, a LoRA made for another model); they are also kept
-    in `Generation.warnings`."""
+    in `Generation.warnings`.
+    `keep_video` [F, H, W, 3] uint8 (any size; fitted to width×height like a bucket, cut to `frames`): a given video
+    kept as clean context at t = 0 while only the audio is generated. `keep_audio` [C, N] float32 at the backbone's
+    `audio_sample_rate` (cut to the duration): a given sound track kept clean while only the video is generated."""
     if not 0.0 <= strength <= 1.0:
         raise BadUsage(f"--strength {strength} is outside [0, 1] (above 1 copies the reference)")
     if steps is not None and steps < 1:
@@ -343,8 +399,16 @@ def generate(
     grid = backbone.latent_grid(frames, height, width)
     duration = frames / fps
     audio_frames = backbone.audio_latent_frames(duration)
+    if keep_video is not None and keep_audio is not None:
+        raise BadUsage("--keep-video and --keep-audio together leave nothing to generate; drop one")
+    if keep_video is not None and first_frame is not None:
+        raise BadUsage("--image conditions a generated video; with --keep-video the video is given, drop --image")
+    kept_video = _prepare_keep_video(keep_video, width, height, frames) if keep_video is not None else None
+    kept_audio = (_prepare_keep_audio(keep_audio, round(duration * backbone.audio_sample_rate), backbone)
+                  if keep_audio is not None else None)
     kind = resolve_schedule(schedule, backbone.model_id)
-    sigmas = sigma_schedule(kind, steps, math.prod(grid))
+    # The shift follows the generated stream's token count, as training's `schedule_tokens` does.
+    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(grid))
     n_steps = len(sigmas) - 1
 
     # Everything that can be refused is checked before any adapter is attached.
@@ -409,12 +473,18 @@ def generate(
             backbone, prompt, loras, grid=grid, audio_frames=audio_frames, height=height, width=width,
             frames=frames, fps=fps, strength=strength, strength_map=strength_map, strength_ramp=strength_ramp,
             sigmas=sigmas, cfg=cfg, seed=seed, negative_prompt=negative_prompt, use_references=use_references,
-            composite=composite, image=image, progress=progress,
+            composite=composite, image=image, progress=progress, kept_video=kept_video, kept_audio=kept_audio,
         )
     finally:
         if names:
             transformer.delete_adapters(names)
     video, wav, latents, control, t_prep, t_denoise = result
+    if kept_video is not None:
+        video = kept_video
+    if kept_audio is not None:  # the given track, at the output rate
+        from avctl.audio import resample
+
+        wav = resample(kept_audio, backbone.audio_sample_rate, backbone.vocoder_sample_rate)
     n_audio = round(duration * backbone.vocoder_sample_rate)
     wav = wav[:, :n_audio] if wav.shape[1] >= n_audio else np.pad(wav, ((0, 0), (0, n_audio - wav.shape[1])))
     t_end = time.perf_counter()
@@ -459,7 +529,9 @@ def _sample(
     composite: bool,
     image: np.ndarray | None,
     progress: Any,
-) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor], np.ndarray | None, float, float]:
+    kept_video: np.ndarray | None = None,
+    kept_audio: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, torch.Tensor], np.ndarray | None, float, float]:
     """The sampler proper, with the adapters attached: references → Euler steps → decode."""
     device = backbone.device
     transformer = backbone.transformer
@@ -528,6 +600,13 @@ def _sample(
         clean_first = encode(image).to(device, dtype)  # [1, C, 1, H', W']
         x_video[:, :, :1] = clean_first
         n_clean = grid[1] * grid[2]
+    # Given media: the stream's target is its clean latent, at timestep 0, and the sampler never moves it.
+    if kept_video is not None:
+        x_video = encode(kept_video).to(device, dtype)
+    if kept_audio is not None:
+        mel = backbone.waveform_to_mel(torch.from_numpy(np.ascontiguousarray(kept_audio))[None].to(device))
+        x_audio = backbone.encode_audio(mel)[:, :, :audio_frames].to(device, dtype)
+    video_noisy, audio_noisy = kept_video is None, kept_audio is None
     t_prep = time.perf_counter()
 
     transformer.eval()
@@ -535,8 +614,8 @@ def _sample(
         for i in range(len(sigmas) - 1):
             sigma = torch.full((1,), float(sigmas[i]), device=device)
             canvas = Canvas(
-                build_stream("video", transformer, x_video, sigma, video_refs, fps=fps),
-                build_stream("audio", transformer, x_audio, sigma, audio_refs),
+                build_stream("video", transformer, x_video, sigma, video_refs, noisy=video_noisy, fps=fps),
+                build_stream("audio", transformer, x_audio, sigma, audio_refs, noisy=audio_noisy),
                 direction=direction,
             )
             if n_clean:
@@ -548,17 +627,19 @@ def _sample(
                 v_pred = canvas.video.target(v_neg) + cfg * (v_pred - canvas.video.target(v_neg))
                 a_pred = canvas.audio.target(a_neg) + cfg * (a_pred - canvas.audio.target(a_neg))
             dt = float(sigmas[i + 1] - sigmas[i])
-            x_video = unpack_video(pack_video(x_video) + dt * v_pred.float(), grid)
-            x_audio = unpack_audio(pack_audio(x_audio) + dt * a_pred.float(), backbone.audio_latent_channels)
+            if video_noisy:
+                x_video = unpack_video(pack_video(x_video) + dt * v_pred.float(), grid)
+            if audio_noisy:
+                x_audio = unpack_audio(pack_audio(x_audio) + dt * a_pred.float(), backbone.audio_latent_channels)
             if clean_first is not None:
                 x_video[:, :, :1] = clean_first
             if progress:
                 progress(i + 1, len(sigmas) - 1)
     t_denoise = time.perf_counter()
 
-    with torch.no_grad():
-        video = backbone.decode_video(x_video)[0].cpu().numpy()
-        wav_out = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy()
+    with torch.no_grad():  # a kept stream is returned as given by the caller, so it is not decoded
+        video = backbone.decode_video(x_video)[0].cpu().numpy() if video_noisy else None
+        wav_out = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy() if audio_noisy else None
     return video, wav_out, {"video": x_video.cpu(), "audio": x_audio.cpu()}, shown, t_prep, t_denoise
 
 

@@ -1,9 +1,29 @@
-"""Audio intensity (paper §7): the reference audio is a sonification of the original audio's energy envelope;
-only the audio branch trains and the video is clean context. No extractor ships yet."""
+"""Audio intensity (paper §7): the reference audio is a sonification of the original audio's energy envelope; only
+the audio branch trains and the video is clean context (t = 0).
+
+The rule, exactly (`avctl.audio.sonify`): the clip's audio (48 kHz stereo as `avctl prepare` reads it) is averaged
+to mono; its RMS is taken over consecutive 20 ms windows (the windows `avctl eval` measures envelopes with); a
+500 Hz sine (10 periods per window) is scaled so that its RMS in each window equals that window's RMS, with gain
+changes ramped over 5 ms; the whole signal is scaled down once if a peak would clip. The same signal goes to both
+channels. Weightless and deterministic. A clip without an audio stream is skipped with a one-line reason.
+"""
 
 from __future__ import annotations
 
-from modalities.base import Modality
+from avctl.audio import ENVELOPE_WINDOW_S, SONIFY_CARRIER_HZ, require_audio, sonify
+from modalities.base import Clip, Control, Modality
+
+
+class SonifiedEnvelopeExtractor:
+    backend = "rms-sonification"
+    version = f"1 ({ENVELOPE_WINDOW_S * 1000:g} ms RMS, {SONIFY_CARRIER_HZ:g} Hz sine carrier, 5 ms ramps)"
+
+    def __call__(self, clip: Clip) -> Control:
+        audio = require_audio(clip.audio, "audio-intensity", clip.key)
+        assert clip.sample_rate is not None
+        return Control(audio=sonify(audio, clip.sample_rate, channels=max(1, audio.shape[0])),
+                       sample_rate=clip.sample_rate)
+
 
 AUDIO_INTENSITY = Modality(
     name="audio-intensity",
@@ -16,7 +36,7 @@ AUDIO_INTENSITY = Modality(
     train_samples=7800,
     downscale=1,
     context="clean",
-    extractor=None,
-    extractor_note="planned: the RMS energy envelope (20 ms windows) sonified as the reference "
-    "audio (weightless)",
+    extractor=SonifiedEnvelopeExtractor,
+    extractor_note="the 20 ms RMS energy envelope of the clip's audio, sonified as a 500 Hz tone whose loudness "
+    "follows it (weightless); needs an audio stream",
 )
