@@ -455,6 +455,12 @@ def generate(
             made_for = use.lora.avctl.get("base_model") or "another model"
             note(f"{use.name}: trained on {made_for} (config hash {theirs}), this model {backbone.model_id} has "
                  f"{model_hash}; it may not fit")
+    for use in loras:  # a LoRA trained with the other stream given (clean) works best used the same way
+        other = "video" if use.stream == "audio" else "audio"
+        given = kept_video is not None if other == "video" else kept_audio is not None
+        if use.lora.avctl.get("context") == "clean" and not given:
+            note(f"{use.name} was trained with the {other} given as clean context; pass --keep-{other} to use it as "
+                 f"trained (this joint generation makes the {other} too)")
     image = _prepare_image(first_frame, width, height) if first_frame is not None else None
 
     names: list[str] = []

@@ -578,8 +578,12 @@ def make_validator(
             metadata={"reference_downscale_factor": str(modality.downscale)},
             avctl={"streams": list(modality.streams), "strength_direction": modality.strength_direction},
         )
+        # A LoRA trained with the other stream as clean context is validated the same way (audio-intensity: the
+        # clip's own video kept at t = 0 while the audio is generated).
+        keep = modality.context == "clean" and modality.trained_streams == ("audio",)
         result = generate(backbone, row.get("caption", ""), [LoraUse(live, 1.0, control, control_audio)],
-                          width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed, schedule="shifted")
+                          width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed, schedule="shifted",
+                          keep_video=target.frames if keep else None)
         tr.set_adapters(["avctl"])  # the sampler attached its own copy; make the training adapter active again
         for n, p in tr.named_parameters():
             if ".avctl." in n and "lora_" in n:

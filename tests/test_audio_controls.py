@@ -193,6 +193,8 @@ def test_audio_intensity_prepare_cache_train_generate(tmp_path):
     joint = generate(bb, "a beat", [LoraUse(lora, 1.0, control_audio=wav)], **kw)
     assert not np.array_equal(joint.frames, kept.frames)
     assert not torch.allclose(joint.final_latents["audio"], kept.final_latents["audio"])
+    assert any("--keep-video" in w for w in joint.warnings)  # trained with the video given: says how to match it
+    assert not any("--keep-video" in w for w in kept.warnings)
     with pytest.raises(BadUsage, match="nothing to generate"):
         generate(bb, "x", [], keep_video=given.frames, keep_audio=wav, **kw)
     with pytest.raises(BadInput, match="has no audio stream"):
@@ -373,6 +375,13 @@ def test_who_is_talking_extractor_and_agreement_metric(tmp_path):
     shifted = bursts(2.0, [(0.9, 1.0, 0.5), (1.7, 2.0, 0.5)])
     bad = A.vad_box_agreement(control, shifted, SR, FPS, vad=energy)
     assert bad["vad_box_f1"] < 0.5
+    # the eval entry point on files: the source clip stands for a perfect generation
+    metrics, missing = A.evaluate_who_is_talking(out / rows[0]["reference_video"], clip_path, vad_backend="energy")
+    assert not missing and metrics["vad_box_f1"] >= 0.9 and metrics["mouth_box_agreement"] >= 0.9
+    # the video side: the same clip judged against a control with the speakers swapped fails
+    swapped = control.copy()
+    swapped[:, :, :48], swapped[:, :, 48:] = control[:, :, 48:], control[:, :, :48]
+    assert A.mouth_box_agreement(swapped, frames, FPS)["mouth_box_agreement"] <= 0.2
 
     # no audio stream and no speakers file: a one-line reason, the clip is skipped
     silent = tmp_path / "in2" / "mute.mp4"
