@@ -462,17 +462,15 @@ def splat(points: np.ndarray, footprint: np.ndarray, rotation: np.ndarray, trans
     base = (bucket << 40) | keep.to(torch.int64)
     empty = torch.iinfo(torch.int64).max
     zbuf = torch.full((height * width,), empty, dtype=torch.int64, device=device)
-    span_x, span_y = int(nx.max()) if len(nx) else 0, int(ny.max()) if len(ny) else 0
-    for oy in range(span_y):
-        rows = ny > oy
-        for ox in range(span_x):
-            take = torch.nonzero(rows & (nx > ox)).squeeze(1)
-            if len(take) == 0:
-                continue
-            px, py = x0[take] + ox, y0[take] + oy
-            distance = torch.hypot(px - u[take], py - v[take])
-            rank = torch.clamp(torch.round(distance * 16), max=255).long()
-            zbuf.scatter_reduce_(0, py * width + px, base[take] | (rank << 32), reduce="amin")
+    # every (point, covered pixel) pair at once: point i covers nx[i]·ny[i] pixels, enumerated row by row
+    counts = nx * ny
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+    local = torch.arange(len(owner), device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    px = x0[owner] + local % nx[owner]
+    py = y0[owner] + torch.div(local, nx[owner], rounding_mode="floor")
+    distance = torch.hypot(px - u[owner], py - v[owner])
+    rank = torch.clamp(torch.round(distance * 16), max=255).long()
+    zbuf.scatter_reduce_(0, py * width + px, base[owner] | (rank << 32), reduce="amin")
     index = torch.where(zbuf == empty, torch.full_like(zbuf, -1), zbuf & 0xFFFFFFFF)
     return index.view(height, width).cpu().numpy()
 

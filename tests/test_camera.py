@@ -346,7 +346,7 @@ def test_camera_image_extractor_from_sidecars_and_estimates(tmp_path: Path) -> N
         extractor(_clip(video, tmp_path))
     C.save_trajectory(cams, tmp_path / "clip.camera.json")
     control = extractor(_clip(video, tmp_path))
-    expected, _ = C.render_image(image, depth, cams, (24, 32))
+    expected = C.camera_control(image, cams, depth, (24, 32))  # frame 0 along the sidecar's cameras
     assert control.frames is not None and control.frames.shape == (5, 24, 32, 3)
     assert np.array_equal(control.frames, expected)
     assert np.all(control.frames[-1] == GREEN, axis=-1).mean() > 0.05 and CAMERA_IMAGE.downscale == 4
@@ -357,7 +357,10 @@ def test_camera_image_extractor_from_sidecars_and_estimates(tmp_path: Path) -> N
     estimated = guessing(_clip(video, None))
     assert model.calls == 1 and estimated.frames is not None and estimated.frames.shape == (5, 24, 32, 3)
     assert np.array_equal(estimated.frames[0], expected[0])
-    assert _iou(np.all(estimated.frames == GREEN, -1), np.all(expected == GREEN, -1)) > 0.8
+    guessed_holes, true_holes = np.all(estimated.frames[-1] == GREEN, -1), np.all(expected[-1] == GREEN, -1)
+    assert abs(guessed_holes.mean() - true_holes.mean()) < 0.25 * true_holes.mean()
+    centres = np.nonzero(guessed_holes)[1].mean(), np.nonzero(true_holes)[1].mean()
+    assert max(centres) < 16 and abs(centres[0] - centres[1]) < 4  # both left of the box, as a move left reveals
     found = guessing.cameras(_clip(video, None), None, C.normalise_depth(depth))
     assert abs(found.translations[-1][0] - cams.translations[-1][0]) < 0.05  # moved left about as far
 
