@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from avctl.errors import BadInput, BadUsage
+from avctl.errors import BadInput, BadUsage, MissingWeights
 
 HOLE_COLOUR = (0x66, 0xFF, 0x00)  # #66FF00: disocclusions, as inpaint masks (extractors.md §4)
 DEFAULT_FOV = 50.0  # vertical degrees, when neither the trajectory nor an estimate says otherwise
@@ -652,6 +652,48 @@ def camera_video_control(frames: np.ndarray, trajectory: Trajectory, depth: np.n
                           device)[0]
 
 
+def depth_for(frames: np.ndarray, depth: str | Path | None = None, weights: Path | str | None = None) -> np.ndarray:
+    """z-depth for `frames` [F, H, W, 3] (one image: F = 1): the `--depth` file when given ([H, W] is used for
+    every frame), else the depth modality's model. Without either: MissingWeights naming both ways out."""
+    if depth is not None:
+        found = load_depth(depth)
+        if found.ndim == 3 and len(found) < len(frames):
+            raise BadInput(f"{depth}: depth for {len(found)} frames, the video has {len(frames)}")
+        return found if found.ndim == 3 else np.repeat(found[None], len(frames), axis=0)
+    try:
+        return estimate_depth(frames, weights=weights)
+    except MissingWeights as exc:
+        raise MissingWeights(f"camera control needs depth: pass --depth PATH (.npy z-depth, or a grey image/video "
+                             f"with near = white), or make the depth model available ({exc})") from exc
+
+
+def camera_image_control(image: np.ndarray, camera: str, frames: int, size: tuple[int, int],
+                         depth: str | Path | None = None, weights: Path | str | None = None,
+                         fov: float = DEFAULT_FOV, device: str | torch.device = "cpu") -> tuple[np.ndarray, Trajectory]:
+    """`avctl generate --camera CAMERA [--depth PATH] --image IMAGE` for a camera-image LoRA: the trajectory
+    (`resolve_camera`: PRESET[@STRENGTH] or a .json with `frames` cameras; presets start at `fov`), the image's depth
+    (`depth_for`) and the control at the reference `size` (h, w) = output ÷ 4. Returns (control [F, h, w, 3] uint8,
+    trajectory)."""
+    trajectory = resolve_camera(camera, frames, fov)
+    z = depth_for(np.asarray(image)[None], depth, weights)[0]
+    return camera_control(image, trajectory, z, size, device), trajectory
+
+
+def camera_video_control_for(source: np.ndarray, camera: str, size: tuple[int, int], depth: str | Path | None = None,
+                             weights: Path | str | None = None, source_fov: float = DEFAULT_FOV,
+                             source_frames: Sequence[int] | None = None,
+                             device: str | torch.device = "cpu") -> tuple[np.ndarray, Trajectory]:
+    """`avctl generate --from-video SOURCE --camera CAMERA [--depth PATH]` for a camera-video LoRA: per-frame depth
+    of the source (`depth_for`), then each output frame re-rendered from the trajectory's camera at the output
+    `size` (h, w) (1× canvas). The trajectory has one camera per frame of `source` (already cut to the output's frame
+    count) or of `source_frames` when retiming. Returns (control [F, h, w, 3] uint8, trajectory)."""
+    count = len(source_frames) if source_frames is not None else len(source)
+    trajectory = resolve_camera(camera, count, source_fov)
+    z = depth_for(source, depth, weights)
+    return camera_video_control(source, trajectory, z[: len(source)], size, source_fov, source_frames,
+                                device), trajectory
+
+
 # --------------------------------------------------------------------------------------- camera estimation (OpenCV)
 def _track(frames: np.ndarray, max_tracks: int) -> tuple[np.ndarray, np.ndarray]:
     """Points [N, F, 2] and visibility [N, F] of the tracks that start on frame 0 (the tracks modality's LK)."""
@@ -862,7 +904,8 @@ def sidecar(video: str | Path, suffix: str) -> Path:
 
 __all__ = [
     "CAMERA_SUFFIX", "DEFAULT_FOV", "DEPTH_SUFFIX", "HOLE_COLOUR", "PRESETS", "TRAJECTORY_SCHEMA", "Trajectory",
-    "camera_control", "camera_video_control", "describe_presets", "disparity_to_depth", "estimate_depth",
+    "camera_control", "camera_image_control", "camera_video_control", "camera_video_control_for", "depth_for",
+    "describe_presets", "disparity_to_depth", "estimate_depth",
     "estimate_trajectory", "fit_depth", "intrinsics", "load_depth", "load_trajectory", "normalise_depth", "preset",
     "relative_rotation", "render_image", "render_views", "rerender_video", "resolve_camera", "rotation_error",
     "save_trajectory", "sidecar", "splat", "trajectory_from_dict", "unproject",

@@ -391,3 +391,25 @@ def test_camera_modalities_keep_table_5() -> None:
     assert (cut.downscale, cut.rank, cut.targets, cut.paired) == (1, 128, ("V.SA", "V.FF"), True)
     assert "#66FF00" in image.extractor_note and "rerender_video" in video.extractor_note
     assert "bootstrap" in cut.extractor_note
+
+
+def test_generation_entry_points_take_cli_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    image, depth, _, _ = _scene(48, 64, zf=2.0, zb=4.0)
+    np.save(tmp_path / "d.npy", depth)
+    control, cams = C.camera_image_control(image, "dolly-zoom-in@0.5", 9, (12, 16), depth=tmp_path / "d.npy")
+    assert control.shape == (9, 12, 16, 3) and cams.name == "dolly-zoom-in" and len(cams) == 9
+    assert np.array_equal(control, C.camera_control(image, cams, depth, (12, 16)))
+    C.save_trajectory(C.preset("tilt-up", 3), tmp_path / "t.json")
+    video = np.stack([image] * 3)
+    rerendered, cams = C.camera_video_control_for(video, str(tmp_path / "t.json"), (48, 64), depth=tmp_path / "d.npy")
+    assert rerendered.shape == (3, 48, 64, 3) and np.array_equal(rerendered[0], image) and cams.name == "tilt-up"
+    with pytest.raises(BadInput, match="2 cameras, but the video has 3 frames"):
+        C.save_trajectory(C.preset("tilt-up", 2), tmp_path / "t2.json")
+        C.camera_video_control_for(video, str(tmp_path / "t2.json"), (48, 64), depth=tmp_path / "d.npy")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("AVCTL_HOME", raising=False)
+    with pytest.raises(MissingWeights, match=r"camera control needs depth: pass --depth PATH") as info:
+        C.camera_image_control(image, "static", 9, (12, 16))
+    assert "\n" not in str(info.value)
