@@ -11,10 +11,16 @@ model's scale. A trajectory written with `"translation_unit": "depth"` is used i
 
 Rendering (the paper's "canonical grid", §7): every pixel of a source image is unprojected with its depth into a
 3-D point, and the points are forward-splatted into each target camera with a z-buffer (torch, no renderer
-dependency). A point covers the target pixels whose centres fall inside its projected footprint — the size its
-source pixel has at the target camera, `f_target · (z_source / f_source) / z_target`, a little enlarged — so a
-dolly-in magnifies points instead of leaving cracks. Pixels no point reaches are disocclusions (or out of the source
-view) and are painted #66FF00, the mask colour used throughout avctl.
+dependency). A point covers the target pixels whose centres fall inside its projected footprint — the quad its
+source pixel spans at the target camera, measured from where its grid neighbours land (the fronto-parallel size
+`f_target · (z_source / f_source) / z_target` across depth edges), 10 % enlarged — so a dolly-in magnifies points
+instead of leaving cracks, and a disocclusion is not smeared over. Among points of one surface the one whose centre
+is nearest wins. Pixels no point reaches are disocclusions (or out of the source view) and are painted #66FF00, the
+mask colour used throughout avctl.
+
+Camera accuracy (`rotation_error`): the rotation from frame 0 to each frame of a video, re-estimated from LK tracks
+(homography / essential matrix, OpenCV), against the requested one; `estimate_trajectory` (PnP on tracks lifted
+with depth) is the offline camera estimate `prepare` uses for camera-image when a clip has no camera JSON.
 
 Conventions: pixel centres are at integer coordinates, principal point at the image centre ((W-1)/2, (H-1)/2),
 square pixels. For camera-image the input image is the view of trajectory frame 0 (poses are taken relative to it,
@@ -314,6 +320,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 def describe_presets() -> list[dict[str, str]]:
     """[{"name", "description"}] of every preset, for --help: distances in subject units, at strength 1."""
     return [{"name": p.name, "description": p.description} for p in PRESETS.values()]
+
+
+def presets_help() -> str:
+    """One line per preset for `--camera` help: `name — what it does (strength 1)`."""
+    return "\n".join(f"{p['name']} — {p['description']}" for p in describe_presets())
 
 
 def preset(name: str, frames: int, strength: float = 1.0, fov: float = DEFAULT_FOV) -> Trajectory:
@@ -903,10 +914,38 @@ def sidecar(video: str | Path, suffix: str) -> Path:
 
 
 __all__ = [
-    "CAMERA_SUFFIX", "DEFAULT_FOV", "DEPTH_SUFFIX", "HOLE_COLOUR", "PRESETS", "TRAJECTORY_SCHEMA", "Trajectory",
-    "camera_control", "camera_image_control", "camera_video_control", "camera_video_control_for", "depth_for",
-    "describe_presets", "disparity_to_depth", "estimate_depth",
-    "estimate_trajectory", "fit_depth", "intrinsics", "load_depth", "load_trajectory", "normalise_depth", "preset",
-    "relative_rotation", "render_image", "render_views", "rerender_video", "resolve_camera", "rotation_error",
-    "save_trajectory", "sidecar", "splat", "trajectory_from_dict", "unproject",
+    "CAMERA_SUFFIX",
+    "DEFAULT_FOV",
+    "DEPTH_SUFFIX",
+    "HOLE_COLOUR",
+    "PRESETS",
+    "TRAJECTORY_SCHEMA",
+    "Trajectory",
+    "camera_control",
+    "camera_image_control",
+    "camera_video_control",
+    "camera_video_control_for",
+    "depth_for",
+    "describe_presets",
+    "disparity_to_depth",
+    "estimate_depth",
+    "estimate_trajectory",
+    "fit_depth",
+    "intrinsics",
+    "load_depth",
+    "load_trajectory",
+    "normalise_depth",
+    "preset",
+    "presets_help",
+    "relative_rotation",
+    "render_image",
+    "render_views",
+    "rerender_video",
+    "resolve_camera",
+    "rotation_error",
+    "save_trajectory",
+    "sidecar",
+    "splat",
+    "trajectory_from_dict",
+    "unproject",
 ]
