@@ -801,8 +801,8 @@ def mouth_box_agreement(control: np.ndarray, output: np.ndarray, fps: float, smo
 def evaluate_who_is_talking(control: Path, video: Path, vad_backend: str | None = None) -> tuple[
         dict[str, float], dict[str, str]]:
     """`avctl eval` for who-is-talking: (metrics, not_available reasons) of a generated `video` (with sound)
-    against its box `control` video: `vad_box_agreement` (vad_box_accuracy, vad_box_f1) and
-    `mouth_box_agreement`."""
+    against its box `control` video: `vad_box_agreement` (vad_box_accuracy, vad_box_f1; Silero by default, listed
+    as not available when it is not installed) and `mouth_box_agreement`."""
     from avctl.media import read_audio, read_video
 
     ctrl = read_video(Path(control))
@@ -813,9 +813,14 @@ def evaluate_who_is_talking(control: Path, video: Path, vad_backend: str | None 
     if wav is None:
         missing["vad_box_agreement"] = f"{video} has no audio stream"
     else:
-        count = min(len(ctrl.frames), len(out.frames))
-        found = vad_box_agreement(ctrl.frames[:count], wav, VAD_SAMPLE_RATE, out.fps, build_vad(vad_backend))
-        metrics.update({k: float(v) for k, v in found.items() if k in ("vad_box_accuracy", "vad_box_f1")})
+        try:
+            vad = build_vad(vad_backend)
+        except MissingWeights as exc:  # Silero not installed: say so rather than fall back to the energy VAD
+            missing["vad_box_agreement"] = str(exc)
+        else:
+            count = min(len(ctrl.frames), len(out.frames))
+            found = vad_box_agreement(ctrl.frames[:count], wav, VAD_SAMPLE_RATE, out.fps, vad)
+            metrics.update({k: float(v) for k, v in found.items() if k in ("vad_box_accuracy", "vad_box_f1")})
     try:
         metrics["mouth_box_agreement"] = mouth_box_agreement(ctrl.frames, out.frames, out.fps)["mouth_box_agreement"]
     except BadInput as exc:
