@@ -521,12 +521,15 @@ def talking_score(motion: np.ndarray, activity: np.ndarray, fps: float, smooth_s
     """[N, F] how much each face's mouth moves: mouth motion averaged over `smooth_s` (mouths open and close at the
     syllable rate), minus the face's median level while nobody speaks, over its spread — so a face that always
     moves (a nodding listener) does not outscore one that moves when the voice does."""
-    smooth = _smooth(np.asarray(motion, dtype=np.float64), max(1, round(smooth_s * fps)))
+    raw = np.asarray(motion, dtype=np.float64)
+    smooth = _smooth(raw, max(1, round(smooth_s * fps)))
     quiet = ~np.asarray(activity, dtype=bool)
     out = np.zeros_like(smooth)
     for n, row in enumerate(smooth):
         base = float(np.median(row[quiet])) if quiet.any() else float(row.min(initial=0.0))
-        out[n] = (row - base) / (float(row.std()) + 1e-6)
+        # The spread of the raw motion: a fidgeting face's averaged motion hardly leaves its baseline, relative
+        # to how much it jitters frame to frame.
+        out[n] = (row - base) / (float(raw[n].std()) + 1e-6)
     return out
 
 
