@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_ID = "Lightricks/LTX-2"
 MODEL_ENV_VAR = "AVCTL_MODEL"
 TINY = "tiny"
+POCKET = "pocket"
+# The pocket preset's pretrained weights ship inside the package (examples/pocket_pretrain.py makes them).
+POCKET_DIR = Path(__file__).resolve().parent / "weights" / "pocket"
 COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder", "tokenizer")
 
 # LTX-2's mel front end (ltx2.md §5.2). The FFT size and log floor are stored in no config; rate, hop and bin count
@@ -400,7 +403,8 @@ def load_backbone(
     components: set[str] | None = None,
 ) -> Backbone:
     """Load LTX-2's components. `model`: None → $AVCTL_MODEL → Lightricks/LTX-2; "tiny" → the built-in test preset;
-    a directory → a diffusers-format LTX-2 folder; otherwise a hub id, read from the local HF cache only (never
+    "pocket" → the CPU-sized model pretrained on the procedural world (weights in the package); a directory → a
+    diffusers-format LTX-2 folder; otherwise a hub id, read from the local HF cache only (never
     downloaded). `components` limits what is loaded (the rest stays None); default all."""
     wanted = _resolve_components(components)
     target_device = torch.device(device) if device is not None else _default_device()
@@ -410,6 +414,10 @@ def load_backbone(
         raise BadUsage("the model name is empty; pass a directory, a hub id or 'tiny'")
     if name == TINY:
         parts, configs = _build_tiny(wanted)
+    elif name == POCKET:
+        directory = _pocket_directory()
+        parts = _load_directory(directory, wanted, target_dtype, None)
+        configs = _directory_configs(directory)
     else:
         directory, from_hub = _locate(name)
         parts = _load_directory(directory, wanted, target_dtype, name if from_hub else None)
@@ -683,6 +691,22 @@ def _check_fit(backbone: Backbone) -> None:
         raise BadInput(f"the components of {backbone.model_id} do not fit together: {'; '.join(problems)}")
 
 
+# ---- the pocket preset
+
+
+def _pocket_directory() -> Path:
+    """The packaged pocket weights; MissingWeights naming what is absent and how to rebuild it."""
+    absent = [c for c in COMPONENTS if not (POCKET_DIR / c).is_dir() or not any((POCKET_DIR / c).glob("*.json"))]
+    absent += [c for c in COMPONENTS if c != "tokenizer" and c not in absent
+               and not any((POCKET_DIR / c).glob("*.safetensors"))]
+    if absent:
+        raise MissingWeights(
+            f"the pocket weights are missing from {POCKET_DIR} (no {', '.join(absent)}); reinstall avctl (they ship "
+            "as package data) or rebuild them with `python examples/pocket_pretrain.py`"
+        )
+    return POCKET_DIR
+
+
 # ---- the tiny preset
 
 TINY_SEED = 0
@@ -718,13 +742,15 @@ _TINY_SPECIALS = ("[PAD]", "[UNK]", "<bos>", "<eos>", "<start_of_image>", "<end_
 _TINY_PUNCTUATION = (".", ",", "!", "?", "'", '"', ":", ";", "-", "(", ")")
 
 
-def _tiny_tokenizer() -> PreTrainedTokenizerBase:
+def _tiny_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerBase:
+    """The tiny word-level tokenizer; `extra_words` extend its vocabulary (the pocket preset adds its world's
+    words)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for token in (*_TINY_SPECIALS, *_TINY_PUNCTUATION, *_TINY_WORDS.split()):
+    for token in (*_TINY_SPECIALS, *_TINY_PUNCTUATION, *_TINY_WORDS.split(), *extra_words):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()
