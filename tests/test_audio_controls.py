@@ -426,3 +426,24 @@ def test_speakers_file(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"clip": "x.mp4", "speaker": "A", "start": 2, "end": 1}\n')
     with pytest.raises(BadInput, match=r"bad\.jsonl:1: segment"):
         A.load_speakers(tmp_path / "bad.jsonl")
+
+
+def test_prepare_takes_a_speakers_file_instead_of_the_guess(tmp_path):
+    frames, audio = two_face_clip()
+    clip_path = tmp_path / "in" / "talk.mp4"
+    write_video(clip_path, frames, FPS, audio=audio, sample_rate=SR)
+    # the file names only the right face's turn: the left face's burst is then not counted as its speech
+    speakers = tmp_path / "speakers.jsonl"
+    speakers.write_text('{"clip": "talk.mp4", "speaker": "B", "start": 0.2, "end": 0.8}\n')
+
+    def factory(speakers: Path | None = None) -> WhoIsTalkingExtractor:
+        return WhoIsTalkingExtractor(SkinBoxes(), A.EnergyVAD(), A.load_speakers(speakers) if speakers else None,
+                                     detect_every=1)
+
+    summary = prepare(replace(WHO, extractor=factory), [clip_path], tmp_path / "ds", Bucket(96, 64, 49), "x",
+                      options={"speakers": speakers})
+    assert summary.done == ["talk"], summary.to_dict()
+    control = read_video(tmp_path / "ds" / "reference" / "talk.mp4").frames
+    right, left = control[:, 36, 72], control[:, 36, 24]
+    assert near(right[12], A.speaker_colour(1), 40) and near(left[12], A.GREY, 20)
+    assert near(left[30], A.GREY, 20) and near(right[30], A.GREY, 20)  # sound, but nobody in the file speaks
