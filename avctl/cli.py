@@ -353,8 +353,8 @@ def _read_strength_map(path: Path) -> Any:
     return frames.mean(axis=-1).astype(np.float32) / 255.0  # [F, H, W] grey, white = 1
 
 
-_BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "strength", "strength_ramp", "seed", "width",
-               "height", "frames", "fps", "out")
+_BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "camera", "depth", "fov", "strength",
+               "strength_ramp", "seed", "width", "height", "frames", "fps", "out")
 
 
 def _read_image(path: Path) -> Any:
@@ -436,6 +436,7 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
         source = media.read_video(Path(opts["from_video"]))
         size_from = size_from or source
     image = _read_image(Path(opts["image"])) if opts["image"] is not None else None
+    _check_camera(opts, uses, control_paths, image, source)
     if preview and not any(u.stream == "video" for u in uses):
         raise BadUsage("--preview shows a video control next to the output; this generation has no video LoRA")
     found = size_from.frames.shape[1:3] if size_from else image.shape[:2] if image is not None else (None, None)
@@ -451,6 +452,66 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     }
 
 
+CAMERA_MODALITIES = ("camera-image", "camera-video")
+
+
+def _camera_use(uses: list[Any], control_paths: list[Path | None]) -> int | None:
+    """Index of the camera LoRA whose control `--camera` renders (the first camera-image / camera-video LoRA
+    without a --control), or None."""
+    for k, (use, path) in enumerate(zip(uses, control_paths, strict=True)):
+        if path is None and use.lora.avctl.get("modality") in CAMERA_MODALITIES:
+            return k
+    return None
+
+
+def _check_camera(opts: dict[str, Any], uses: list[Any], control_paths: list[Path | None], image: Any,
+                  source: Any) -> None:
+    """Refuse a --camera / --depth that cannot be used, before the model loads."""
+    from avctl.camera import resolve_camera
+
+    if opts.get("camera") is None:
+        if opts.get("depth") is not None:
+            raise BadUsage("--depth is the depth for --camera; give --camera too")
+        return
+    k = _camera_use(uses, control_paths)
+    if k is None:
+        raise BadUsage("--camera renders the control of a camera-image or camera-video LoRA without a --control; "
+                       "give such a --lora")
+    if not 0 < float(opts.get("fov") or 0) < 180:
+        raise BadUsage(f"--fov {opts.get('fov')}: must be in (0, 180) degrees")
+    modality = uses[k].lora.avctl.get("modality")
+    if modality == "camera-image" and image is None:
+        raise BadUsage("--camera with a camera-image LoRA renders --image along the trajectory; give --image")
+    if modality == "camera-video" and source is None:
+        raise BadUsage("--camera with a camera-video LoRA re-renders --from-video along the trajectory; give "
+                       "--from-video")
+    if opts.get("frames"):
+        resolve_camera(str(opts["camera"]), int(opts["frames"]), float(opts["fov"]))  # a bad preset or JSON: now
+
+
+def _camera_control(backbone: Any, plan: dict[str, Any], f: int) -> tuple[int, Any, Any] | None:
+    """`--camera`: the camera LoRA's index, its rendered control [F, h, w, 3] and the trajectory, or None."""
+    from avctl.camera import camera_image_control, camera_video_control_for
+
+    opts, uses = plan["opts"], plan["uses"]
+    if opts.get("camera") is None:
+        return None
+    k = _camera_use(uses, plan["control_paths"])
+    assert k is not None  # _check_camera
+    lora = uses[k].lora
+    s, h, w = lora.downscale, plan["height"], plan["width"]
+    depth = opts.get("depth")
+    device = str(backbone.device)
+    if lora.avctl.get("modality") == "camera-image":
+        control, trajectory = camera_image_control(plan["image"], str(opts["camera"]), f, (h // s, w // s),
+                                                   depth=depth, fov=float(opts["fov"]), device=device)
+    else:
+        control, trajectory = camera_video_control_for(plan["source"].frames[:f], str(opts["camera"]),
+                                                       (h // s, w // s), depth=depth,
+                                                       source_fov=float(opts["fov"]), device=device)
+    return k, control, trajectory
+
+
 def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any], json_out: bool,
                     warn: Callable[[str], None], label: str = "generate") -> dict[str, Any]:
     """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
@@ -464,8 +525,20 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     t = backbone.vae_temporal
     f = opts["frames"] or max(1, (plan["available"] - 1) // t * t + 1)
     control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
+    camera_file = None
+    rendered = _camera_control(backbone, plan, f)
+    if rendered is not None:  # kept next to the output with its trajectory, to evaluate (rotation error) and redo
+        from avctl.camera import save_trajectory
+
+        k, uses[k].control, trajectory = rendered
+        written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
+        media.write_video(written, uses[k].control, rate, lossless=True)
+        control_used[k] = str(written)
+        camera_file = save_trajectory(trajectory, out_path.with_name(f"{out_path.stem}.camera.json"))
     src_audio: Any = None
     for k, (use, path) in enumerate(zip(uses, plan["control_paths"], strict=True)):
+        if use.control is not None and path is None:
+            continue  # rendered by --camera
         if path is not None and use.stream == "audio":
             wav = media.read_audio(path, backbone.audio_sample_rate, 2)
             if wav is None:
@@ -515,6 +588,9 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         "control": control_used,
         "from_video": str(opts["from_video"]) if opts["from_video"] else None,
         "image": str(opts["image"]) if opts["image"] else None,
+        "camera": opts.get("camera"),
+        "camera_file": str(camera_file) if camera_file else None,
+        "fov": opts.get("fov") if opts.get("camera") else None,
         "composite": settings["composite"],
         "strength": opts["strength"],
         "strength_map": str(opts["strength_map"]) if opts["strength_map"] else None,
@@ -575,7 +651,7 @@ def _batch_rows(path: Path, flags: dict[str, Any]) -> list[tuple[int, dict[str, 
             elif key in ("seed", "width", "height", "frames"):
                 if not isinstance(value, int) or isinstance(value, bool):
                     problem = f"{key!r} must be an integer"
-            elif key in ("strength", "fps"):
+            elif key in ("strength", "fps", "fov"):
                 if not isinstance(value, int | float) or isinstance(value, bool):
                     problem = f"{key!r} must be a number"
             elif not isinstance(value, str):
@@ -616,6 +692,20 @@ def generate_cmd(
         typer.Option(help="Merge the video LoRAs' controls into ONE reference (a later control's non-black pixels, "
                      "any channel > 16, overwrite earlier ones) attended by all of them. Needs equal downscales."),
     ] = False,
+    camera: Annotated[
+        str | None,
+        typer.Option(help="Camera LoRAs: PRESET\\[@STRENGTH] or a trajectory .json (one camera per output frame). "
+                     "camera-image renders --image along it, camera-video re-renders --from-video; presets: "
+                     "static, dolly-in/out, truck-left/right, crane-up/down, pan-left/right, tilt-up/down, "
+                     "orbit-left/right, zoom-in/out, dolly-zoom-in/out (see README)."),
+    ] = None,
+    depth: Annotated[
+        Path | None,
+        typer.Option(help="Depth for --camera: .npy z-depth, or a grey image/video with near = white. Default: the "
+                     "depth model (Depth-Anything-V2 weights in $AVCTL_HOME/weights or the hub cache)."),
+    ] = None,
+    fov: Annotated[float, typer.Option(help="Vertical field of view (degrees) of --image / --from-video for "
+                                            "--camera presets.")] = 50.0,
     strength: Annotated[float, typer.Option(help="Attention strength to the reference, 0–1 (1 = full).")] = 1.0,
     strength_map: Annotated[
         Path | None, typer.Option(help="Grey image or video, white = full strength, mapped onto the reference.")
@@ -660,7 +750,8 @@ def generate_cmd(
     resolve_schedule(schedule, "")  # a misspelt --schedule is refused before anything loads
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
-        "image": image, "strength": strength, "strength_map": strength_map, "strength_ramp": strength_ramp,
+        "image": image, "camera": camera, "depth": depth, "fov": fov, "strength": strength,
+        "strength_map": strength_map, "strength_ramp": strength_ramp,
         "seed": seed, "width": width, "height": height, "frames": frames, "fps": fps, "out": out_path,
     }
     settings = {"steps": steps, "cfg": cfg, "composite": composite, "schedule": schedule, "preview": preview}
@@ -737,6 +828,12 @@ def eval_cmd(
         typer.Option(help="Folder with brisque_model_live.yml and brisque_range_live.yml: adds BRISQUE image "
                      "quality (needs opencv-contrib-python)."),
     ] = None,
+    camera: Annotated[
+        str | None,
+        typer.Option(help="camera-image / camera-video: the PRESET\\[@STRENGTH] or trajectory .json the video was "
+                     "generated with (rotation error; --runs reads it from the sidecar)."),
+    ] = None,
+    fov: Annotated[float, typer.Option(help="Vertical FOV (degrees) of frame 0 for a --camera preset.")] = 50.0,
     runs: Annotated[
         Path | None, typer.Option(help="Folder of generations: every mp4 with the .json sidecar `generate` writes.")
     ] = None,
@@ -761,7 +858,7 @@ def eval_cmd(
         if not (modality and control and video):
             raise BadUsage("give MODALITY --control PATH --video PATH (or --runs DIR)")
         results = [evaluate_pair(modality, control, video, mask, source=source, clip_model=clip_model,
-                                 weights=weights, brisque_model=brisque_model)]
+                                 weights=weights, brisque_model=brisque_model, camera=camera, fov=fov)]
     if sheet is not None:
         rows: list[tuple[str, Any]] = []
         captions = []

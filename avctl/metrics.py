@@ -753,6 +753,8 @@ class EvalModels:
     clip_model: Path | None = None  # CLIP (background consistency) or DINO/ViT (subject consistency) folder
     weights: Path | None = None  # extractor weights for depth / pose re-estimation, as `avctl prepare --weights`
     brisque_model: Path | None = None  # folder with BRISQUE_FILES (needs opencv-contrib's cv2.quality)
+    camera: str | None = None  # camera modalities: the PRESET[@STRENGTH] or trajectory .json generated with
+    fov: float = 50.0  # vertical FOV of frame 0 for a camera preset
 
 
 def _model_fidelity(modality: str, control: Path, output: VideoClip, weights: Path | None, metrics: dict[str, Any],
@@ -788,6 +790,27 @@ def _model_fidelity(modality: str, control: Path, output: VideoClip, weights: Pa
     except BadInput:  # no person found on the output: nothing drawn, which the F1 then scores
         drawn = np.zeros((count, height, width, 3), dtype=np.uint8)
     metrics["pose_skeleton_f1"] = pose_agreement(ctrl.frames[:count], drawn)
+
+
+def _camera_accuracy(output: VideoClip, models: EvalModels, metrics: dict[str, Any], missing: dict[str, str],
+                     compared: dict[str, Any]) -> None:
+    """evaluate_pair's camera branch: rotation error between the requested trajectory and the one re-estimated from
+    the output with OpenCV (`avctl.camera.rotation_error`)."""
+    from avctl.camera import resolve_camera, rotation_error
+
+    if models.camera is None:
+        missing["rotation_error_deg"] = ("camera accuracy needs the requested trajectory: pass --camera with the "
+                                         "preset or .json the video was generated with")
+        return
+    trajectory = resolve_camera(models.camera, len(output.frames), models.fov)
+    found = rotation_error(trajectory, output.frames)
+    compared.update(camera=models.camera, frames_estimated=found["frames_estimated"],
+                    frames_failed=found["frames_failed"], camera_method=found.get("method"))
+    if found["rotation_error_deg"] is None:
+        missing["rotation_error_deg"] = found.get("reason") or "no frame's camera could be estimated"
+        return
+    metrics["rotation_error_deg"] = found["rotation_error_deg"]
+    metrics["rotation_error_max_deg"] = found["rotation_error_max_deg"]
 
 
 def brisque(frames: np.ndarray, model_dir: Path, samples: int = 8) -> float:
@@ -845,6 +868,8 @@ def _evaluate(
                 raise BadInput(f"{mask}: {exc}") from exc
     elif modality in MODEL_FIDELITY:
         _model_fidelity(modality, control, output, models.weights, metrics, missing, compared)
+    elif modality in ("camera-image", "camera-video"):
+        _camera_accuracy(output, models, metrics, missing, compared)
     elif modality == "audio-intensity":
         control_audio = read_audio(control, ENVELOPE_SAMPLE_RATE, channels=1)
         output_audio = read_audio(video, ENVELOPE_SAMPLE_RATE, channels=1)
@@ -887,6 +912,7 @@ def _evaluate(
 def evaluate_pair(
     modality: str, control: Path, video: Path, mask: Path | None = None, source: Path | None = None,
     clip_model: Path | None = None, weights: Path | None = None, brisque_model: Path | None = None,
+    camera: str | None = None, fov: float = 50.0,
 ) -> dict[str, Any]:
     """Evaluate one generated video against its control.
 
@@ -896,7 +922,9 @@ def evaluate_pair(
       an image); audio-intensity → audio_envelope_correlation of the control's and the output's audio;
       depth → depth_correlation and depth_aligned_rmse, pose → pose_skeleton_f1, by re-running the modality's
       extractor on the output (`weights` as for `avctl prepare --weights`; not available when no model is found,
-      since none ships); tracks → track_epe of the output against `source`
+      since none ships); camera-image / camera-video → rotation_error_deg (mean) and rotation_error_max_deg between
+      `camera` (the preset or trajectory .json generated with) and the camera re-estimated from the output;
+      tracks → track_epe of the output against `source`
       (the clip the control was extracted from; not available without it); other modalities → "control_fidelity"
       not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
@@ -915,7 +943,7 @@ def evaluate_pair(
     if modality == "inpaint" and mask is None:
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
                        "prepare` wrote next to the control")
-    models = EvalModels(clip_model, weights, brisque_model)
+    models = EvalModels(clip_model, weights, brisque_model, camera, fov)
     result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, models)
     if modality == "tracks":
         _track_epe_entry(Path(source) if source is not None else None, video, result["metrics"],
@@ -999,8 +1027,9 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
             mask_missing = (f"no mask found for {control} (expected <dataset>/mask/<clip>.mp4 next to "
                             "<dataset>/reference/<clip>.mp4); evaluate this video on its own with its mask")
         try:
+            camera = meta.get("camera_file") or meta.get("camera")
             row = _evaluate(modality, control, video, mask, mask_missing,
-                            EvalModels(clip_model, weights, brisque_model))
+                            EvalModels(clip_model, weights, brisque_model, camera, float(meta.get("fov") or 50.0)))
         except AvctlError as exc:
             rows.append({"video": str(video), "skipped": str(exc)})
             continue

@@ -352,7 +352,7 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
     else:
         assert extractor is not None
         clip = Clip(frames=frames, fps=video.fps, key=job.key, seed=settings.seed, reference_size=reference_size,
-                    audio=audio, sample_rate=sample_rate)
+                    audio=audio, sample_rate=sample_rate, source=source)
         backend = getattr(extractor, "backend", type(extractor).__name__)
         try:
             started = time.perf_counter()

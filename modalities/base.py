@@ -42,6 +42,7 @@ class Clip:
     reference_size: tuple[int, int]  # (height, width) the reference must have (bucket size ÷ downscale)
     audio: np.ndarray | None = None  # [channels, samples] float32, when the source has audio
     sample_rate: int | None = None
+    source: Path | None = None  # the source video file, for extractors that read per-clip sidecars next to it
 
 
 @dataclass

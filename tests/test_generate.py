@@ -321,3 +321,39 @@ def test_cli_composite_with_an_audio_lora(files, tmp_path):
     r = invoke("generate", "--prompt", "x", "--model", "tiny", "--lora", files["video"], "--lora", files["video1"],
                "--control", edges, "--control", depth, "--composite", "--out", tmp_path / "d.mp4")
     assert r.exit_code == 2 and "canny.safetensors has 2, detail.safetensors has 1" in r.output
+
+
+def test_cli_camera_renders_the_control_and_eval_reads_the_trajectory(files, tmp_path):
+    """--camera renders --image along a preset (holes #66FF00) as the camera-image LoRA's control, keeps it and the
+    trajectory next to the output, and `eval --runs` measures the rotation error against that trajectory."""
+    lora = make_lora(tmp_path / "camera.safetensors", ("V.SA",), 4, 5, modality="camera-image", streams=["video"])
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), cv2.cvtColor(synthetic_frames(1, 128, 128, seed=2)[0], cv2.COLOR_RGB2BGR))
+    depth = np.full((128, 128), 3.0, dtype=np.float32)  # 4× needs multiples of 128 px on the tiny VAE
+    depth[40:88, 40:88] = 1.0  # a near box in front of a far wall: moving sideways uncovers wall
+    np.save(tmp_path / "depth.npy", depth)
+    out = tmp_path / "runs" / "cam.mp4"
+    base = ["generate", "--prompt", "a box", "--model", "tiny", "--lora", lora, "--frames", 9, "--steps", 2]
+    r = invoke(*base, "--image", image, "--camera", "truck-right", "--depth", tmp_path / "depth.npy",
+               "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["camera"] == "truck-right" and Path(side["camera_file"]).is_file()
+    control = read_video(Path(side["control"][0])).frames
+    assert control.shape == (9, 32, 32, 3)  # 4× canvas
+    green = (np.abs(control.astype(int) - (0x66, 0xFF, 0x00)).max(-1) <= 40).mean(axis=(1, 2))
+    assert green[0] < 0.05 and green[-1] > 0.05  # frame 0 is the image itself; the move uncovers holes
+
+    r = invoke("eval", "--runs", out.parent, "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)[0]
+    assert row["compared"]["camera"] == side["camera_file"]
+    assert "rotation_error_deg" in row["metrics"] or "rotation_error_deg" in row["not_available"]
+
+    r = invoke(*base, "--image", image, "--camera", "no-such-move", "--out", tmp_path / "x.mp4")
+    assert r.exit_code == 2 and "not a preset" in r.output
+    r = invoke(*base, "--camera", "pan-left", "--width", 128, "--height", 128, "--out", tmp_path / "y.mp4")
+    assert r.exit_code == 2 and "--image" in r.output
+    r = invoke("generate", "--prompt", "p", "--model", "tiny", "--lora", files["video"], "--camera", "pan-left",
+               "--image", image, "--frames", 9, "--out", tmp_path / "z.mp4")
+    assert r.exit_code == 2 and "camera-image or camera-video" in r.output

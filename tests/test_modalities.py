@@ -73,8 +73,9 @@ def test_streams_context_and_data_sources() -> None:
     assert registry["who-is-talking"].trained_streams == ("video", "audio")
     assert {n for n, m in registry.items() if m.paired} == {"local-edit", "cut-on-action", "camera-video"}
     assert {n for n, m in registry.items() if m.first_frame_image} == {"camera-image"}
-    weightless = {"canny", "detail", "inpaint", "tracks"}
-    model_backed = {"depth", "pose"}  # their weights are not shipped: building them without weights must say so
+    weightless = {"canny", "detail", "inpaint", "tracks", "audio-intensity"}
+    # their weights are not shipped (or need a sidecar / optional package): building them without must say so
+    model_backed = {"depth", "pose", "camera-image", "speech-ambient", "who-is-talking"}
     assert {n for n, m in registry.items() if m.extractor is not None} == weightless | model_backed
     for name in weightless:
         extractor = registry[name].extractor()
