@@ -618,13 +618,13 @@ class SpeakerInfo:
     tracks: dict[str, Path] = field(default_factory=dict)  # label → audio file of that speaker alone
 
 
-def load_speakers(path: Path) -> dict[str, SpeakerInfo]:
+def load_speakers(path: Path, default_clip: str | None = None) -> dict[str, SpeakerInfo]:
     """A speakers file (JSON Lines), one object per line, keyed by the clip's path relative to the prepare input
     (as `avctl prepare` names clips, e.g. "interviews/a.mp4"):
       {"clip": "a.mp4", "speaker": "A", "start": 0.0, "end": 1.5}   a segment, seconds from the clip's start
       {"clip": "a.mp4", "speaker": "B", "audio": "a.B.wav"}          that speaker's own track (path relative to
                                                                      the speakers file)
-    Returns {clip: SpeakerInfo}."""
+    Returns {clip: SpeakerInfo}. With `default_clip` (a per-clip sidecar file) "clip" may be left out."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -639,6 +639,8 @@ def load_speakers(path: Path) -> dict[str, SpeakerInfo]:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
             raise BadInput(f"{where}: not valid JSON ({exc.msg})") from exc
+        if isinstance(entry, dict) and default_clip is not None:
+            entry.setdefault("clip", default_clip)
         if not isinstance(entry, dict) or not isinstance(entry.get("clip"), str) or "speaker" not in entry:
             raise BadInput(f"{where}: write {{\"clip\": ..., \"speaker\": ..., \"start\": s, \"end\": s}} or "
                            "{\"clip\": ..., \"speaker\": ..., \"audio\": PATH}")

@@ -14,7 +14,8 @@ The rule, exactly (`avctl.audio`):
   clip; in each voiced frame the candidate whose mouth moves most (motion averaged over 0.3 s, relative to its own
   level while nobody speaks) is the speaker; turns shorter than 0.2 s are merged into their neighbour. Overlapping
   speech goes to one face at a time;
-* a speakers file (`load_speakers`: JSON Lines of per-speaker segments or per-speaker audio tracks, keyed by clip)
+* a speakers file (`load_speakers`: JSON Lines of per-speaker segments or per-speaker audio tracks, keyed by clip;
+  `--speakers FILE`, or a sidecar `<video name>.speakers.jsonl` next to a video, where "clip" may be left out)
   replaces that guess with the user's own timing; each speaker label is matched to the face whose mouth motion
   correlates best with that speaker's activity.
 A clip with no face is skipped; a clip with no audio stream (and no speakers entry) is skipped with the reason.
@@ -68,6 +69,11 @@ class WhoIsTalkingExtractor:
             raise BadInput(f"{clip.key}: no face found ({self.faces.backend}); who-is-talking needs visible faces")
         motion = mouth_motion(clip.frames, boxes)
         info = self.speakers.get(clip.key)
+        source = getattr(clip, "source", None)
+        if info is None and source is not None:  # a per-clip sidecar next to the video: <name>.speakers.jsonl
+            sidecar = Path(source).with_suffix(".speakers.jsonl")
+            if sidecar.is_file():
+                info = load_speakers(sidecar, default_clip=clip.key).get(clip.key)
         if info is not None:
             _, activity = speaker_activity(info, clip.fps, frames, self.vad)
             speaking, _ = assign_from_speakers(activity, motion)

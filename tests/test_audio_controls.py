@@ -447,3 +447,9 @@ def test_prepare_takes_a_speakers_file_instead_of_the_guess(tmp_path):
     right, left = control[:, 36, 72], control[:, 36, 24]
     assert near(right[12], A.speaker_colour(1), 40) and near(left[12], A.GREY, 20)
     assert near(left[30], A.GREY, 20) and near(right[30], A.GREY, 20)  # sound, but nobody in the file speaks
+    # the same timing as a sidecar next to the video (no "clip" needed), naming only the LEFT face's turn
+    (tmp_path / "in" / "talk.speakers.jsonl").write_text('{"speaker": "A", "start": 1.0, "end": 1.6}\n')
+    prepare(replace(WHO, extractor=factory), [clip_path], tmp_path / "ds2", Bucket(96, 64, 49), "x")
+    control = read_video(tmp_path / "ds2" / "reference" / "talk.mp4").frames
+    right, left = control[:, 36, 72], control[:, 36, 24]
+    assert near(right[12], A.GREY, 20) and near(left[30], A.speaker_colour(0), 40)
