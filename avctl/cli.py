@@ -159,8 +159,14 @@ def prepare_cmd(
     ] = None,
     backend: Annotated[
         str | None,
-        typer.Option(help="Extractor backend, where a modality offers several (tracks: opencv-lk, the default). "
-                     "Recorded in avctl.json."),
+        typer.Option(help="Extractor backend, where a modality offers several (tracks: opencv-lk; speech-ambient: "
+                     "deepfilternet, demucs; who-is-talking: silero, energy; camera-image: opencv, files). Recorded "
+                     "in avctl.json."),
+    ] = None,
+    speakers: Annotated[
+        Path | None,
+        typer.Option(help="who-is-talking: a JSON Lines file of per-speaker segments {clip, speaker, start, end} or "
+                     "tracks {clip, speaker, audio}; replaces the guess from mouth motion and the mixed track."),
     ] = None,
     encode: Annotated[
         bool,
@@ -190,7 +196,8 @@ def prepare_cmd(
             progress.update(task, completed=done, total=total)
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
-                          progress=tick, weights=weights, backend=backend)
+                          progress=tick, weights=weights, backend=backend,
+                          options={"speakers": speakers} if speakers is not None else None)
         if encode and summary.rows:
             backbone = _load_backbone(model)
             encoding = progress.add_task("encode", total=summary.rows, info="")
@@ -353,7 +360,8 @@ def _read_strength_map(path: Path) -> Any:
     return frames.mean(axis=-1).astype(np.float32) / 255.0  # [F, H, W] grey, white = 1
 
 
-_BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "camera", "depth", "fov", "strength",
+_BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "keep_video", "keep_audio", "camera", "depth",
+               "fov", "strength",
                "strength_ramp", "seed", "width", "height", "frames", "fps", "out")
 
 
@@ -437,6 +445,16 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
         size_from = size_from or source
     image = _read_image(Path(opts["image"])) if opts["image"] is not None else None
     _check_camera(opts, uses, control_paths, image, source)
+    keep_video = None
+    if opts.get("keep_video") is not None and opts.get("keep_audio") is not None:
+        raise BadUsage("--keep-video and --keep-audio: keep one stream, the other is generated")
+    if opts.get("keep_video") is not None:
+        if image is not None:
+            raise BadUsage("--image conditions a generated video; with --keep-video the video is given")
+        keep_video = media.read_video(Path(opts["keep_video"]))
+        size_from = size_from or keep_video
+    elif opts.get("keep_audio") is not None:
+        media.probe(Path(opts["keep_audio"]))  # missing or unreadable: one line now
     if preview and not any(u.stream == "video" for u in uses):
         raise BadUsage("--preview shows a video control next to the output; this generation has no video LoRA")
     found = size_from.frames.shape[1:3] if size_from else image.shape[:2] if image is not None else (None, None)
@@ -446,6 +464,7 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     smap = _read_strength_map(Path(opts["strength_map"])) if opts["strength_map"] else None
     return {
         "opts": opts, "uses": uses, "control_paths": control_paths, "source": source, "image": image,
+        "keep_video": keep_video,
         "width": int(width), "height": int(height), "available": len(size_from.frames) if size_from else None,
         "fps": float(opts["fps"] or (size_from.fps if size_from else 24.0)), "strength_map": smap,
         "out": out_path,
@@ -569,6 +588,12 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         if mod is not None and mod.first_frame_image and plan["image"] is None:
             warn(f"{use.name} ({mod.name}) was trained with a first-frame image; pass --image for it to work as "
                  "trained")
+    keep_video = plan["keep_video"].frames if plan["keep_video"] is not None else None
+    keep_audio = None
+    if opts.get("keep_audio") is not None:
+        from avctl.sample import read_keep_audio
+
+        keep_audio = read_keep_audio(Path(opts["keep_audio"]), backbone, f / rate)
     with _progress(json_out) as progress:
         task = progress.add_task(label, total=None, info="")
         result = generate(
@@ -576,6 +601,7 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             strength_map=plan["strength_map"], strength_ramp=_parse_ramp(opts["strength_ramp"]),
             steps=settings["steps"], cfg=settings["cfg"], seed=opts["seed"], composite=settings["composite"],
             first_frame=plan["image"], schedule=settings["schedule"], warn=warn,
+            keep_video=keep_video, keep_audio=keep_audio,
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
@@ -588,6 +614,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         "control": control_used,
         "from_video": str(opts["from_video"]) if opts["from_video"] else None,
         "image": str(opts["image"]) if opts["image"] else None,
+        "keep_video": str(opts["keep_video"]) if opts.get("keep_video") else None,
+        "keep_audio": str(opts["keep_audio"]) if opts.get("keep_audio") else None,
         "camera": opts.get("camera"),
         "camera_file": str(camera_file) if camera_file else None,
         "fov": opts.get("fov") if opts.get("camera") else None,
@@ -692,6 +720,16 @@ def generate_cmd(
         typer.Option(help="Merge the video LoRAs' controls into ONE reference (a later control's non-black pixels, "
                      "any channel > 16, overwrite earlier ones) attended by all of them. Needs equal downscales."),
     ] = False,
+    keep_video: Annotated[
+        Path | None,
+        typer.Option(help="Keep this video as clean context (timestep 0) and generate only the audio: audio for a "
+                     "given video (audio-intensity as trained; speech-ambient's audio replacement)."),
+    ] = None,
+    keep_audio: Annotated[
+        Path | None,
+        typer.Option(help="Keep this audio (a .wav or a video's sound) as clean context and generate only the video "
+                     "(who-is-talking with your own speech)."),
+    ] = None,
     camera: Annotated[
         str | None,
         typer.Option(help="Camera LoRAs: PRESET\\[@STRENGTH] or a trajectory .json (one camera per output frame). "
@@ -750,7 +788,8 @@ def generate_cmd(
     resolve_schedule(schedule, "")  # a misspelt --schedule is refused before anything loads
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
-        "image": image, "camera": camera, "depth": depth, "fov": fov, "strength": strength,
+        "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
+        "fov": fov, "strength": strength,
         "strength_map": strength_map, "strength_ramp": strength_ramp,
         "seed": seed, "width": width, "height": height, "frames": frames, "fps": fps, "out": out_path,
     }

@@ -870,7 +870,13 @@ def _evaluate(
         _model_fidelity(modality, control, output, models.weights, metrics, missing, compared)
     elif modality in ("camera-image", "camera-video"):
         _camera_accuracy(output, models, metrics, missing, compared)
-    elif modality == "audio-intensity":
+    elif modality == "who-is-talking":
+        from avctl.audio import evaluate_who_is_talking
+
+        found, reasons = evaluate_who_is_talking(control, video)
+        metrics.update(found)
+        missing.update(reasons)
+    elif modality in ("audio-intensity", "speech-ambient"):
         control_audio = read_audio(control, ENVELOPE_SAMPLE_RATE, channels=1)
         output_audio = read_audio(video, ENVELOPE_SAMPLE_RATE, channels=1)
         if control_audio is None or output_audio is None:
@@ -919,11 +925,14 @@ def evaluate_pair(
     Returns {"modality", "control", "video", "compared", "metrics": {name: value}, "not_available": {name: reason}}:
     - canny → edge_f1 (see its size rule); inpaint → masked_psnr and masked_ssim against the control (the reference
       with the hole painted over), outside the mask (`mask` required: the mask/<clip>.mp4 `avctl prepare` writes, or
-      an image); audio-intensity → audio_envelope_correlation of the control's and the output's audio;
+      an image); audio-intensity / speech-ambient → audio_envelope_correlation of the control's (the sonified
+      envelope / the speech track) and the output's audio;
       depth → depth_correlation and depth_aligned_rmse, pose → pose_skeleton_f1, by re-running the modality's
       extractor on the output (`weights` as for `avctl prepare --weights`; not available when no model is found,
       since none ships); camera-image / camera-video → rotation_error_deg (mean) and rotation_error_max_deg between
       `camera` (the preset or trajectory .json generated with) and the camera re-estimated from the output;
+      who-is-talking → vad_box_accuracy / vad_box_f1 (voice activity in the output's audio vs a coloured box in the
+      control) and mouth_box_agreement (`avctl.audio.evaluate_who_is_talking`);
       tracks → track_epe of the output against `source`
       (the clip the control was extracted from; not available without it); other modalities → "control_fidelity"
       not available.

@@ -63,7 +63,7 @@ def files(tmp_path_factory):
                            streams=["audio"]),
         "depth": make_lora(root / "depth.safetensors", ("V.SA",), 2, 4, modality="depth", streams=["video"]),
         # a modality whose extractor this version does not ship
-        "noext": make_lora(root / "who.safetensors", ("V.SA",), 1, 5, modality="who-is-talking", streams=["video"]),
+        "noext": make_lora(root / "edit.safetensors", ("V.SA",), 1, 5, modality="local-edit", streams=["video"]),
     }
 
 
@@ -145,7 +145,7 @@ def test_control_from_video_runs_the_modality_extractor(files, tmp_path):
     assert audio is None and video.shape == (9, 32, 32, 3)  # reference size: output ÷ the LoRA's downscale
     expected = CannyExtractor()(_clip(fit_to_bucket(source[:9], 64, 64), (32, 32))).frames
     assert np.array_equal(video, expected)
-    with pytest.raises(BadUsage, match=r"'who-is-talking'.*no extractor"):
+    with pytest.raises(BadUsage, match=r"'local-edit'.*no extractor"):
         control_from_video(read_lora(files["noext"]), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
     with pytest.raises(BadInput, match="12 frames"):
         control_from_video(lora, source, 24.0, width=64, height=64, frames=17, seed=0, key="s")
@@ -357,3 +357,24 @@ def test_cli_camera_renders_the_control_and_eval_reads_the_trajectory(files, tmp
     r = invoke("generate", "--prompt", "p", "--model", "tiny", "--lora", files["video"], "--camera", "pan-left",
                "--image", image, "--frames", 9, "--out", tmp_path / "z.mp4")
     assert r.exit_code == 2 and "camera-image or camera-video" in r.output
+
+
+def test_cli_keep_video_generates_only_the_audio(files, tmp_path):
+    """--keep-video: the given video is the output's video (clean context, never moved) and the audio LoRA's
+    audio is generated; --keep-audio / --keep-video together are refused."""
+    clip = write_synthetic_clip(tmp_path / "clip.mp4", frames=12, width=64, height=64, fps=24.0)
+    voice = tmp_path / "voice.wav"
+    from avctl.media import write_wav
+
+    write_wav(voice, tone(0.5), 48_000)
+    out = tmp_path / "dub.mp4"
+    r = invoke("generate", "--prompt", "rain on a roof", "--model", "tiny", "--lora", files["audio"],
+               "--control", voice, "--keep-video", clip, "--frames", 9, "--steps", 2, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["keep_video"] == str(clip) and side["size"]["width"] == 64
+    given, made = read_video(clip).frames[:9].astype(int), read_video(out).frames.astype(int)
+    assert made.shape == (9, 64, 64, 3) and np.abs(made - given).mean() < 4  # the same video, re-encoded once
+    r = invoke("generate", "--prompt", "p", "--model", "tiny", "--lora", files["audio"], "--control", voice,
+               "--keep-video", clip, "--keep-audio", voice, "--frames", 9, "--out", tmp_path / "x.mp4")
+    assert r.exit_code == 2 and "keep one stream" in r.output
