@@ -776,7 +776,8 @@ def generate_cmd(
     batch: Annotated[
         Path | None,
         typer.Option(help="JSONL file, one generation per row with any of prompt, lora, control, from_video, image, "
-                     "strength, strength_ramp, seed, width, height, frames, fps, out; missing keys take the flags. "
+                     "keep_video, keep_audio, camera, depth, fov, strength, strength_ramp, seed, width, height, "
+                     "frames, fps, out; missing keys take the flags. "
                      "The model loads once; a bad row is reported and the rest go on (exit 1 if any failed)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
