@@ -80,14 +80,15 @@ def _model_name(model: str | None) -> str | None:
 
 
 def _load_backbone(model: str | None) -> Any:
-    """Load the backbone for a command. The tiny model's ops are too small to gain from threads — on 2 shared
-    cores extra threads made its steps ~10× slower — so it runs on one unless OMP_NUM_THREADS says otherwise."""
+    """Load the backbone for a command. The tiny and pocket models' ops are too small to gain from threads — on 2
+    shared cores extra threads made tiny's steps ~10× slower — so they run on one unless OMP_NUM_THREADS says
+    otherwise."""
     import torch
 
     from avctl.backbone import load_backbone
 
     name = _model_name(model)
-    if name == "tiny" and "OMP_NUM_THREADS" not in os.environ:
+    if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return load_backbone(name)
 
