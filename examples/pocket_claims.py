@@ -1,0 +1,249 @@
+"""The paper's claims, measured on the pocket model and the procedural world (CPU, minutes).
+
+    OMP_NUM_THREADS=1 python examples/pocket_claims.py                       # all four claims
+    OMP_NUM_THREADS=1 python examples/pocket_claims.py --claims lora,strength  # the quick part
+
+Claims (each a canny control LoRA trained with avctl.train on world clips, scored on held-out world clips by edge
+F1 of the output against the clip's own Canny control, avctl.metrics.edge_f1):
+    lora        control LoRA at strength 1 vs the base model (no LoRA), same prompt and seed
+    strength    the LoRA at strength 0, 0.25, 0.5, 0.75, 1
+    layout      parallel canvas vs side-by-side (IC-LoRA-style), same steps and rank
+    downscale   reference at 1×, 2×, 4× smaller: fidelity and training step time
+
+Prints a table, writes OUT/claims.json and a plot (default docs/pocket_claims.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avctl import pocket
+from avctl.backbone import load_backbone
+from avctl.metrics import edge_f1
+from avctl.train import Sample, TrainConfig, train
+from avctl.world import WorldClip, clip_seed, make_clip
+from modalities.base import Clip
+from modalities.canny import CANNY, CannyExtractor
+
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def control_for(clip: WorldClip, downscale: int) -> np.ndarray:
+    """The canny modality's own extractor on the clip, at the reference size."""
+    size = clip.frames.shape[1] // downscale, clip.frames.shape[2] // downscale
+    c = Clip(frames=clip.frames, fps=clip.fps, key="world", seed=0, reference_size=size)
+    return CannyExtractor()(c).frames
+
+
+@torch.no_grad()
+def world_samples(backbone: Any, clips: list[WorldClip], downscale: int) -> list[Sample]:
+    """Cached training samples, encoded as avctl.cache does (video, its audio, the reference video, the caption)."""
+    out = []
+    for clip in clips:
+        video = backbone.encode_video(torch.from_numpy(clip.frames)[None])[0]
+        wav = pocket.resample(torch.from_numpy(clip.audio)[None], clip.sample_rate, backbone.audio_sample_rate)
+        audio = backbone.encode_audio(backbone.waveform_to_mel(wav))[0]
+        ref = backbone.encode_video(torch.from_numpy(control_for(clip, downscale))[None])[0]
+        text = backbone.encode_text([clip.caption])
+        out.append(Sample(video, audio, ref, text.video[0], text.audio[0], text.mask[0], clip.fps))
+    return out
+
+
+def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argparse.Namespace, out: Path) -> dict:
+    cfg = TrainConfig(modality=modality.name, out=out, steps=args.steps, rank=args.rank, lr=args.lr,
+                      lr_end=args.lr / 10, batch_size=args.batch, seed=args.seed, save_every=args.steps)
+    transformer = copy.deepcopy(backbone.transformer)
+    meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash()}
+    result = train(cfg, modality, samples, transformer, meta, resume=False)
+    per_step = result.seconds / max(1, result.steps)
+    log(f"{modality.name} ({modality.layout}, {modality.downscale}×): {result.steps} steps in {result.seconds:.0f} s, "
+        f"loss {np.mean(result.losses[:10]):.3f} → {np.mean(result.losses[-10:]):.3f}")
+    return {"path": result.lora_path, "seconds": result.seconds, "step_s": per_step,
+            "first_loss": float(np.mean(result.losses[:10])), "last_loss": float(np.mean(result.losses[-10:]))}
+
+
+def score(backbone: Any, clips: list[WorldClip], lora_path: Path | None, downscale: int, strength: float,
+          steps: int, keep: dict | None = None) -> tuple[float, float]:
+    """Mean edge F1 over the held-out clips (output vs the clip's control at the LoRA's reference size) and the mean
+    generation time."""
+    from avctl.lora import read_lora
+    from avctl.sample import LoraUse, generate
+
+    lora = read_lora(lora_path) if lora_path is not None else None
+    f1s, seconds = [], []
+    for i, clip in enumerate(clips):
+        control = control_for(clip, downscale)
+        uses = [LoraUse(lora, 1.0, control)] if lora is not None else []
+        t0 = time.perf_counter()
+        out = generate(backbone, clip.caption, uses, width=clip.frames.shape[2], height=clip.frames.shape[1],
+                       frames=len(clip.frames), fps=clip.fps, strength=strength, steps=steps, seed=1000 + i,
+                       schedule="shifted")
+        seconds.append(time.perf_counter() - t0)
+        f1s.append(edge_f1(control, out.frames))
+        if keep is not None and i < 2:
+            keep.setdefault(i, {})[strength] = out.frames
+    return float(np.mean(f1s)), float(np.mean(seconds))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="pocket")
+    ap.add_argument("--claims", default="lora,strength,layout,downscale")
+    ap.add_argument("--train-clips", type=int, default=32)
+    ap.add_argument("--eval-clips", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=150, help="LoRA training steps (each claim, each variant)")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="folder for claims.json and LoRAs (default: a temp dir)")
+    ap.add_argument("--plot", type=Path, default=Path("docs/pocket_claims.png"))
+    ap.add_argument("--sheet", type=Path, default=Path("docs/pocket_strength.png"))
+    args = ap.parse_args()
+    claims = {c.strip() for c in args.claims.split(",") if c.strip()}
+    out = args.out or Path(tempfile.mkdtemp(prefix="pocket-claims-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    backbone = load_backbone(args.model, device="cpu")
+    size, frames = pocket.CLIP_SIZE, pocket.CLIP_FRAMES
+    # World seeds 201 (train) and 202 (held out) are outside pretraining's seed 0 set.
+    train_clips = [make_clip(clip_seed(201, k), size, frames) for k in range(args.train_clips)]
+    held = [make_clip(clip_seed(202, k), size, frames) for k in range(args.eval_clips)]
+    # A second run into the same --out adds claims to the first one's results and reuses its LoRAs.
+    previous = out / "claims.json"
+    results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
+
+    def variant(layout: str, downscale: int) -> dict:
+        key = f"{layout}-{downscale}x"
+        if key in results and Path(results[key]["path"]).is_file():
+            results[key]["path"] = Path(results[key]["path"])
+        else:
+            modality = dataclasses.replace(CANNY, layout=layout, downscale=downscale)
+            samples = world_samples(backbone, train_clips, downscale)
+            results[key] = train_lora(backbone, modality, samples, args, out / key)
+        return results[key]
+
+    # Upper bound: the held-out clips themselves through the VAE.
+    recon = []
+    for clip in held:
+        rec = backbone.decode_video(backbone.encode_video(torch.from_numpy(clip.frames)[None]))[0].numpy()
+        recon.append(edge_f1(control_for(clip, 2), rec))
+    results["vae_reconstruction_f1"] = float(np.mean(recon))
+    if "base" not in results:
+        base_f1, base_s = score(backbone, held, None, 2, 1.0, args.sample_steps)
+        results["base"] = {"f1": base_f1, "gen_s": base_s}
+    log(f"VAE-reconstruction edge F1 {results['vae_reconstruction_f1']:.3f}; base (no LoRA) "
+        f"{results['base']['f1']:.3f}")
+
+    kept: dict = {}
+    if claims & {"lora", "strength"}:
+        main_lora = variant("parallel", 2)
+        sweep = {}
+        for s in STRENGTHS if "strength" in claims else (0.0, 1.0):
+            sweep[s], _ = score(backbone, held, main_lora["path"], 2, s, args.sample_steps, keep=kept)
+            log(f"parallel 2× strength {s}: edge F1 {sweep[s]:.3f}")
+        results["strength"] = {str(k): v for k, v in sweep.items()}
+    if "layout" in claims:
+        for layout in ("parallel", "side-by-side"):
+            v = variant(layout, 1)
+            v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps)
+            log(f"{layout} 1×: edge F1 {v['f1']:.3f}")
+    if "downscale" in claims:
+        for s in (1, 2, 4):
+            v = variant("parallel", s)
+            if "f1" not in v:
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps)
+            log(f"parallel {s}×: edge F1 {v['f1']:.3f}, train {v['step_s']:.2f} s/step, generate {v['gen_s']:.1f} s")
+
+    for v in results.values():
+        if isinstance(v, dict) and "path" in v:
+            v["path"] = str(v["path"])
+    (out / "claims.json").write_text(json.dumps(results, indent=1))
+    print_table(results)
+    plot(results, args.plot)
+    if kept:
+        sheet(held, kept, args.sheet, results.get("strength", {}))
+    log(f"wrote {out / 'claims.json'}, {args.plot}")
+
+
+def print_table(results: dict) -> None:
+    rows = [("VAE reconstruction (upper bound)", results["vae_reconstruction_f1"], "", ""),
+            ("base, no LoRA", results["base"]["f1"], "", f"{results['base']['gen_s']:.1f}")]
+    for s, f1 in results.get("strength", {}).items():
+        rows.append((f"canny LoRA, parallel 2x, strength {s}", f1, "", ""))
+    for key in ("parallel-1x", "side-by-side-1x", "parallel-2x", "parallel-4x"):
+        v = results.get(key)
+        if v and "f1" in v:
+            rows.append((f"canny LoRA, {key}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
+    print(f"{'setting':<44} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
+    for name, f1, step_s, gen_s in rows:
+        print(f"{name:<44} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax = axes[0]
+    if "strength" in results:
+        xs = [float(k) for k in results["strength"]]
+        ax.plot(xs, list(results["strength"].values()), "o-", label="canny LoRA (parallel, 2×)")
+    ax.axhline(results["base"]["f1"], color="grey", ls="--", label="base, no LoRA")
+    ax.axhline(results["vae_reconstruction_f1"], color="green", ls=":", label="VAE reconstruction")
+    ax.set(xlabel="strength", ylabel="edge F1 (held-out)", title="LoRA vs base; strength sweep", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    names = [k for k in ("parallel-1x", "side-by-side-1x") if k in results and "f1" in results[k]]
+    ax.bar(names, [results[k]["f1"] for k in names], color=["C0", "C1"][: len(names)])
+    ax.set(ylabel="edge F1", title="parallel canvas vs side-by-side (same steps, rank)", ylim=(0, 1))
+    ax = axes[2]
+    scales = [s for s in (1, 2, 4) if f"parallel-{s}x" in results and "f1" in results[f"parallel-{s}x"]]
+    if scales:
+        ax.plot(scales, [results[f"parallel-{s}x"]["f1"] for s in scales], "o-", label="edge F1")
+        ax.set(xlabel="reference downscale", ylabel="edge F1", title="reference size: fidelity and cost", ylim=(0, 1))
+        twin = ax.twinx()
+        twin.plot(scales, [results[f"parallel-{s}x"]["step_s"] for s in scales], "s--", color="C3",
+                  label="train s/step")
+        twin.set_ylabel("train s/step")
+        ax.set_xticks(scales)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def sheet(held: list[WorldClip], kept: dict, path: Path, f1: dict[str, float]) -> None:
+    from avctl.metrics import contact_sheet
+
+    rows = []
+    for i, by_strength in kept.items():
+        rows.append((f"held-out clip {i}", held[i].frames))
+        rows.append(("its canny control", control_for(held[i], 2)))
+        for s, frames in sorted(by_strength.items()):
+            rows.append((f"canny LoRA, strength {s}", frames))
+    scores = ", ".join(f"{float(s):g}: {v:.2f}" for s, v in f1.items())
+    contact_sheet(path, rows, n_columns=6, tile_height=80,
+                  caption=f"pocket + canny LoRA on held-out world clips, same prompt and seed in every row. Mean edge "
+                          f"F1 over the held-out set by strength: {scores}")
+
+
+if __name__ == "__main__":
+    main()
