@@ -805,6 +805,23 @@ def _tiny_text_encoder(tokenizer: PreTrainedTokenizerBase) -> Gemma3ForCondition
     return Gemma3ForConditionalGeneration(config)
 
 
+def tiny_connectors(connectors_class: Any, text_layers: int = 2) -> Any:
+    """The small text connectors tiny and pocket share: 32 channels, 2 layers of 2 heads per stream."""
+    return connectors_class(
+        caption_channels=32,
+        text_proj_in_factor=text_layers + 1,  # every Gemma layer plus the embeddings, stacked
+        video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=16,
+        video_connector_num_layers=2,
+        video_connector_num_learnable_registers=TINY_REGISTERS,
+        audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=16,
+        audio_connector_num_layers=2,
+        audio_connector_num_learnable_registers=TINY_REGISTERS,
+        rope_type="split",
+    )
+
+
 def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Seeded random-init small versions of every LTX-2 class (all built, so the config hash covers all; the
     unwanted ones are dropped). Widths: Gemma 32 = connectors = caption_channels; transformer video 2 heads × 16,
@@ -818,19 +835,7 @@ def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         parts: dict[str, Any] = {
             "tokenizer": tokenizer,
             "text_encoder": text_encoder,
-            "connectors": classes["connectors"](
-                caption_channels=32,
-                text_proj_in_factor=text_layers + 1,  # every Gemma layer plus the embeddings, stacked
-                video_connector_num_attention_heads=2,
-                video_connector_attention_head_dim=16,
-                video_connector_num_layers=2,
-                video_connector_num_learnable_registers=TINY_REGISTERS,
-                audio_connector_num_attention_heads=2,
-                audio_connector_attention_head_dim=16,
-                audio_connector_num_layers=2,
-                audio_connector_num_learnable_registers=TINY_REGISTERS,
-                rope_type="split",
-            ),
+            "connectors": tiny_connectors(classes["connectors"], text_layers),
             "transformer": classes["transformer"](
                 in_channels=16,
                 out_channels=16,

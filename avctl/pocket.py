@@ -51,7 +51,7 @@ MAX_LENGTH = 32
 # ------------------------------------------------------------------------------------------------ the config
 def build_pocket(seed: int = 0) -> dict[str, Any]:
     """Seeded random-init pocket parts (the starting point of pretraining)."""
-    from avctl.backbone import TINY_REGISTERS, _classes, _tiny_text_encoder, _tiny_tokenizer
+    from avctl.backbone import _classes, _tiny_text_encoder, _tiny_tokenizer, tiny_connectors
     from avctl.world import WORLD_WORDS
 
     classes = _classes()
@@ -62,19 +62,7 @@ def build_pocket(seed: int = 0) -> dict[str, Any]:
         return {
             "tokenizer": tokenizer,
             "text_encoder": text_encoder,
-            "connectors": classes["connectors"](
-                caption_channels=32,
-                text_proj_in_factor=3,  # the 2 Gemma layers plus the embeddings, stacked
-                video_connector_num_attention_heads=2,
-                video_connector_attention_head_dim=16,
-                video_connector_num_layers=2,
-                video_connector_num_learnable_registers=TINY_REGISTERS,
-                audio_connector_num_attention_heads=2,
-                audio_connector_attention_head_dim=16,
-                audio_connector_num_layers=2,
-                audio_connector_num_learnable_registers=TINY_REGISTERS,
-                rope_type="split",
-            ),
+            "connectors": tiny_connectors(classes["connectors"]),
             "transformer": classes["transformer"](
                 in_channels=16,
                 out_channels=16,
