@@ -822,6 +822,23 @@ def tiny_connectors(connectors_class: Any, text_layers: int = 2) -> Any:
     )
 
 
+def tiny_audio_vae(audio_vae_class: Any) -> Any:
+    """The small audio VAE tiny and pocket share: 2 latent channels × 16 mel bins per token."""
+    return audio_vae_class(
+        base_channels=32,  # = latents_mean/std size = packed token width 2 · 64/4
+        ch_mult=(1, 1, 1),
+        num_res_blocks=1,
+        latent_channels=2,
+        mel_bins=64,
+    )
+
+
+def tiny_vocoder(vocoder_class: Any, dilations: tuple[int, ...]) -> Any:
+    """The small vocoder tiny and pocket share (pocket's has one more dilation, for a longer receptive field)."""
+    return vocoder_class(in_channels=2 * 64, hidden_channels=32, resnet_kernel_sizes=[3],
+                         resnet_dilations=[list(dilations)])
+
+
 def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Seeded random-init small versions of every LTX-2 class (all built, so the config hash covers all; the
     unwanted ones are dropped). Widths: Gemma 32 = connectors = caption_channels; transformer video 2 heads × 16,
@@ -861,19 +878,8 @@ def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
                 spatial_compression_ratio=32,
                 temporal_compression_ratio=8,
             ),
-            "audio_vae": classes["audio_vae"](
-                base_channels=32,  # = latents_mean/std size = packed token width 2 · 64/4
-                ch_mult=(1, 1, 1),
-                num_res_blocks=1,
-                latent_channels=2,
-                mel_bins=64,
-            ),
-            "vocoder": classes["vocoder"](
-                in_channels=2 * 64,
-                hidden_channels=32,
-                resnet_kernel_sizes=[3],
-                resnet_dilations=[[1]],
-            ),
+            "audio_vae": tiny_audio_vae(classes["audio_vae"]),
+            "vocoder": tiny_vocoder(classes["vocoder"], dilations=(1,)),
         }
     with tempfile.TemporaryDirectory(prefix="avctl-tiny-config-") as scratch:
         # Hash what save_pretrained would write, so a saved copy of tiny hashes the same.

@@ -29,6 +29,7 @@ Evaluation
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -757,16 +758,24 @@ class EvalModels:
     fov: float = 50.0  # vertical FOV of frame 0 for a camera preset
 
 
+@functools.lru_cache(maxsize=2)
+def _fidelity_extractor(modality: str, weights: Path | None) -> Any:
+    """The modality's extractor, loaded once per process: `eval --runs` re-estimates every video with it."""
+    from avctl.prepare import build_extractor
+    from modalities.base import get_modality
+
+    return build_extractor(get_modality(modality), weights)
+
+
 def _model_fidelity(modality: str, control: Path, output: VideoClip, weights: Path | None, metrics: dict[str, Any],
                     missing: dict[str, str], compared: dict[str, Any]) -> None:
     """evaluate_pair's depth / pose branch: re-run the modality's extractor on the output and compare it with the
     control, or list the metrics as not available with the reason (no model found)."""
-    from avctl.prepare import build_extractor
-    from modalities.base import Clip, get_modality
+    from modalities.base import Clip
 
     names, need = MODEL_FIDELITY[modality]
     try:
-        extractor = build_extractor(get_modality(modality), weights)
+        extractor = _fidelity_extractor(modality, weights)
     except MissingWeights as exc:
         for name in names:
             missing[name] = f"{need}: {exc}"

@@ -51,7 +51,14 @@ MAX_LENGTH = 32
 # ------------------------------------------------------------------------------------------------ the config
 def build_pocket(seed: int = 0) -> dict[str, Any]:
     """Seeded random-init pocket parts (the starting point of pretraining)."""
-    from avctl.backbone import _classes, _tiny_text_encoder, _tiny_tokenizer, tiny_connectors
+    from avctl.backbone import (
+        _classes,
+        _tiny_text_encoder,
+        _tiny_tokenizer,
+        tiny_audio_vae,
+        tiny_connectors,
+        tiny_vocoder,
+    )
     from avctl.world import WORLD_WORDS
 
     classes = _classes()
@@ -97,19 +104,8 @@ def build_pocket(seed: int = 0) -> dict[str, Any]:
                 spatial_compression_ratio=8,  # patch 4 × one spatial halving
                 temporal_compression_ratio=4,  # two temporal halvings
             ),
-            "audio_vae": classes["audio_vae"](
-                base_channels=32,  # = latents_mean/std size = packed token width 2 · 64/4
-                ch_mult=(1, 1, 1),
-                num_res_blocks=1,
-                latent_channels=2,
-                mel_bins=64,
-            ),
-            "vocoder": classes["vocoder"](
-                in_channels=2 * 64,
-                hidden_channels=32,
-                resnet_kernel_sizes=[3],
-                resnet_dilations=[[1, 3]],
-            ),
+            "audio_vae": tiny_audio_vae(classes["audio_vae"]),
+            "vocoder": tiny_vocoder(classes["vocoder"], dilations=(1, 3)),
         }
 
 
