@@ -453,3 +453,19 @@ def test_prepare_takes_a_speakers_file_instead_of_the_guess(tmp_path):
     control = read_video(tmp_path / "ds2" / "reference" / "talk.mp4").frames
     right, left = control[:, 36, 72], control[:, 36, 24]
     assert near(right[12], A.GREY, 20) and near(left[30], A.speaker_colour(0), 40)
+
+
+def test_cli_prepare_refuses_a_bad_speakers_file_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from avctl.cli import app
+    from tests.conftest import write_synthetic_clip
+
+    write_synthetic_clip(tmp_path / "videos" / "a.mp4", frames=9, width=64, height=64)
+    bad = tmp_path / "speakers.jsonl"
+    bad.write_text("{not json\n")
+    r = CliRunner().invoke(app, ["prepare", "who-is-talking", str(tmp_path / "videos"), "--out",
+                                 str(tmp_path / "data"), "--speakers", str(bad), "--backend", "energy"],
+                           env={"AVCTL_NO_PROGRESS": "1"})
+    assert r.exit_code == 1 and "speakers.jsonl:1: not valid JSON" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "data" / "dataset.jsonl").exists()

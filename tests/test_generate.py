@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from avctl.cli import app
 from avctl.errors import BadInput, BadUsage
 from avctl.lora import add_lora, lora_state_dict, read_lora, save_lora
-from avctl.media import fit_to_bucket, probe, read_video, write_video
+from avctl.media import fit_to_bucket, probe, read_audio, read_video, write_video
 from avctl.sample import (
     LoraUse,
     check_composite,
@@ -378,3 +378,24 @@ def test_cli_keep_video_generates_only_the_audio(files, tmp_path):
     r = invoke("generate", "--prompt", "p", "--model", "tiny", "--lora", files["audio"], "--control", voice,
                "--keep-video", clip, "--keep-audio", voice, "--frames", 9, "--out", tmp_path / "x.mp4")
     assert r.exit_code == 2 and "keep one stream" in r.output
+
+
+def test_cli_keep_audio_keeps_the_given_sound(files, tmp_path):
+    """--keep-audio: the given sound (bursts) is the output's audio, the video is generated."""
+    from avctl.media import write_wav
+    from avctl.metrics import audio_envelope_correlation
+
+    seconds = 9 / 24.0
+    t = np.arange(round(seconds * 48_000)) / 48_000
+    bursts = (tone(seconds) * (np.sin(2 * np.pi * 6 * t) > 0)).astype(np.float32)  # on/off 6 times a second
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, bursts, 48_000)
+    out = tmp_path / "talk.mp4"
+    r = invoke("generate", "--prompt", "a person talks", "--model", "tiny", "--lora", files["video1"], "--control",
+               write_synthetic_clip(tmp_path / "c.mp4", frames=9, width=64, height=64, fps=24.0), "--keep-audio",
+               speech, "--frames", 9, "--steps", 2, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.with_suffix(".json").read_text())["keep_audio"] == str(speech)
+    given, made = read_audio(speech, 16_000, 1), read_audio(out, 16_000, 1)
+    n = min(given.shape[1], made.shape[1])
+    assert audio_envelope_correlation(given[:, :n], made[:, :n], 16_000) > 0.9
