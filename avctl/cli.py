@@ -260,6 +260,11 @@ def train_cmd(
     model: ModelOpt = None,
     steps: Annotated[int | None, typer.Option(help="Absolute target step. Default: the modality's.")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank (alpha = rank). Default: the modality's.")] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(help="LoRA module groups, comma-separated: V.SA, V.CA, V.FF, A.SA, A.CA, A.FF, A→V, V→A. "
+                     "Default: the modality's (paper Table 5; see `avctl modalities`)."),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (linear decay to 1e-5). Default 1e-4.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per step. Default 1.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps. Default 1.")] = None,
@@ -290,7 +295,8 @@ def train_cmd(
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {
-        "modality": modality, "data": data, "out": out_dir, "model": model, "steps": steps, "rank": rank, "lr": lr,
+        "modality": modality, "data": data, "out": out_dir, "model": model, "steps": steps, "rank": rank,
+        "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None, "lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
         "tensorboard": tensorboard or None,

@@ -11,6 +11,7 @@ safetensors + JSON, no pickle. A resumed run therefore replays exactly the draws
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from safetensors.torch import load_file
 from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
 from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
-from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora
+from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora, target_modules
 from modalities.base import Modality
 
 STATE_VERSION = 1
@@ -44,6 +45,7 @@ class TrainConfig(BaseModel):
     model: str | None = None  # default $AVCTL_MODEL, else LTX-2
     steps: int | None = Field(default=None, gt=0)  # absolute target step; default: the modality's
     rank: int | None = Field(default=None, gt=0)  # default: the modality's (alpha = rank)
+    targets: list[str] | None = None  # LoRA module groups ("V.SA", "V.FF", …); default: the modality's (Table 5)
     lr: float = Field(default=1e-4, gt=0)
     lr_end: float = Field(default=1e-5, ge=0)  # linear decay from lr to lr_end over `steps`
     batch_size: int = Field(default=1, gt=0)
@@ -62,6 +64,8 @@ class TrainConfig(BaseModel):
         """What must match for a resume: everything but the step target, output and data location."""
         d = self.model_dump(mode="json", exclude={"steps", "out", "data", "save_every", "keep_last",
                                                    "validate_every", "tensorboard"})
+        if d["targets"] is None:
+            del d["targets"]  # so runs from before the option existed still resume
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -383,6 +387,9 @@ def train(
     if not samples:
         raise BadInput(f"{config.data}: the dataset has no samples")
 
+    if config.targets:
+        target_modules(config.targets)  # BadInput naming an unknown group before anything is written
+        modality = dataclasses.replace(modality, targets=tuple(config.targets))
     torch.manual_seed(config.seed)  # PEFT draws the LoRA A init from the global generator
     params = add_lora(transformer, modality.targets, rank)
     names = [n for n, p in transformer.named_parameters() if p.requires_grad]

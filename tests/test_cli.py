@@ -108,6 +108,22 @@ def test_train_refuses_dataset_of_another_modality(chain):
     assert r.exit_code == 1 and "canny" in r.output
 
 
+def test_train_targets_option_sets_the_lora_modules(chain):
+    root, data, _, _ = chain
+    run = root / "runs" / "canny-ff"
+    r = invoke("train", "canny", "--data", data, "--out", run, "--model", "tiny", "--steps", "1", "--rank", "4",
+               "--targets", "V.SA,V.FF")
+    assert r.exit_code == 0, r.output
+    info = json.loads(invoke("lora", "inspect", run / "lora.safetensors", "--json").stdout)
+    assert set(info["groups"]) == {"V.SA", "V.FF"}
+    meta = json.loads(info["metadata"]["avctl.targets"])
+    assert meta == ["V.SA", "V.FF"]
+    bad = root / "runs" / "canny-bad"
+    r = invoke("train", "canny", "--data", data, "--out", bad, "--model", "tiny", "--steps", "1", "--targets", "V.XX")
+    assert r.exit_code == 1 and "V.XX" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (bad / "lora.safetensors").exists()
+
+
 def test_missing_weights_error_is_immediate_and_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     r = invoke("bench", "--model", "Lightricks/LTX-2", "--json")
