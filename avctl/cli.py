@@ -179,12 +179,14 @@ def prepare_cmd(
 ) -> None:
     """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
     (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips."""
+    from avctl.dataset import vae_factors
     from avctl.media import Bucket
     from avctl.prepare import default_bucket, encode_dataset, prepare
     from modalities.base import get_modality
 
     mod = get_modality(modality)
-    b = Bucket.parse(bucket) if bucket else default_bucket(model or os.environ.get("AVCTL_MODEL"), mod.downscale)
+    model_name = model or os.environ.get("AVCTL_MODEL")
+    b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
     counts = {"encoded": 0, "cached": 0}
     with _progress(json_out) as progress:
@@ -197,7 +199,7 @@ def prepare_cmd(
             progress.update(task, completed=done, total=total)
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
-                          progress=tick, weights=weights, backend=backend,
+                          progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
                           options={"speakers": speakers} if speakers is not None else None)
         if encode and summary.rows:
             backbone = _load_backbone(model)

@@ -44,12 +44,37 @@ TINY_BUCKET = Bucket(128, 128, 17)
 LTX2_BUCKET = Bucket(768, 448, 89)
 
 
+POCKET_BUCKET = Bucket(32, 32, 17)
+
+
+def vae_factors(model: str | None) -> tuple[int, int]:
+    """(spatial, temporal) compression of the model's video VAE, read from its vae/config.json without loading any
+    weights: the built-in pocket preset or a diffusers-format folder. LTX-2's (32, 8) otherwise (tiny, hub ids, no
+    model given)."""
+    folder: Path | None = None
+    if model == "pocket":
+        from avctl.backbone import POCKET_DIR
+
+        folder = POCKET_DIR
+    elif model and model != "tiny" and Path(model).is_dir():
+        folder = Path(model)
+    config = folder / "vae" / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return VAE_SPATIAL, VAE_TEMPORAL
+    try:
+        cfg = json.loads(config.read_text())
+        return int(cfg.get("spatial_compression_ratio", VAE_SPATIAL)), int(cfg.get("temporal_compression_ratio",
+                                                                                   VAE_TEMPORAL))
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"{config}: not a readable VAE config ({exc}); re-download the model") from exc
+
+
 def default_bucket(model: str | None, downscale: int = 1) -> Bucket:
-    """The bucket to use when none is given: 128x128x17 for the "tiny" preset, else LTX-2's 768x448x89. With a
-    reference downscale that 448 does not divide into (4× needs multiples of 128), the height grows to the next
-    valid size (768x512x89)."""
-    base = TINY_BUCKET if model == "tiny" else LTX2_BUCKET
-    step = VAE_SPATIAL * downscale
+    """The bucket to use when none is given: 128x128x17 for the "tiny" preset, 32x32x17 for "pocket", else LTX-2's
+    768x448x89. With a reference downscale that the size does not divide into (4× on LTX-2 needs multiples of 128),
+    the size grows to the next valid one (768x512x89)."""
+    base = {"tiny": TINY_BUCKET, "pocket": POCKET_BUCKET}.get(model or "", LTX2_BUCKET)
+    step = vae_factors(model)[0] * downscale
     width = -(-base.width // step) * step
     height = -(-base.height // step) * step
     return Bucket(width, height, base.frames)

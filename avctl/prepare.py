@@ -486,8 +486,8 @@ def _extractor_identity(modality: Modality, weights: Path | None = None, backend
 
 
 # -------------------------------------------------------------------------------------------------------- prepare
-def _sources_for(modality: Modality, inputs: list[Path], out: Path,
-                 bucket: Bucket) -> tuple[list[Source], list[dict[str, str]]]:
+def _sources_for(modality: Modality, inputs: list[Path], out: Path, bucket: Bucket,
+                 factors: tuple[int, int] = (VAE_SPATIAL, VAE_TEMPORAL)) -> tuple[list[Source], list[dict[str, str]]]:
     """Videos for an extracting modality, pairs for a paired one, after checking the bucket; BadInput/BadUsage when
     the modality, the bucket or the inputs do not fit."""
     manifests = [path for path in inputs if is_pairs_manifest(path)]
@@ -496,7 +496,7 @@ def _sources_for(modality: Modality, inputs: list[Path], out: Path,
             raise BadInput(f"prepare for {modality.name!r} needs a pairs manifest (source and target videos): pass "
                            "one .jsonl with {\"source\", \"target\", \"caption\"?} per line or a .csv with "
                            f"source,target[,caption] columns, not videos ({modality.extractor_note})")
-        bucket.check(VAE_SPATIAL, VAE_TEMPORAL, modality.downscale)
+        bucket.check(*factors, modality.downscale)
         pairs, skipped = find_pairs(manifests)
         if not pairs and not skipped:
             raise BadInput(f"{manifests[0]}: the pairs manifest has no rows; add one source/target pair per line")
@@ -507,7 +507,7 @@ def _sources_for(modality: Modality, inputs: list[Path], out: Path,
     if manifests:
         raise BadUsage(f"{manifests[0]}: a pairs manifest, but {modality.name!r} extracts its control from videos; "
                        "pass video files or folders")
-    bucket.check(VAE_SPATIAL, VAE_TEMPORAL, modality.downscale)
+    bucket.check(*factors, modality.downscale)
     return find_sources(inputs, out)
 def _check_compatible(out: Path, existing: dict[str, Any], info: dict[str, Any]) -> None:
     different = [name for name in _COMPATIBLE_FIELDS if existing.get(name) != info.get(name)]
@@ -531,20 +531,22 @@ def prepare(
     weights: Path | None = None,
     backend: str | None = None,
     options: dict[str, Any] | None = None,
+    factors: tuple[int, int] = (VAE_SPATIAL, VAE_TEMPORAL),
 ) -> PrepareSummary:
     """Build (or resume) the dataset for `modality` in `out` from `inputs` (videos and folders, or pairs manifests
     for a paired modality). Raises BadInput/BadUsage when nothing can start (unsupported modality, bad bucket, no
     videos, an incompatible existing dataset, --weights/--backend the extractor cannot take); per-clip problems are
     listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip.
     `options`: extra extractor keyword arguments (None values dropped), e.g. {"speakers": PATH} for
-    who-is-talking; an extractor that does not declare one refuses it with BadUsage."""
+    who-is-talking; an extractor that does not declare one refuses it with BadUsage. `factors`: the (spatial,
+    temporal) compression of the VAE that will encode the dataset (dataset.vae_factors); the bucket must fit it."""
     if workers < 1:
         raise BadUsage(f"--workers must be at least 1, got {workers}")
     if modality.paired and (weights is not None or backend is not None):
         raise BadUsage(f"--weights/--backend: {modality.name!r} is made from pairs of videos and runs no extractor; "
                        "drop them")
     out = Path(out)
-    sources, early_skips = _sources_for(modality, list(inputs), out, bucket)
+    sources, early_skips = _sources_for(modality, list(inputs), out, bucket, factors)
 
     if modality.paired:
         identity, extractor = dict(PAIRS_IDENTITY), None

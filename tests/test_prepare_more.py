@@ -291,3 +291,26 @@ def test_cli_json_reports_frames_per_s_and_encode_uses_the_cache(tmp_path: Path)
     refused = _cli("prepare", "tracks", videos, "--out", tmp_path / "t", "--bucket", "64x64x9", "--backend",
                    "alltracker")
     assert refused.exit_code == 2 and "alltracker" in refused.output
+
+
+def test_bucket_check_follows_the_models_vae_factors(tmp_path):
+    from avctl.dataset import default_bucket, vae_factors
+
+    assert vae_factors(None) == vae_factors("tiny") == (32, 8)
+    model = tmp_path / "model"
+    (model / "vae").mkdir(parents=True)
+    (model / "vae" / "config.json").write_text(json.dumps({"spatial_compression_ratio": 4,
+                                                           "temporal_compression_ratio": 4}))
+    assert vae_factors(str(model)) == (4, 4)
+    assert str(default_bucket(str(model), 2)) == "768x448x89"  # LTX-2's size, already a multiple of 8
+    (model / "vae" / "config.json").write_text("{not json")
+    with pytest.raises(BadInput, match=r"config\.json"):
+        vae_factors(str(model))
+    write_synthetic_clip(tmp_path / "videos" / "c0.mp4", frames=20, width=48, height=40, fps=24.0, seed=0)
+    canny = get_modality("canny")
+    with pytest.raises(BadUsage, match="multiple of 64"):  # LTX-2's 32 px × the 2× reference
+        prepare(canny, [tmp_path / "videos"], tmp_path / "ltx", Bucket(32, 32, 17), None)
+    summary = prepare(canny, [tmp_path / "videos"], tmp_path / "small", Bucket(32, 32, 17), None, factors=(4, 4))
+    assert summary.rows == 1
+    row = json.loads((tmp_path / "small" / "dataset.jsonl").read_text().splitlines()[0])
+    assert read_video(tmp_path / "small" / row["reference_video"]).frames.shape[1:3] == (16, 16)
