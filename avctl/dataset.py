@@ -44,7 +44,7 @@ TINY_BUCKET = Bucket(128, 128, 17)
 LTX2_BUCKET = Bucket(768, 448, 89)
 
 
-POCKET_BUCKET = Bucket(32, 32, 17)
+POCKET_BUCKET = Bucket(64, 64, 17)  # the size pocket was pretrained at
 
 
 def vae_factors(model: str | None) -> tuple[int, int]:
@@ -70,7 +70,7 @@ def vae_factors(model: str | None) -> tuple[int, int]:
 
 
 def default_bucket(model: str | None, downscale: int = 1) -> Bucket:
-    """The bucket to use when none is given: 128x128x17 for the "tiny" preset, 32x32x17 for "pocket", else LTX-2's
+    """The bucket to use when none is given: 128x128x17 for the "tiny" preset, 64x64x17 for "pocket", else LTX-2's
     768x448x89. With a reference downscale that the size does not divide into (4× on LTX-2 needs multiples of 128),
     the size grows to the next valid one (768x512x89)."""
     base = {"tiny": TINY_BUCKET, "pocket": POCKET_BUCKET}.get(model or "", LTX2_BUCKET)
