@@ -1,14 +1,14 @@
 """The paper's claims, measured on the pocket model and the procedural world (CPU, minutes).
 
     OMP_NUM_THREADS=1 python examples/pocket_claims.py                       # all four claims
-    OMP_NUM_THREADS=1 python examples/pocket_claims.py --claims lora,strength  # the quick part
+    OMP_NUM_THREADS=1 python examples/pocket_claims.py --claims lora,strength  # the main LoRA only
 
 Claims (each a canny control LoRA trained with avctl.train on world clips, scored on held-out world clips by edge
 F1 of the output against the clip's own Canny control, avctl.metrics.edge_f1):
-    lora        control LoRA at strength 1 vs the base model (no LoRA), same prompt and seed
-    strength    the LoRA at strength 0, 0.25, 0.5, 0.75, 1
-    layout      parallel canvas vs side-by-side (IC-LoRA-style), same steps and rank
-    downscale   reference at 1×, 2×, 4× smaller: fidelity and training step time
+    lora        control LoRA (parallel, 2×, --steps) at strength 1 vs the base model (no LoRA), same prompt and seed
+    strength    the same LoRA at strength 0, 0.25, 0.5, 0.75, 1
+    layout      parallel canvas vs side-by-side (IC-LoRA-style) at 1×, both --compare-steps, same rank
+    downscale   reference at 1×, 2×, 4× smaller, all --compare-steps: fidelity and training step time
 
 Prints a table, writes OUT/claims.json and a plot (default docs/pocket_claims.png).
 """
@@ -63,9 +63,10 @@ def world_samples(backbone: Any, clips: list[WorldClip], downscale: int) -> list
     return out
 
 
-def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argparse.Namespace, out: Path) -> dict:
-    cfg = TrainConfig(modality=modality.name, out=out, steps=args.steps, rank=args.rank, lr=args.lr,
-                      lr_end=args.lr / 10, batch_size=args.batch, seed=args.seed, save_every=args.steps)
+def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argparse.Namespace, steps: int,
+               out: Path) -> dict:
+    cfg = TrainConfig(modality=modality.name, out=out, steps=steps, rank=args.rank, lr=args.lr,
+                      lr_end=args.lr / 10, batch_size=args.batch, seed=args.seed, save_every=steps)
     transformer = copy.deepcopy(backbone.transformer)
     meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash()}
     result = train(cfg, modality, samples, transformer, meta, resume=False)
@@ -105,9 +106,11 @@ def main() -> None:
     ap.add_argument("--claims", default="lora,strength,layout,downscale")
     ap.add_argument("--train-clips", type=int, default=32)
     ap.add_argument("--eval-clips", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=150, help="LoRA training steps (each claim, each variant)")
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=1500, help="training steps of the main LoRA (lora, strength)")
+    ap.add_argument("--compare-steps", type=int, default=500,
+                    help="training steps of each LoRA in the layout and downscale comparisons")
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -129,14 +132,14 @@ def main() -> None:
     results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
     results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
 
-    def variant(layout: str, downscale: int) -> dict:
-        key = f"{layout}-{downscale}x"
+    def variant(layout: str, downscale: int, steps: int) -> dict:
+        key = f"{layout}-{downscale}x-{steps}"
         if key in results and Path(results[key]["path"]).is_file():
             results[key]["path"] = Path(results[key]["path"])
         else:
             modality = dataclasses.replace(CANNY, layout=layout, downscale=downscale)
             samples = world_samples(backbone, train_clips, downscale)
-            results[key] = train_lora(backbone, modality, samples, args, out / key)
+            results[key] = train_lora(backbone, modality, samples, args, steps, out / key)
         return results[key]
 
     # Upper bound: the held-out clips themselves through the VAE.
@@ -153,7 +156,8 @@ def main() -> None:
 
     kept: dict = {}
     if claims & {"lora", "strength"}:
-        main_lora = variant("parallel", 2)
+        main_lora = variant("parallel", 2, args.steps)
+        results["main"] = f"parallel-2x-{args.steps}"
         sweep = {}
         for s in STRENGTHS if "strength" in claims else (0.0, 1.0):
             sweep[s], _ = score(backbone, held, main_lora["path"], 2, s, args.sample_steps, keep=kept)
@@ -161,12 +165,14 @@ def main() -> None:
         results["strength"] = {str(k): v for k, v in sweep.items()}
     if "layout" in claims:
         for layout in ("parallel", "side-by-side"):
-            v = variant(layout, 1)
-            v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps)
-            log(f"{layout} 1×: edge F1 {v['f1']:.3f}")
+            v = variant(layout, 1, args.compare_steps)
+            if "f1" not in v:
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps)
+            log(f"{layout} 1×, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
     if "downscale" in claims:
+        results["compare_steps"] = args.compare_steps
         for s in (1, 2, 4):
-            v = variant("parallel", s)
+            v = variant("parallel", s, args.compare_steps)
             if "f1" not in v:
                 v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps)
             log(f"parallel {s}×: edge F1 {v['f1']:.3f}, train {v['step_s']:.2f} s/step, generate {v['gen_s']:.1f} s")
@@ -185,15 +191,17 @@ def main() -> None:
 def print_table(results: dict) -> None:
     rows = [("VAE reconstruction (upper bound)", results["vae_reconstruction_f1"], "", ""),
             ("base, no LoRA", results["base"]["f1"], "", f"{results['base']['gen_s']:.1f}")]
+    main = results.get(results.get("main", ""), {})
     for s, f1 in results.get("strength", {}).items():
-        rows.append((f"canny LoRA, parallel 2x, strength {s}", f1, "", ""))
+        rows.append((f"canny LoRA, {results['main']}, strength {s}", f1, f"{main.get('step_s', 0):.2f}", ""))
+    n = results.get("compare_steps")
     for key in ("parallel-1x", "side-by-side-1x", "parallel-2x", "parallel-4x"):
-        v = results.get(key)
+        v = results.get(f"{key}-{n}")
         if v and "f1" in v:
-            rows.append((f"canny LoRA, {key}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
-    print(f"{'setting':<44} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
+            rows.append((f"canny LoRA, {key}-{n}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
+    print(f"{'setting':<48} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
     for name, f1, step_s, gen_s in rows:
-        print(f"{name:<44} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
+        print(f"{name:<48} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -206,22 +214,25 @@ def plot(results: dict, path: Path) -> None:
     ax = axes[0]
     if "strength" in results:
         xs = [float(k) for k in results["strength"]]
-        ax.plot(xs, list(results["strength"].values()), "o-", label="canny LoRA (parallel, 2×)")
+        ax.plot(xs, list(results["strength"].values()), "o-", label=f"canny LoRA ({results['main']} steps)")
     ax.axhline(results["base"]["f1"], color="grey", ls="--", label="base, no LoRA")
     ax.axhline(results["vae_reconstruction_f1"], color="green", ls=":", label="VAE reconstruction")
     ax.set(xlabel="strength", ylabel="edge F1 (held-out)", title="LoRA vs base; strength sweep", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]
-    names = [k for k in ("parallel-1x", "side-by-side-1x") if k in results and "f1" in results[k]]
-    ax.bar(names, [results[k]["f1"] for k in names], color=["C0", "C1"][: len(names)])
-    ax.set(ylabel="edge F1", title="parallel canvas vs side-by-side (same steps, rank)", ylim=(0, 1))
+    n = results.get("compare_steps")
+    names = [k for k in ("parallel-1x", "side-by-side-1x") if "f1" in results.get(f"{k}-{n}", {})]
+    ax.bar(names, [results[f"{k}-{n}"]["f1"] for k in names], color=["C0", "C1"][: len(names)])
+    ax.axhline(results["base"]["f1"], color="grey", ls="--")
+    ax.set(ylabel="edge F1", title=f"parallel vs side-by-side ({n} steps each, same rank)", ylim=(0, 1))
     ax = axes[2]
-    scales = [s for s in (1, 2, 4) if f"parallel-{s}x" in results and "f1" in results[f"parallel-{s}x"]]
+    scales = [s for s in (1, 2, 4) if "f1" in results.get(f"parallel-{s}x-{n}", {})]
     if scales:
-        ax.plot(scales, [results[f"parallel-{s}x"]["f1"] for s in scales], "o-", label="edge F1")
-        ax.set(xlabel="reference downscale", ylabel="edge F1", title="reference size: fidelity and cost", ylim=(0, 1))
+        ax.plot(scales, [results[f"parallel-{s}x-{n}"]["f1"] for s in scales], "o-", label="edge F1")
+        ax.set(xlabel="reference downscale", ylabel="edge F1", title=f"reference size ({n} steps each)",
+               ylim=(0, 1))
         twin = ax.twinx()
-        twin.plot(scales, [results[f"parallel-{s}x"]["step_s"] for s in scales], "s--", color="C3",
+        twin.plot(scales, [results[f"parallel-{s}x-{n}"]["step_s"] for s in scales], "s--", color="C3",
                   label="train s/step")
         twin.set_ylabel("train s/step")
         ax.set_xticks(scales)
