@@ -42,8 +42,6 @@ VAE_TEMPORAL = 8
 
 TINY_BUCKET = Bucket(128, 128, 17)
 LTX2_BUCKET = Bucket(768, 448, 89)
-
-
 POCKET_BUCKET = Bucket(64, 64, 17)  # the size pocket was pretrained at
 
 
