@@ -429,7 +429,7 @@ def build_extractor(modality: Modality, weights: Path | None = None, backend: st
             parameters = {}  # type: ignore[assignment]
         refused = [k for k in options if k not in parameters]
         if refused:
-            raise BadUsage(f"--{refused[0]}: the {modality.name!r} extractor takes no such option")
+            raise BadUsage(f"--{refused[0].replace('_', '-')}: the {modality.name!r} extractor takes no such option")
         if not _takes_options(factory):
             return factory(**options)
     if _takes_options(factory):
@@ -483,6 +483,12 @@ def _extractor_identity(modality: Modality, weights: Path | None = None, backend
     extractor = build_extractor(modality, weights, backend, options)
     return {"backend": str(getattr(extractor, "backend", type(extractor).__name__)),
             "version": str(getattr(extractor, "version", "unknown"))}, extractor
+
+
+def recorded_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The extractor options that are settings (numbers, flags, words) rather than inputs (files): what avctl.json and
+    the LoRA record, so `generate --from-video` can build the same extractor."""
+    return {k: v for k, v in (options or {}).items() if isinstance(v, (bool, int, float, str))}
 
 
 # -------------------------------------------------------------------------------------------------------- prepare
@@ -558,6 +564,7 @@ def prepare(
         "downscale": modality.downscale,
         "reference_size": list(bucket.reference_size(modality.downscale)),
         "extractor": identity,
+        **({"extractor_options": settings} if (settings := recorded_options(options)) else {}),
         "seed": seed,
         "audio_sample_rate": AUDIO_SAMPLE_RATE,
         "avctl_version": __version__,

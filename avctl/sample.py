@@ -20,6 +20,7 @@ as given (not round-tripped through its VAE).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -252,9 +253,17 @@ def control_from_video(
     s = lora.downscale
     clip = Clip(frames=fit_to_bucket(source[:frames], width, height), fps=fps, key=key, seed=seed,
                 reference_size=(height // s, width // s), audio=audio, sample_rate=audio_rate)
-    if name not in _EXTRACTORS:
-        _EXTRACTORS[name] = modality.extractor()
-    extractor = _EXTRACTORS[name]
+    options = lora.avctl.get("extractor_options") or {}  # as the LoRA's dataset was prepared (e.g. canny --line-width)
+    if not isinstance(options, dict):
+        raise BadInput(f"{lora.path}: avctl.extractor_options must be a mapping; fix or drop that metadata key")
+    cache_key = json.dumps([name, options], sort_keys=True)
+    if cache_key not in _EXTRACTORS:
+        try:
+            _EXTRACTORS[cache_key] = modality.extractor(**options)
+        except TypeError as exc:
+            raise BadInput(f"{lora.path}: the {name!r} extractor does not take the recorded options {options} "
+                           f"({exc}); give --control") from exc
+    extractor = _EXTRACTORS[cache_key]
     try:
         control = extractor(clip)
     except AvctlError:

@@ -546,6 +546,7 @@ def lora_metadata(modality: Modality, rank: int, steps: int, model_meta: dict[st
         "alpha": rank,
         "targets": list(modality.targets),
         "steps": steps,
+        **({"extractor_options": opts} if (opts := model_meta.get("extractor_options")) else {}),
         "base_model": model_meta.get("model_id"),
         "base_config_hash": model_meta.get("config_hash"),
         "train_config_hash": config.fingerprint(),

@@ -9,6 +9,8 @@ F1 of the output against the clip's own Canny control, avctl.metrics.edge_f1):
     strength    the same LoRA at strength 0, 0.25, 0.5, 0.75, 1
     layout      parallel canvas vs side-by-side (IC-LoRA-style) at 1×, both --compare-steps, same rank
     downscale   reference at 1×, 2×, 4× smaller, all --compare-steps: fidelity and training step time
+    lines       3-px Canny lines (`prepare canny --line-width 3`, the demo's setting) vs the plain 1-px rule, parallel
+                2×, both --compare-steps; F1 is still measured against the plain 1-px Canny edges
 
 Prints a table, writes OUT/claims.json and a plot (default docs/pocket_claims.png).
 """
@@ -42,22 +44,22 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def control_for(clip: WorldClip, downscale: int) -> np.ndarray:
+def control_for(clip: WorldClip, downscale: int, line_width: int = 1) -> np.ndarray:
     """The canny modality's own extractor on the clip, at the reference size."""
     size = clip.frames.shape[1] // downscale, clip.frames.shape[2] // downscale
     c = Clip(frames=clip.frames, fps=clip.fps, key="world", seed=0, reference_size=size)
-    return CannyExtractor()(c).frames
+    return CannyExtractor(line_width=line_width)(c).frames
 
 
 @torch.no_grad()
-def world_samples(backbone: Any, clips: list[WorldClip], downscale: int) -> list[Sample]:
+def world_samples(backbone: Any, clips: list[WorldClip], downscale: int, line_width: int = 1) -> list[Sample]:
     """Cached training samples, encoded as avctl.cache does (video, its audio, the reference video, the caption)."""
     out = []
     for clip in clips:
         video = backbone.encode_video(torch.from_numpy(clip.frames)[None])[0]
         wav = pocket.resample(torch.from_numpy(clip.audio)[None], clip.sample_rate, backbone.audio_sample_rate)
         audio = backbone.encode_audio(backbone.waveform_to_mel(wav))[0]
-        ref = backbone.encode_video(torch.from_numpy(control_for(clip, downscale))[None])[0]
+        ref = backbone.encode_video(torch.from_numpy(control_for(clip, downscale, line_width))[None])[0]
         text = backbone.encode_text([clip.caption])
         out.append(Sample(video, audio, ref, text.video[0], text.audio[0], text.mask[0], clip.fps))
     return out
@@ -78,23 +80,22 @@ def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argpar
 
 
 def score(backbone: Any, clips: list[WorldClip], lora_path: Path | None, downscale: int, strength: float,
-          steps: int, keep: dict | None = None) -> tuple[float, float]:
-    """Mean edge F1 over the held-out clips (output vs the clip's control at the LoRA's reference size) and the mean
-    generation time."""
+          steps: int, keep: dict | None = None, line_width: int = 1) -> tuple[float, float]:
+    """Mean edge F1 over the held-out clips (output vs the clip's plain 1-px Canny control at the LoRA's reference
+    size, whatever line width the LoRA was given) and the mean generation time."""
     from avctl.lora import read_lora
     from avctl.sample import LoraUse, generate
 
     lora = read_lora(lora_path) if lora_path is not None else None
     f1s, seconds = [], []
     for i, clip in enumerate(clips):
-        control = control_for(clip, downscale)
-        uses = [LoraUse(lora, 1.0, control)] if lora is not None else []
+        uses = [LoraUse(lora, 1.0, control_for(clip, downscale, line_width))] if lora is not None else []
         t0 = time.perf_counter()
         out = generate(backbone, clip.caption, uses, width=clip.frames.shape[2], height=clip.frames.shape[1],
                        frames=len(clip.frames), fps=clip.fps, strength=strength, steps=steps, seed=1000 + i,
                        schedule="shifted")
         seconds.append(time.perf_counter() - t0)
-        f1s.append(edge_f1(control, out.frames))
+        f1s.append(edge_f1(control_for(clip, downscale), out.frames))
         if keep is not None and i < 2:
             keep.setdefault(i, {})[strength] = out.frames
     return float(np.mean(f1s)), float(np.mean(seconds))
@@ -103,7 +104,7 @@ def score(backbone: Any, clips: list[WorldClip], lora_path: Path | None, downsca
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pocket")
-    ap.add_argument("--claims", default="lora,strength,layout,downscale")
+    ap.add_argument("--claims", default="lora,strength,layout,downscale,lines")
     ap.add_argument("--train-clips", type=int, default=32)
     ap.add_argument("--eval-clips", type=int, default=8)
     ap.add_argument("--steps", type=int, default=1500, help="training steps of the main LoRA (lora, strength)")
@@ -132,13 +133,13 @@ def main() -> None:
     results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
     results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
 
-    def variant(layout: str, downscale: int, steps: int) -> dict:
-        key = f"{layout}-{downscale}x-{steps}"
+    def variant(layout: str, downscale: int, steps: int, line_width: int = 1) -> dict:
+        key = f"{layout}-{downscale}x-{steps}" + (f"-lines{line_width}" if line_width != 1 else "")
         if key in results and Path(results[key]["path"]).is_file():
             results[key]["path"] = Path(results[key]["path"])
         else:
             modality = dataclasses.replace(CANNY, layout=layout, downscale=downscale)
-            samples = world_samples(backbone, train_clips, downscale)
+            samples = world_samples(backbone, train_clips, downscale, line_width)
             results[key] = train_lora(backbone, modality, samples, args, steps, out / key)
         return results[key]
 
@@ -176,6 +177,13 @@ def main() -> None:
             if "f1" not in v:
                 v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps)
             log(f"parallel {s}×: edge F1 {v['f1']:.3f}, train {v['step_s']:.2f} s/step, generate {v['gen_s']:.1f} s")
+    if "lines" in claims:
+        results["compare_steps"] = args.compare_steps
+        for width in (1, 3):
+            v = variant("parallel", 2, args.compare_steps, width)
+            if "f1" not in v:
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 2, 1.0, args.sample_steps, line_width=width)
+            log(f"parallel 2×, {width}-px lines: edge F1 {v['f1']:.3f} (against 1-px Canny)")
 
     for v in results.values():
         if isinstance(v, dict) and "path" in v:
@@ -199,9 +207,13 @@ def print_table(results: dict) -> None:
         v = results.get(f"{key}-{n}")
         if v and "f1" in v:
             rows.append((f"canny LoRA, {key}-{n}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
-    print(f"{'setting':<48} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
+    v = results.get(f"parallel-2x-{n}-lines3")
+    if v and "f1" in v:
+        rows.append((f"canny LoRA, parallel-2x-{n}, 3-px lines, strength 1", v["f1"], f"{v['step_s']:.2f}",
+                     f"{v['gen_s']:.1f}"))
+    print(f"{'setting':<54} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
     for name, f1, step_s, gen_s in rows:
-        print(f"{name:<48} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
+        print(f"{name:<54} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
 
 
 def plot(results: dict, path: Path) -> None:

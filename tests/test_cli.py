@@ -124,6 +124,25 @@ def test_train_targets_option_sets_the_lora_modules(chain):
     assert not (bad / "lora.safetensors").exists()
 
 
+def test_prepare_line_width_is_recorded_and_reaches_the_lora(chain):
+    root, _, _, _ = chain
+    data = root / "datasets" / "canny-thick"
+    r = invoke("prepare", "canny", root / "videos", "--out", data, "--bucket", "128x128x17", "--line-width", "3",
+               "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads((data / "avctl.json").read_text())
+    assert info["extractor_options"] == {"line_width": 3} and "lines 3 px" in info["extractor"]["version"]
+    r = invoke("prepare", "canny", root / "videos", "--out", data, "--bucket", "128x128x17", "--json")
+    assert r.exit_code == 1 and "extractor" in r.output  # another width into the same dataset is refused
+    r = invoke("prepare", "depth", root / "videos", "--out", root / "datasets" / "d", "--line-width", "3")
+    assert r.exit_code == 2 and "--line-width" in r.output and len(r.output.strip().splitlines()) == 1
+    run = root / "runs" / "canny-thick"
+    r = invoke("train", "canny", "--data", data, "--out", run, "--model", "tiny", "--steps", "1", "--rank", "4")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(invoke("lora", "inspect", run / "lora.safetensors", "--json").stdout)["metadata"]
+    assert json.loads(meta["avctl.extractor_options"]) == {"line_width": 3}
+
+
 def test_missing_weights_error_is_immediate_and_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     r = invoke("bench", "--model", "Lightricks/LTX-2", "--json")

@@ -151,6 +151,20 @@ def test_control_from_video_runs_the_modality_extractor(files, tmp_path):
         control_from_video(lora, source, 24.0, width=64, height=64, frames=17, seed=0, key="s")
 
 
+def test_control_from_video_draws_the_control_as_the_lora_was_trained(tmp_path):
+    source = synthetic_frames(12, 96, 80, seed=3)
+    path = make_lora(tmp_path / "thick.safetensors", ("V.SA",), 2, 6, modality="canny", streams=["video"],
+                     extractor_options={"line_width": 3})
+    video, _ = control_from_video(read_lora(path), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
+    clip = _clip(fit_to_bucket(source[:9], 64, 64), (32, 32))
+    assert np.array_equal(video, CannyExtractor(line_width=3)(clip).frames)
+    assert not np.array_equal(video, CannyExtractor()(clip).frames)
+    bad = make_lora(tmp_path / "bad.safetensors", ("V.SA",), 2, 7, modality="canny", streams=["video"],
+                    extractor_options={"sigma": 2})
+    with pytest.raises(BadInput, match="recorded options"):
+        control_from_video(read_lora(bad), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
+
+
 def _clip(frames: np.ndarray, size: tuple[int, int]):
     from modalities.base import Clip
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from avctl.errors import BadUsage
 from avctl.media import Bucket, fit_to_bucket, read_video
 from avctl.prepare import prepare
 from modalities.base import ALL_GROUPS, Clip, all_modalities, get_modality
@@ -118,6 +119,27 @@ def test_canny_extractor_rule() -> None:
     assert np.array_equal(control.frames[..., 0], control.frames[..., 2])  # grey
     assert np.array_equal(control.frames[..., 0], _expected_canny(frames, (32, 32)))
     assert control.frames.max() > 0  # the moving shapes have edges
+
+
+def test_canny_line_width_dilates_before_the_shrink() -> None:
+    frames = synthetic_frames(5, 64, 64)
+    thin = CannyExtractor()(_clip(frames, downscale=2)).frames
+    thick_extractor = CannyExtractor(line_width=3)
+    thick = thick_extractor(_clip(frames, downscale=2)).frames
+    kernel = np.ones((3, 3), np.uint8)
+    expected = np.stack([
+        cv2.resize(cv2.dilate(cv2.Canny(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), 100, 200), kernel), (32, 32),
+                   interpolation=cv2.INTER_AREA)
+        for f in frames
+    ])
+    assert np.array_equal(thick[..., 0], expected)
+    assert (thick[..., 0] >= 128).sum() > 2 * (thin[..., 0] >= 128).sum()  # the lines are visibly wider
+    assert np.all(thick >= thin)  # dilation only adds edge
+    assert CannyExtractor(line_width=1).version == CannyExtractor.version  # the default keeps old datasets valid
+    assert "lines 3 px" in thick_extractor.version
+    for bad in (0, 16, 2.5, True):
+        with pytest.raises(BadUsage, match="--line-width"):
+            CannyExtractor(line_width=bad)  # type: ignore[arg-type]
 
 
 def test_canny_reference_survives_the_codec(tmp_path: Path) -> None:
