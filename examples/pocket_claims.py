@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="training steps of the main LoRA (lora, strength)")
     ap.add_argument("--compare-steps", type=int, default=500,
                     help="training steps of each LoRA in the layout and downscale comparisons")
+    ap.add_argument("--line-width", type=int, default=1,
+                    help="Canny line width of the layout comparison's LoRAs (prepare canny --line-width)")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=4)
@@ -166,10 +168,11 @@ def main() -> None:
         results["strength"] = {str(k): v for k, v in sweep.items()}
     if "layout" in claims:
         for layout in ("parallel", "side-by-side"):
-            v = variant(layout, 1, args.compare_steps)
+            v = variant(layout, 1, args.compare_steps, args.line_width)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps)
-            log(f"{layout} 1×, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps,
+                                            line_width=args.line_width)
+            log(f"{layout} 1×, {args.line_width}-px lines, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
     if "downscale" in claims:
         results["compare_steps"] = args.compare_steps
         for s in (1, 2, 4):
@@ -207,10 +210,11 @@ def print_table(results: dict) -> None:
         v = results.get(f"{key}-{n}")
         if v and "f1" in v:
             rows.append((f"canny LoRA, {key}-{n}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
-    v = results.get(f"parallel-2x-{n}-lines3")
-    if v and "f1" in v:
-        rows.append((f"canny LoRA, parallel-2x-{n}, 3-px lines, strength 1", v["f1"], f"{v['step_s']:.2f}",
-                     f"{v['gen_s']:.1f}"))
+    for key in ("parallel-1x", "side-by-side-1x", "parallel-2x"):
+        v = results.get(f"{key}-{n}-lines3")
+        if v and "f1" in v:
+            rows.append((f"canny LoRA, {key}-{n}, 3-px lines, strength 1", v["f1"], f"{v['step_s']:.2f}",
+                         f"{v['gen_s']:.1f}"))
     print(f"{'setting':<54} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
     for name, f1, step_s, gen_s in rows:
         print(f"{name:<54} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
