@@ -1,6 +1,6 @@
 """The paper's claims, measured on the pocket model and the procedural world (CPU, minutes).
 
-    OMP_NUM_THREADS=1 python examples/pocket_claims.py                       # all four claims
+    OMP_NUM_THREADS=1 python examples/pocket_claims.py                       # all five claims
     OMP_NUM_THREADS=1 python examples/pocket_claims.py --claims lora,strength  # the main LoRA only
 
 Claims (each a canny control LoRA trained with avctl.train on world clips, scored on held-out world clips by edge
@@ -52,14 +52,19 @@ def control_for(clip: WorldClip, downscale: int, line_width: int = 1) -> np.ndar
 
 
 @torch.no_grad()
-def world_samples(backbone: Any, clips: list[WorldClip], downscale: int, line_width: int = 1) -> list[Sample]:
-    """Cached training samples, encoded as avctl.cache does (video, its audio, the reference video, the caption)."""
+def world_samples(backbone: Any, clips: list[WorldClip], downscale: int, line_width: int = 1,
+                  base: list[Sample] | None = None) -> list[Sample]:
+    """Training samples, encoded as avctl.cache does (video, its audio, the reference video, the caption). Pass
+    `base` (samples of the same clips from an earlier call) to encode only the references again."""
     out = []
-    for clip in clips:
+    for i, clip in enumerate(clips):
+        ref = backbone.encode_video(torch.from_numpy(control_for(clip, downscale, line_width))[None])[0]
+        if base is not None:
+            out.append(dataclasses.replace(base[i], reference=ref))
+            continue
         video = backbone.encode_video(torch.from_numpy(clip.frames)[None])[0]
         wav = pocket.resample(torch.from_numpy(clip.audio)[None], clip.sample_rate, backbone.audio_sample_rate)
         audio = backbone.encode_audio(backbone.waveform_to_mel(wav))[0]
-        ref = backbone.encode_video(torch.from_numpy(control_for(clip, downscale, line_width))[None])[0]
         text = backbone.encode_text([clip.caption])
         out.append(Sample(video, audio, ref, text.video[0], text.audio[0], text.mask[0], clip.fps))
     return out
@@ -108,7 +113,7 @@ def main() -> None:
     ap.add_argument("--train-clips", type=int, default=32)
     ap.add_argument("--eval-clips", type=int, default=8)
     ap.add_argument("--steps", type=int, default=1500, help="training steps of the main LoRA (lora, strength)")
-    ap.add_argument("--compare-steps", type=int, default=500,
+    ap.add_argument("--compare-steps", type=int, default=400,
                     help="training steps of each LoRA in the layout and downscale comparisons")
     ap.add_argument("--line-width", type=int, default=1,
                     help="Canny line width of the layout comparison's LoRAs (prepare canny --line-width)")
@@ -135,13 +140,16 @@ def main() -> None:
     results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
     results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
 
+    encoded: list[Sample] = []  # the training clips' video, audio and caption, encoded once for all variants
+
     def variant(layout: str, downscale: int, steps: int, line_width: int = 1) -> dict:
         key = f"{layout}-{downscale}x-{steps}" + (f"-lines{line_width}" if line_width != 1 else "")
         if key in results and Path(results[key]["path"]).is_file():
             results[key]["path"] = Path(results[key]["path"])
         else:
             modality = dataclasses.replace(CANNY, layout=layout, downscale=downscale)
-            samples = world_samples(backbone, train_clips, downscale, line_width)
+            samples = world_samples(backbone, train_clips, downscale, line_width, base=encoded or None)
+            encoded[:] = encoded or samples
             results[key] = train_lora(backbone, modality, samples, args, steps, out / key)
         return results[key]
 

@@ -22,9 +22,7 @@ from modalities.base import Clip, Control, Modality
 
 LOW_THRESHOLD = 100
 HIGH_THRESHOLD = 200
-
-
-MAX_LINE_WIDTH = 15
+MAX_LINE_WIDTH = 15  # --line-width; wider lines swallow a 64-px frame
 
 
 class CannyExtractor:
