@@ -868,7 +868,9 @@ def eval_cmd(
     video: Annotated[Path | None, typer.Option(help="Generated video (one pair).")] = None,
     mask: Annotated[Path | None, typer.Option(help="Inpainting mask video/image (white = hole).")] = None,
     source: Annotated[
-        Path | None, typer.Option(help="The clip the control was extracted from (tracks: end-point error).")
+        Path | None,
+        typer.Option(help="The clip the control was extracted from (tracks: end-point error; canny: edge_f1_plain, "
+                     "F1 against its plain 1-px edges)."),
     ] = None,
     clip_model: Annotated[
         Path | None,
@@ -893,14 +895,16 @@ def eval_cmd(
     runs: Annotated[
         Path | None, typer.Option(help="Folder of generations: every mp4 with the .json sidecar `generate` writes.")
     ] = None,
-    sheet: Annotated[Path | None, typer.Option(help="Write a PNG contact sheet (control | output, metrics).")] = None,
+    sheet: Annotated[
+        Path | None,
+        typer.Option(help="Write a PNG contact sheet: each control, the outputs made from it, the metrics."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure control fidelity (edge F1, masked PSNR/SSIM, depth / pose agreement, track error, …) and temporal
     quality (warp error, flicker, motion smoothness, dynamic degree). Metrics whose models are not installed are
     listed as not available, never guessed."""
-    from avctl import media
-    from avctl.metrics import contact_sheet, evaluate_pair, evaluate_runs
+    from avctl.metrics import contact_sheet, evaluate_pair, evaluate_runs, sheet_rows
 
     if runs is not None:
         if modality or control or video:
@@ -916,16 +920,9 @@ def eval_cmd(
         results = [evaluate_pair(modality, control, video, mask, source=source, clip_model=clip_model,
                                  weights=weights, brisque_model=brisque_model, camera=camera, fov=fov)]
     if sheet is not None:
-        rows: list[tuple[str, Any]] = []
-        captions = []
-        for r in results:
-            if "metrics" not in r:
-                continue
-            if not rows:
-                rows.append(("control", media.read_video(Path(r["control"])).frames))
-            label = Path(r["video"]).stem + (f" s={r['strength']}" if r.get("strength") is not None else "")
-            rows.append((label, media.read_video(Path(r["video"])).frames))
-            captions.append(label + ": " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items()))
+        rows, labels = sheet_rows(results)
+        captions = [f"{label}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["metrics"].items())
+                    for label, r in labels]
         contact_sheet(sheet, rows, caption=" | ".join(captions))
     if json_out:
         _emit(results if runs is not None else results[0])

@@ -599,6 +599,26 @@ def contact_sheet(
     return path
 
 
+def sheet_rows(results: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, dict]]]:
+    """Contact-sheet rows for evaluated generations (rows with "metrics", in the given order): each output under
+    its control, with a control row whenever the control differs from the previous one, so outputs of several
+    clips each sit under their own control. Returns (rows, [(label, result)] for the outputs)."""
+    rows: list[tuple[str, np.ndarray]] = []
+    labels: list[tuple[str, dict]] = []
+    previous: np.ndarray | None = None
+    for r in results:
+        if "metrics" not in r:
+            continue
+        control = read_video(Path(r["control"])).frames
+        if previous is None or control.shape != previous.shape or not np.array_equal(control, previous):
+            rows.append(("control", control))
+            previous = control
+        label = Path(r["video"]).stem + (f" s={r['strength']}" if r.get("strength") is not None else "")
+        rows.append((label, read_video(Path(r["video"])).frames))
+        labels.append((label, r))
+    return rows, labels
+
+
 # -------------------------------------------------------------------------------------------------- evaluation
 def read_mask(path: Path, width: int, height: int) -> np.ndarray:
     """A hole mask file (a video, as `avctl prepare` writes mask/<clip>.mp4, or a single image) as uint8 [F, h, w] or
@@ -654,6 +674,24 @@ def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
         if alive[t].any():
             errors.append(float(np.linalg.norm(current[alive[t]] - expected[t, alive[t]], axis=1).mean()))
     return float(np.mean(errors))
+
+
+def plain_canny_f1(source: Path, control_frames: np.ndarray, output: np.ndarray) -> float:
+    """Edge F1 of `output` [F, H, W, 3] against plain 1-px Canny edges of the `source` clip, drawn as `avctl prepare
+    canny` draws them by default at the control's size: the source is fitted to the output's size (the rule
+    `generate --from-video` uses) and its edges shrunk to the control's [F, h, w]. A control drawn with thick lines
+    (`--line-width`) makes edge_f1 generous; this one measures the output against the clip's own edges."""
+    from avctl.media import fit_to_bucket
+    from modalities.base import Clip
+    from modalities.canny import CannyExtractor
+
+    clip = read_video(source)
+    count = min(len(clip.frames), len(control_frames), len(output))
+    height, width = output.shape[1:3]
+    fitted = fit_to_bucket(clip.frames[:count], width, height)
+    plain = CannyExtractor()(Clip(frames=fitted, fps=clip.fps, key=source.name, seed=0,
+                                  reference_size=tuple(control_frames.shape[1:3]))).frames
+    return edge_f1(plain, output[:count])
 
 
 def _track_epe_entry(source: Path | None, video: Path, metrics: dict[str, Any], missing: dict[str, str],
@@ -943,8 +981,9 @@ def evaluate_pair(
       who-is-talking → vad_box_accuracy / vad_box_f1 (voice activity in the output's audio vs a coloured box in the
       control) and mouth_box_agreement (`avctl.audio.evaluate_who_is_talking`);
       tracks → track_epe of the output against `source`
-      (the clip the control was extracted from; not available without it); other modalities → "control_fidelity"
-      not available.
+      (the clip the control was extracted from; not available without it); canny with `source` → also
+      edge_f1_plain (`plain_canny_f1`: against the source's plain 1-px edges, for controls drawn with thick lines);
+      other modalities → "control_fidelity" not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
       vbench_is_dynamic (a metric the clip is too short for is listed as not available with the reason). The
       flow-based ones (warp_error, motion_smoothness, dynamic_degree, vbench_is_dynamic) run on the output shrunk to
@@ -966,7 +1005,22 @@ def evaluate_pair(
     if modality == "tracks":
         _track_epe_entry(Path(source) if source is not None else None, video, result["metrics"],
                          result["not_available"], result["compared"])
+    elif modality == "canny":
+        _plain_edges_entry(Path(source) if source is not None else None, control, video, result)
     return result
+
+
+def _plain_edges_entry(source: Path | None, control: Path, video: Path, result: dict[str, Any]) -> None:
+    """Add edge_f1_plain (`plain_canny_f1`) to a canny result, or say why it is not available."""
+    if source is None:
+        result["not_available"]["edge_f1_plain"] = ("no source clip: `generate --from-video` records it, or pass "
+                                                    "--source with the clip the control was drawn from")
+        return
+    try:
+        result["metrics"]["edge_f1_plain"] = plain_canny_f1(source, read_video(control).frames,
+                                                            read_video(video).frames)
+    except AvctlError as exc:
+        result["not_available"]["edge_f1_plain"] = str(exc)
 
 
 def _control_path(item: str, sidecar: Path) -> Path | None:
@@ -1005,7 +1059,8 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
     from the sidecar. For inpaint, the mask is looked up where `avctl prepare` puts it (a control at
     <dataset>/reference/<rel>.mp4 → <dataset>/mask/<rel>.mp4); when there is none, the masked metrics are listed as
     not available. Videos that cannot be evaluated (no sidecar, no control, unreadable media) come back as
-    {"video", "skipped": reason} rows, so one bad file does not stop the batch. Hidden files (temp files) are ignored.
+    {"video", "skipped": reason} rows, so one bad file does not stop the batch. A canny generation made with
+    --from-video also gets edge_f1_plain against that source clip. Hidden files (temp files) are ignored.
     Rows are in file-name order."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -1051,6 +1106,10 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
         except AvctlError as exc:
             rows.append({"video": str(video), "skipped": str(exc)})
             continue
+        if modality == "canny":
+            source = meta.get("from_video")
+            _plain_edges_entry(_control_path(source, sidecar) if isinstance(source, str) else None, control, video,
+                               row)
         row.update(sidecar=str(sidecar), strength=meta.get("strength"), seed=meta.get("seed"), loras=meta.get("loras"))
         rows.append(row)
     return rows

@@ -30,6 +30,8 @@ from avctl.metrics import (
     masked_psnr,
     masked_ssim,
     motion_smoothness,
+    plain_canny_f1,
+    sheet_rows,
     temporal_flickering,
     vbench_is_dynamic,
     warp_error,
@@ -278,6 +280,45 @@ def test_evaluate_pair_canny_and_depth(canny_pair: tuple[Path, Path], tmp_path: 
     assert "edge_f1" not in depth["metrics"] and "depth_correlation" not in depth["metrics"]
     assert "huggingface-cli download" in depth["not_available"]["depth_correlation"]
     assert set(TEMPORAL) <= set(depth["metrics"])
+
+
+def test_plain_edges_judge_a_thick_line_control_by_the_clip_s_own_edges(tmp_path: Path) -> None:
+    """edge_f1_plain compares the output with the source's 1-px edges, not with the (generous) thick-line control."""
+    source_frames = synthetic_frames(8, 96, 64)
+    source = tmp_path / "clip.mp4"
+    write_video(source, source_frames, 12.0, lossless=True)
+    thick = CannyExtractor(line_width=5)(Clip(frames=source_frames, fps=12.0, key="clip", seed=0,
+                                              reference_size=(32, 48))).frames
+    control = tmp_path / "control.mp4"
+    write_video(control, thick, 12.0, lossless=True)
+    blurred_frames = np.stack([cv2.GaussianBlur(f, (0, 0), 3) for f in source_frames])
+    faithful, blurred = tmp_path / "faithful.mp4", tmp_path / "blurred.mp4"
+    write_video(faithful, source_frames, 12.0, lossless=True)
+    write_video(blurred, blurred_frames, 12.0, lossless=True)
+
+    assert plain_canny_f1(source, thick, source_frames) > 0.9  # the clip's own edges
+    assert plain_canny_f1(source, thick, source_frames) > plain_canny_f1(source, thick, blurred_frames) + 0.3
+    with_source = evaluate_pair("canny", control, faithful, source=source)
+    assert with_source["metrics"]["edge_f1_plain"] > 0.9
+    assert with_source["metrics"]["edge_f1_plain"] != with_source["metrics"]["edge_f1"]
+    without = evaluate_pair("canny", control, blurred)
+    assert "edge_f1_plain" not in without["metrics"] and "--source" in without["not_available"]["edge_f1_plain"]
+
+
+def test_sheet_rows_put_each_clip_s_outputs_under_its_own_control(tmp_path: Path) -> None:
+    first, second = synthetic_frames(4, 32, 32, seed=1), synthetic_frames(4, 32, 32, seed=2)
+    results = []
+    for name, control in (("a_s000", first), ("a_s100", first), ("b_s000", second)):
+        path = tmp_path / f"{name}.control-1.mp4"
+        write_video(path, control, 12.0, lossless=True)
+        write_video(tmp_path / f"{name}.mp4", control, 12.0, lossless=True)
+        results.append({"video": str(tmp_path / f"{name}.mp4"), "control": str(path), "strength": 0.0,
+                        "metrics": {"edge_f1": 0.5}})
+    results.insert(1, {"video": str(tmp_path / "x.mp4"), "skipped": "no sidecar"})
+    rows, labels = sheet_rows(results)
+    assert [label for label, _ in rows] == ["control", "a_s000 s=0.0", "a_s100 s=0.0", "control", "b_s000 s=0.0"]
+    assert np.abs(rows[0][1].astype(int) - first).max() <= 2 and np.abs(rows[3][1].astype(int) - second).max() <= 2
+    assert [label for label, _ in labels] == ["a_s000 s=0.0", "a_s100 s=0.0", "b_s000 s=0.0"]
 
 
 def test_evaluate_pair_inpaint_needs_a_mask(tmp_path: Path) -> None:
