@@ -8,12 +8,19 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install demo test lint clean
 
-# uv unpacks and byte-compiles in parallel from its cache: torch's install took 3.7 min with it against 6.9 with pip
-# on a 2-core machine. pip is the fallback where uv cannot be had or cannot reach an index.
+# uv downloads and unpacks in parallel: torch's install took 3.7 min with it against 6.9 with pip on a 2-core
+# machine. pip is the fallback where uv cannot be had or cannot reach an index. Instead of byte-compiling all of
+# site-packages (about 3 min here, most of it torch modules avctl never imports), one warm-up run imports what avctl
+# and its tests use and leaves their .pyc files, which Python reuses even where PYTHONDONTWRITEBYTECODE is set.
+WARMUP := from avctl.backbone import load_backbone; load_backbone('tiny'); \
+	import avctl.cli, avctl.train, avctl.sample, avctl.metrics, avctl.prepare, avctl.bench, avctl.world; \
+	import modalities.base as m; m.all_modalities(); import matplotlib.pyplot, pytest
+
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	($(BIN)/pip install -q uv && $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -e '.[dev]') \
+	($(BIN)/pip install -q uv && $(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]') \
 	  || $(BIN)/pip install -q -e '.[dev]'
+	env -u PYTHONDONTWRITEBYTECODE HF_HUB_OFFLINE=1 $(BIN)/python -c "$(WARMUP)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,12 +17,15 @@ phase() { echo "── ${SECONDS} s: $*"; }
 
 phase "world clips"
 
+# Held out: clips of another seed, fixed before any result was seen; the sheet shows all of them. Written on the
+# second core while the training clips are written and prepared.
+python examples/make_world.py "$DEMO/heldout" --count "$HELDOUT" --seed 2 &
+HELD=$!
 python examples/make_world.py "$DEMO/videos" --count 32 --seed 1
-# Held out: clips of another seed, fixed before any result was seen; the sheet shows all of them.
-python examples/make_world.py "$DEMO/heldout" --count "$HELDOUT" --seed 2
 # 3-px edge lines: at 64 px, 1-px Canny lines do not survive pocket's VAE and the LoRA needs ~4x the steps.
 phase "prepare"
-avctl prepare canny "$DEMO/videos" --out "$DEMO/datasets/canny" --bucket 64x64x17 --line-width 3 --workers 2
+avctl prepare canny "$DEMO/videos" --out "$DEMO/datasets/canny" --bucket 64x64x17 --line-width 3
+wait "$HELD"
 
 # bench (the tiny model's step per reference size and strength, ratios from one run) on the second core while the
 # LoRA trains on the first; its absolute times are those of a busy machine.
