@@ -1107,9 +1107,12 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
             rows.append({"video": str(video), "skipped": str(exc)})
             continue
         if modality == "canny":
-            source = meta.get("from_video")
-            _plain_edges_entry(_control_path(source, sidecar) if isinstance(source, str) else None, control, video,
-                               row)
+            recorded = meta.get("from_video")
+            source = _control_path(recorded, sidecar) if isinstance(recorded, str) else None
+            _plain_edges_entry(source, control, video, row)
+            if source is None and isinstance(recorded, str):
+                row["not_available"]["edge_f1_plain"] = (f"the source clip {recorded!r} that {sidecar.name} records "
+                                                         "is not found")
         row.update(sidecar=str(sidecar), strength=meta.get("strength"), seed=meta.get("seed"), loras=meta.get("loras"))
         rows.append(row)
     return rows

@@ -361,6 +361,24 @@ def test_evaluate_runs_reads_sidecars(canny_pair: tuple[Path, Path]) -> None:
         evaluate_runs(runs / "missing")
 
 
+def test_evaluate_runs_scores_plain_edges_against_the_recorded_from_video(canny_pair: tuple[Path, Path]) -> None:
+    control, output = canny_pair
+    runs = output.parent
+    source = runs.parent / "source.mp4"
+    write_video(source, synthetic_frames(9, 96, 64), 12.0, lossless=True)
+    lost = runs / "lost.mp4"
+    shutil.copy(output, lost)
+    for video, recorded in ((output, str(source)), (lost, str(runs.parent / "moved.mp4"))):
+        sidecar = {"video": str(video), "modality": ["canny"], "control": [str(control)], "from_video": recorded}
+        video.with_suffix(".json").write_text(json.dumps(sidecar))
+
+    found, missing = sorted(evaluate_runs(runs), key=lambda r: Path(r["video"]).name != "out.mp4")
+    assert found["metrics"]["edge_f1_plain"] > 0.7  # the output is the source clip itself
+    assert "edge_f1_plain" not in missing["metrics"]
+    assert "moved.mp4" in missing["not_available"]["edge_f1_plain"] and "not found" in missing["not_available"][
+        "edge_f1_plain"]
+
+
 def test_evaluate_runs_finds_the_inpaint_mask_of_a_prepared_dataset(tmp_path: Path) -> None:
     source = synthetic_frames(4, 64, 48)
     hole = np.zeros((4, 48, 64), dtype=np.uint8)
