@@ -245,8 +245,13 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax = axes[1]
     n = results.get("compare_steps")
-    names = [k for k in ("parallel-1x", "side-by-side-1x") if "f1" in results.get(f"{k}-{n}", {})]
-    ax.bar(names, [results[f"{k}-{n}"]["f1"] for k in names], color=["C0", "C1"][: len(names)])
+    bars = []  # the 1-px pair, then the 3-px pair (--line-width 3) when it was run
+    for suffix, tag in (("", "\n1-px lines"), ("-lines3", "\n3-px lines")):
+        for name, label, colour in (("parallel-1x", "parallel 1×", "C0"), ("side-by-side-1x", "side-by-side 1×", "C1")):
+            if "f1" in results.get(f"{name}-{n}{suffix}", {}):
+                bars.append((label + tag, results[f"{name}-{n}{suffix}"]["f1"], colour))
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    ax.tick_params(axis="x", labelsize=7)
     ax.axhline(results["base"]["f1"], color="grey", ls="--")
     ax.set(ylabel="edge F1", title=f"parallel vs side-by-side ({n} steps each, same rank)", ylim=(0, 1))
     ax = axes[2]
@@ -255,6 +260,9 @@ def plot(results: dict, path: Path) -> None:
         ax.plot(scales, [results[f"parallel-{s}x-{n}"]["f1"] for s in scales], "o-", label="edge F1")
         ax.set(xlabel="reference downscale", ylabel="edge F1", title=f"reference size ({n} steps each)",
                ylim=(0, 1))
+        if "f1" in results.get(f"parallel-2x-{n}-lines3", {}):
+            ax.plot([2], [results[f"parallel-2x-{n}-lines3"]["f1"]], "D", color="C2", label="2×, 3-px lines")
+        ax.legend(fontsize=8, loc="upper center")
         twin = ax.twinx()
         twin.plot(scales, [results[f"parallel-{s}x-{n}"]["step_s"] for s in scales], "s--", color="C3",
                   label="train s/step")
