@@ -676,6 +676,10 @@ def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
     return float(np.mean(errors))
 
 
+NO_SOURCE_CLIP = ("no source clip: `generate --from-video` records it, or pass --source with the clip the control "
+                  "was drawn from")
+
+
 def plain_canny_f1(source: Path, control_frames: np.ndarray, output: np.ndarray) -> float:
     """Edge F1 of `output` [F, H, W, 3] against plain 1-px Canny edges of the `source` clip, drawn as `avctl prepare
     canny` draws them by default at the control's size: the source is fitted to the output's size (the rule
@@ -880,7 +884,7 @@ def brisque(frames: np.ndarray, model_dir: Path, samples: int = 8) -> float:
 
 def _evaluate(
     modality: str | None, control: Path, video: Path, mask: Path | None, mask_missing: str | None,
-    models: EvalModels = EvalModels(),
+    models: EvalModels = EvalModels(), source: Path | None = None, source_missing: str | None = None,
 ) -> dict[str, Any]:
     output = read_video(video)
     metrics: dict[str, Any] = {}
@@ -897,6 +901,13 @@ def _evaluate(
         compared.update(control_frames=len(ctrl.frames), frames=count, width=width, height=height)
         if modality == "canny":
             metrics["edge_f1"] = edge_f1(ctrl.frames[:count], output.frames[:count])
+            if source is None:
+                missing["edge_f1_plain"] = source_missing or NO_SOURCE_CLIP
+            else:
+                try:
+                    metrics["edge_f1_plain"] = plain_canny_f1(source, ctrl.frames, output.frames)
+                except AvctlError as exc:
+                    missing["edge_f1_plain"] = str(exc)
         elif mask is None:
             reason = mask_missing or "no mask given"
             missing["masked_psnr"] = missing["masked_ssim"] = reason
@@ -1001,26 +1012,12 @@ def evaluate_pair(
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
                        "prepare` wrote next to the control")
     models = EvalModels(clip_model, weights, brisque_model, camera, fov)
-    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, models)
+    source = Path(source) if source is not None else None
+    result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, models,
+                       source=source)
     if modality == "tracks":
-        _track_epe_entry(Path(source) if source is not None else None, video, result["metrics"],
-                         result["not_available"], result["compared"])
-    elif modality == "canny":
-        _plain_edges_entry(Path(source) if source is not None else None, control, video, result)
+        _track_epe_entry(source, video, result["metrics"], result["not_available"], result["compared"])
     return result
-
-
-def _plain_edges_entry(source: Path | None, control: Path, video: Path, result: dict[str, Any]) -> None:
-    """Add edge_f1_plain (`plain_canny_f1`) to a canny result, or say why it is not available."""
-    if source is None:
-        result["not_available"]["edge_f1_plain"] = ("no source clip: `generate --from-video` records it, or pass "
-                                                    "--source with the clip the control was drawn from")
-        return
-    try:
-        result["metrics"]["edge_f1_plain"] = plain_canny_f1(source, read_video(control).frames,
-                                                            read_video(video).frames)
-    except AvctlError as exc:
-        result["not_available"]["edge_f1_plain"] = str(exc)
 
 
 def _control_path(item: str, sidecar: Path) -> Path | None:
@@ -1099,20 +1096,18 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
         if modality == "inpaint" and mask is None:
             mask_missing = (f"no mask found for {control} (expected <dataset>/mask/<clip>.mp4 next to "
                             "<dataset>/reference/<clip>.mp4); evaluate this video on its own with its mask")
+        recorded = meta.get("from_video")
+        source = _control_path(recorded, sidecar) if isinstance(recorded, str) else None
+        source_missing = (f"the source clip {recorded!r} that {sidecar.name} records is not found"
+                          if isinstance(recorded, str) and source is None else None)
         try:
             camera = meta.get("camera_file") or meta.get("camera")
             row = _evaluate(modality, control, video, mask, mask_missing,
-                            EvalModels(clip_model, weights, brisque_model, camera, float(meta.get("fov") or 50.0)))
+                            EvalModels(clip_model, weights, brisque_model, camera, float(meta.get("fov") or 50.0)),
+                            source=source, source_missing=source_missing)
         except AvctlError as exc:
             rows.append({"video": str(video), "skipped": str(exc)})
             continue
-        if modality == "canny":
-            recorded = meta.get("from_video")
-            source = _control_path(recorded, sidecar) if isinstance(recorded, str) else None
-            _plain_edges_entry(source, control, video, row)
-            if source is None and isinstance(recorded, str):
-                row["not_available"]["edge_f1_plain"] = (f"the source clip {recorded!r} that {sidecar.name} records "
-                                                         "is not found")
         row.update(sidecar=str(sidecar), strength=meta.get("strength"), seed=meta.get("seed"), loras=meta.get("loras"))
         rows.append(row)
     return rows
