@@ -260,7 +260,7 @@ def control_from_video(
     if cache_key not in _EXTRACTORS:
         try:
             _EXTRACTORS[cache_key] = modality.extractor(**options)
-        except TypeError as exc:
+        except (TypeError, BadUsage) as exc:  # the LoRA's metadata is at fault, not the command line
             raise BadInput(f"{lora.path}: the {name!r} extractor does not take the recorded options {options} "
                            f"({exc}); give --control") from exc
     extractor = _EXTRACTORS[cache_key]

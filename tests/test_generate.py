@@ -163,6 +163,10 @@ def test_control_from_video_draws_the_control_as_the_lora_was_trained(tmp_path):
                     extractor_options={"sigma": 2})
     with pytest.raises(BadInput, match="recorded options"):
         control_from_video(read_lora(bad), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
+    too_wide = make_lora(tmp_path / "wide.safetensors", ("V.SA",), 2, 8, modality="canny", streams=["video"],
+                         extractor_options={"line_width": 99})
+    with pytest.raises(BadInput, match=r"wide\.safetensors.*recorded options"):
+        control_from_video(read_lora(too_wide), source, 24.0, width=64, height=64, frames=9, seed=0, key="s")
 
 
 def _clip(frames: np.ndarray, size: tuple[int, int]):
