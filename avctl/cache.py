@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from avctl.lora import atomic_save_safetensors
 from avctl.train import Sample
 
 CACHE_FORMAT = "avctl-latents-1"
+PREFETCH = 2  # rows decoded ahead of the encoder
 
 
 def _file_digest(path: Path) -> str:
@@ -55,35 +58,58 @@ def _read_cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def encode_sample(backbone: Any, dataset: Path, row: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Decode and encode one manifest row: target video, its audio (silence when the clip has none), the
-    reference (video or audio) and the caption."""
+@dataclass
+class SampleMedia:
+    """One manifest row's decoded media, ready for the encoders (what `read_sample_media` reads)."""
+
+    frames: np.ndarray  # [F, H, W, 3] uint8
+    fps: float
+    wav: np.ndarray  # [2, n] float32 at the backbone's audio rate, the clip's duration (silence when it has none)
+    reference_frames: np.ndarray | None = None
+    reference_wav: np.ndarray | None = None
+
+
+def read_sample_media(dataset: Path, row: dict[str, Any], sample_rate: int) -> SampleMedia:
+    """Decode one manifest row's target video, its audio and its reference (video or audio). Only ffmpeg work, no
+    model, so `load_samples` runs it for the next rows while the current one is being encoded."""
     from avctl import media
 
     video_path = dataset / row["video"]
     clip = media.read_video(video_path)
-    frames = torch.from_numpy(np.ascontiguousarray(clip.frames))[None]  # [1, F, H, W, 3] uint8
-    out = {"video": backbone.encode_video(frames)[0]}
-    duration = clip.frames.shape[0] / clip.fps
-    n_samples = round(duration * backbone.audio_sample_rate)
+    n_samples = round(clip.frames.shape[0] / clip.fps * sample_rate)
     audio = row.get("audio")
-    wav = media.read_audio(dataset / audio if audio else video_path, backbone.audio_sample_rate, channels=2)
-    if wav is None:
-        wav = np.zeros((2, n_samples), np.float32)
-    wav = _fit_length(wav, n_samples)
-    mel = backbone.waveform_to_mel(torch.from_numpy(wav)[None])
-    out["audio"] = backbone.encode_audio(mel)[0]
+    wav = media.read_audio(dataset / audio if audio else video_path, sample_rate, channels=2)
+    wav = np.zeros((2, n_samples), np.float32) if wav is None else _fit_length(wav, n_samples)
+    out = SampleMedia(frames=np.ascontiguousarray(clip.frames), fps=float(clip.fps), wav=wav)
     if row.get("reference_video"):
-        ref = media.read_video(dataset / row["reference_video"])
-        out["reference"] = backbone.encode_video(torch.from_numpy(np.ascontiguousarray(ref.frames))[None])[0]
+        out.reference_frames = np.ascontiguousarray(media.read_video(dataset / row["reference_video"]).frames)
     elif row.get("reference_audio"):
-        ref_wav = media.read_audio(dataset / row["reference_audio"], backbone.audio_sample_rate, channels=2)
-        ref_wav = _fit_length(ref_wav, n_samples)
-        out["reference"] = backbone.encode_audio(backbone.waveform_to_mel(torch.from_numpy(ref_wav)[None]))[0]
-    text = backbone.encode_text([row.get("caption", "")])
+        ref_wav = media.read_audio(dataset / row["reference_audio"], sample_rate, channels=2)
+        out.reference_wav = _fit_length(ref_wav, n_samples)
+    return out
+
+
+def encode_media(backbone: Any, decoded: SampleMedia, caption: str) -> dict[str, torch.Tensor]:
+    """VAE- and text-encode one row's decoded media: target video, its audio, the reference and the caption."""
+    out = {"video": backbone.encode_video(torch.from_numpy(decoded.frames)[None])[0]}
+    out["audio"] = backbone.encode_audio(backbone.waveform_to_mel(torch.from_numpy(decoded.wav)[None]))[0]
+    if decoded.reference_frames is not None:
+        out["reference"] = backbone.encode_video(torch.from_numpy(decoded.reference_frames)[None])[0]
+    elif decoded.reference_wav is not None:
+        ref_mel = backbone.waveform_to_mel(torch.from_numpy(decoded.reference_wav)[None])
+        out["reference"] = backbone.encode_audio(ref_mel)[0]
+    text = backbone.encode_text([caption])
     out["text_video"], out["text_audio"], out["text_mask"] = text.video[0], text.audio[0], text.mask[0]
-    out["fps"] = torch.tensor(float(clip.fps))
+    out["fps"] = torch.tensor(decoded.fps)
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
+
+
+def encode_sample(backbone: Any, dataset: Path, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Decode and encode one manifest row: target video, its audio (silence when the clip has none), the
+    reference (video or audio) and the caption."""
+    with torch.no_grad():
+        decoded = read_sample_media(Path(dataset), row, backbone.audio_sample_rate)
+        return encode_media(backbone, decoded, row.get("caption", ""))
 
 
 def _fit_length(wav: np.ndarray, n: int) -> np.ndarray:
@@ -101,32 +127,55 @@ def load_samples(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Sample], int]:
     """All samples of a prepared dataset, from the cache where it is fresh, encoding the rest (and caching them).
-    Returns the samples and how many were encoded now."""
+    Returns the samples and how many were encoded now.
+
+    The rows to encode are decoded ahead (`PREFETCH` rows, in threads: ffmpeg runs as its own process) while the
+    model encodes the current one; decoding was about half of each sample's time on CPU."""
     dataset = Path(dataset)
     folder = cache_dir(dataset, backbone)
-    samples, encoded = [], 0
-    for i, row in enumerate(rows):
+    keys, paths = [], []
+    for row in rows:
         media_files = [dataset / row[c] for c in ("video", "reference_video", "reference_audio", "audio") if row.get(c)]
-        key = sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", ""))
-        rel = Path(row["video"]).with_suffix(".safetensors")
-        path = folder / rel
-        tensors = _read_cached(path, key)
-        if tensors is None:
-            with torch.no_grad():
-                tensors = encode_sample(backbone, dataset, row)
-            atomic_save_safetensors(tensors, path, {"key": key, "format": CACHE_FORMAT})
-            encoded += 1
-        samples.append(
-            Sample(
-                video=tensors["video"],
-                audio=tensors["audio"],
-                reference=tensors["reference"],
-                text_video=tensors["text_video"],
-                text_audio=tensors["text_audio"],
-                text_mask=tensors["text_mask"],
-                fps=float(tensors["fps"]),
-            )
-        )
-        if progress:
-            progress(i + 1, len(rows))
+        keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", "")))
+        paths.append(folder / Path(row["video"]).with_suffix(".safetensors"))
+    cached = [_read_cached(path, key) for path, key in zip(paths, keys, strict=True)]
+    stale = [i for i, tensors in enumerate(cached) if tensors is None]
+    samples, encoded = [], 0
+    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
+        pending: dict[int, Future[SampleMedia]] = {}
+        ahead = iter(stale)  # the stale rows in order, each submitted once
+
+        def submit_ahead() -> None:
+            while len(pending) <= PREFETCH:
+                j = next(ahead, None)
+                if j is None:
+                    return
+                pending[j] = pool.submit(read_sample_media, dataset, rows[j], backbone.audio_sample_rate)
+
+        try:
+            for i, row in enumerate(rows):
+                tensors = cached[i]
+                if tensors is None:
+                    submit_ahead()
+                    decoded = pending.pop(i).result()
+                    with torch.no_grad():
+                        tensors = encode_media(backbone, decoded, row.get("caption", ""))
+                    atomic_save_safetensors(tensors, paths[i], {"key": keys[i], "format": CACHE_FORMAT})
+                    encoded += 1
+                samples.append(
+                    Sample(
+                        video=tensors["video"],
+                        audio=tensors["audio"],
+                        reference=tensors["reference"],
+                        text_video=tensors["text_video"],
+                        text_audio=tensors["text_audio"],
+                        text_mask=tensors["text_mask"],
+                        fps=float(tensors["fps"]),
+                    )
+                )
+                if progress:
+                    progress(i + 1, len(rows))
+        finally:
+            for future in pending.values():  # a bad row stops the run: do not decode the rest
+                future.cancel()
     return samples, encoded

@@ -314,3 +314,37 @@ def test_bucket_check_follows_the_models_vae_factors(tmp_path):
     assert summary.rows == 1
     row = json.loads((tmp_path / "small" / "dataset.jsonl").read_text().splitlines()[0])
     assert read_video(tmp_path / "small" / row["reference_video"]).frames.shape[1:3] == (16, 16)
+
+
+def test_load_samples_decodes_ahead_in_order_and_a_bad_row_keeps_the_rows_before_it(tmp_path: Path) -> None:
+    """load_samples decodes the next rows in threads while the model encodes: the tensors must be exactly those of
+    encode_sample row by row, in manifest order; a damaged file stops the run with its name, and the rows before it
+    stay cached."""
+    import torch
+
+    from avctl.backbone import load_backbone
+    from avctl.cache import encode_sample, load_samples
+    from avctl.dataset import load_manifest
+
+    videos = tmp_path / "videos"
+    for k in range(5):
+        write_synthetic_clip(videos / f"c{k}.mp4", frames=9, width=64, height=64, seed=10 + k)
+    out = tmp_path / "ds"
+    assert _cli("prepare", "canny", videos, "--out", out, "--bucket", "64x64x9").exit_code == 0
+    info, rows = load_manifest(out)
+    bb = load_backbone("tiny", device="cpu")
+    samples, encoded = load_samples(bb, out, info, rows)
+    assert encoded == 5 and len(samples) == 5
+    for sample, row in zip(samples, rows, strict=True):
+        one = encode_sample(bb, out, row)
+        assert torch.equal(sample.video, one["video"]) and torch.equal(sample.reference, one["reference"])
+        assert torch.equal(sample.text_video, one["text_video"]) and torch.equal(sample.audio, one["audio"])
+
+    for f in (out / ".precomputed").rglob("*.safetensors"):
+        f.unlink()
+    (out / rows[3]["reference_video"]).write_bytes(b"not a video")
+    done: list[int] = []
+    with pytest.raises(BadInput, match=rows[3]["reference_video"].split("/")[-1]):
+        load_samples(bb, out, info, rows, progress=lambda d, t: done.append(d))
+    assert done == [1, 2, 3]
+    assert len(list((out / ".precomputed").rglob("*.safetensors"))) == 3  # rows 0-2 kept, nothing after the bad one
