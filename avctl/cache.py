@@ -1,8 +1,9 @@
 """The latent cache: each sample is decoded once, VAE/text-encoded once, and trained from safetensors after that.
 
 Layout: `DATASET/.precomputed/avctl/<model key>/<sample>.safetensors` (ltx-trainer's own `.precomputed/` folders are
-left alone). Every file carries a key — a hash of the model's config, the bucket, the media bytes and the caption —
-in its header, so a stale entry (another model, a re-prepared clip, an edited caption) is re-encoded, never reused.
+left alone). Every file carries a key — a hash of the model's config, its encoders' weights, the bucket, the media
+bytes and the caption — in its header, so a stale entry (another model or checkpoint, a re-prepared clip, an edited
+caption) is re-encoded, never reused.
 """
 
 from __future__ import annotations
@@ -34,9 +35,32 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str) -> str:
+ENCODERS = ("vae", "audio_vae", "text_encoder", "connectors")  # the parts whose outputs the cache holds
+
+
+def encoder_fingerprint(backbone: Any) -> str:
+    """A hash of the encoders' WEIGHTS (the config hash alone would reuse latents made by another checkpoint of the
+    same architecture): every tensor's name, shape and dtype, and 64 values spread across it. Cheap even for a 12B
+    text encoder, and two different checkpoints virtually never agree on all of them."""
     h = hashlib.sha256()
-    for part in (CACHE_FORMAT, backbone.config_hash(), bucket, caption, *[_file_digest(p) for p in media]):
+    for name in ENCODERS:
+        module = getattr(backbone, name, None)
+        if module is None:
+            continue
+        h.update(name.encode())
+        for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            flat = tensor.detach().reshape(-1)
+            picked = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
+            h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            h.update(picked.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str, weights: str | None = None) -> str:
+    """The cache key of one row: format, model config, encoder weights, bucket, caption and the media bytes."""
+    weights = weights if weights is not None else encoder_fingerprint(backbone)
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT, backbone.config_hash(), weights, bucket, caption, *[_file_digest(p) for p in media]):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -133,10 +157,11 @@ def load_samples(
     model encodes the current one; decoding was about half of each sample's time on CPU."""
     dataset = Path(dataset)
     folder = cache_dir(dataset, backbone)
+    weights = encoder_fingerprint(backbone)
     keys, paths = [], []
     for row in rows:
         media_files = [dataset / row[c] for c in ("video", "reference_video", "reference_audio", "audio") if row.get(c)]
-        keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", "")))
+        keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", ""), weights))
         paths.append(folder / Path(row["video"]).with_suffix(".safetensors"))
     cached = [_read_cached(path, key) for path, key in zip(paths, keys, strict=True)]
     stale = [i for i, tensors in enumerate(cached) if tensors is None]

@@ -316,10 +316,10 @@ def test_bucket_check_follows_the_models_vae_factors(tmp_path):
     assert read_video(tmp_path / "small" / row["reference_video"]).frames.shape[1:3] == (16, 16)
 
 
-def test_load_samples_decodes_ahead_in_order_and_a_bad_row_keeps_the_rows_before_it(tmp_path: Path) -> None:
+def test_load_samples_decodes_ahead_keys_on_weights_and_stops_at_a_bad_row(tmp_path: Path) -> None:
     """load_samples decodes the next rows in threads while the model encodes: the tensors must be exactly those of
-    encode_sample row by row, in manifest order; a damaged file stops the run with its name, and the rows before it
-    stay cached."""
+    encode_sample row by row, in manifest order; other encoder weights under the same config are not served from the
+    cache; a damaged file stops the run with its name, and the rows before it stay cached."""
     import torch
 
     from avctl.backbone import load_backbone
@@ -339,6 +339,12 @@ def test_load_samples_decodes_ahead_in_order_and_a_bad_row_keeps_the_rows_before
         one = encode_sample(bb, out, row)
         assert torch.equal(sample.video, one["video"]) and torch.equal(sample.reference, one["reference"])
         assert torch.equal(sample.text_video, one["text_video"]) and torch.equal(sample.audio, one["audio"])
+
+    assert load_samples(bb, out, info, rows)[1] == 0  # all fresh
+    with torch.no_grad():  # another checkpoint of the same architecture: the same config hash, other latents
+        next(bb.vae.parameters()).add_(0.01)
+    again, encoded = load_samples(bb, out, info, rows)
+    assert encoded == 5 and not torch.equal(again[0].video, samples[0].video)
 
     for f in (out / ".precomputed").rglob("*.safetensors"):
         f.unlink()
