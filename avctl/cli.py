@@ -289,6 +289,11 @@ def train_cmd(
     optimizer: Annotated[
         str | None, typer.Option(help="adamw (default) or adamw8bit (needs bitsandbytes, CUDA).")
     ] = None,
+    loraplus_lr_ratio: Annotated[
+        float | None,
+        typer.Option(help="LoRA+: lora_B's learning rate is this many times --lr (kohya/musubi-tuner's "
+                     "loraplus_lr_ratio). Default 1 = plain AdamW, the paper's recipe."),
+    ] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs tensorboard).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -307,6 +312,7 @@ def train_cmd(
         "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None, "lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
+        "loraplus_lr_ratio": loraplus_lr_ratio,
         "tensorboard": tensorboard or None,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}

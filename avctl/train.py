@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | None = None  # default: on for CUDA
     weight_decay: float = 0.0
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    # LoRA+ (Hayou et al. 2024; kohya / musubi-tuner's loraplus_lr_ratio): lora_B learns this many times faster
+    # than lora_A. 1 = plain AdamW, the paper's recipe.
+    loraplus_lr_ratio: float = Field(default=1.0, ge=1.0)
     validate_every: int | None = Field(default=None, gt=0)  # steps between validation samples (None = off)
     tensorboard: bool = False
 
@@ -66,6 +69,8 @@ class TrainConfig(BaseModel):
                                                    "validate_every", "tensorboard"})
         if d["targets"] is None:
             del d["targets"]  # so runs from before the option existed still resume
+        if d["loraplus_lr_ratio"] == 1.0:
+            del d["loraplus_lr_ratio"]  # likewise
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -300,15 +305,33 @@ class Ranks:
         return out
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; bitsandbytes' 8-bit AdamW when asked and installed (a clear error otherwise)."""
+def make_optimizer(transformer: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW (bitsandbytes' 8-bit AdamW when asked and installed; a clear error otherwise) over the trainable
+    parameters, with peft's LoRA+ groups when `loraplus_lr_ratio` > 1. Each group keeps its LR multiple in
+    "lr_ratio" for the schedule. Returns the optimizer and the parameter names in its order (the resume state is
+    saved by name)."""
     if config.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
             raise BadUsage("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (CUDA only)") from exc
-        return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer_cls: type[torch.optim.Optimizer] = bnb.optim.AdamW8bit
+    else:
+        optimizer_cls = torch.optim.AdamW
+    named = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
+    if config.loraplus_lr_ratio == 1.0:
+        optimizer = optimizer_cls([p for _, p in named], lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(transformer, optimizer_cls, lr=config.lr,
+                                              loraplus_lr_ratio=config.loraplus_lr_ratio,
+                                              loraplus_weight_decay=config.weight_decay,
+                                              weight_decay=config.weight_decay)
+    for group in optimizer.param_groups:
+        group["lr_ratio"] = group["lr"] / config.lr
+    name_of = {id(p): n for n, p in named}
+    return optimizer, [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
 class MetricsLog:
@@ -392,12 +415,11 @@ def train(
         modality = dataclasses.replace(modality, targets=tuple(config.targets))
     torch.manual_seed(config.seed)  # PEFT draws the LoRA A init from the global generator
     params = add_lora(transformer, modality.targets, rank)
-    names = [n for n, p in transformer.named_parameters() if p.requires_grad]
     use_ckpt = config.gradient_checkpointing if config.gradient_checkpointing is not None else device.type == "cuda"
     if use_ckpt:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    optimizer = make_optimizer(params, config)
+    optimizer, names = make_optimizer(transformer, config)
     generator = torch.Generator().manual_seed(config.seed)
     fingerprint = config.fingerprint()
 
@@ -432,7 +454,7 @@ def train(
     while step < total:
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = linear_lr(step, total, config.lr, config.lr_end)
+            group["lr"] = linear_lr(step, total, config.lr, config.lr_end) * group["lr_ratio"]
         optimizer.zero_grad(set_to_none=True)
         parts_sum: dict[str, float] = {}
         loss_sum = 0.0

@@ -61,13 +61,16 @@ def test_loss_on_fixed_batch_falls(tmp_path):
     assert rows[0]["lr"] == pytest.approx(3e-3) and rows[-1]["lr"] == pytest.approx(1e-5)
 
 
-def test_killed_run_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("loraplus", [1.0, 4.0])
+def test_killed_run_resumes_bit_identically(tmp_path, loraplus):
+    """Also with LoRA+ groups, whose optimizer order differs from the parameters' (the state is saved by name)."""
     samples = make_samples()
-    full = train(cfg(tmp_path / "a"), CANNY, samples, fresh_transformer(), {})
+    full = train(cfg(tmp_path / "a", loraplus_lr_ratio=loraplus), CANNY, samples, fresh_transformer(), {})
     # "killed" at step 6: the last save was at step 4; steps 5-6 are lost and must be replayed identically
-    part = train(cfg(tmp_path / "b"), CANNY, samples, fresh_transformer(), {}, stop_after=6)
+    part = train(cfg(tmp_path / "b", loraplus_lr_ratio=loraplus), CANNY, samples, fresh_transformer(), {},
+                 stop_after=6)
     assert part.steps == 6 and not part.lora_path.exists()
-    resumed = train(cfg(tmp_path / "b"), CANNY, samples, fresh_transformer(), {})
+    resumed = train(cfg(tmp_path / "b", loraplus_lr_ratio=loraplus), CANNY, samples, fresh_transformer(), {})
     assert resumed.resumed_from == 4 and resumed.steps == 8
     a, b = load_file(str(full.lora_path)), load_file(str(resumed.lora_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -78,6 +81,19 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     assert steps == list(range(1, 9))  # the counter continued; no step logged twice
     ckpts = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
     assert ckpts == ["step_00004.safetensors", "step_00008.safetensors"]
+
+
+def test_loraplus_ratio_gives_lora_b_that_multiple_of_the_learning_rate(tmp_path):
+    """AdamW's first update moves every parameter with a gradient by exactly its LR; lora_A has none at step 1 (B
+    starts at zero), so B's largest entry after one step is the LR times the ratio."""
+    for ratio in (1.0, 4.0):
+        run = train(cfg(tmp_path / str(ratio), steps=1, save_every=1, loraplus_lr_ratio=ratio), CANNY,
+                    make_samples(), fresh_transformer(), {})
+        lora = load_file(str(run.lora_path))
+        b = max(float(v.abs().max()) for k, v in lora.items() if "lora_B" in k)
+        assert b == pytest.approx(1e-3 * ratio, rel=1e-3)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        TrainConfig(modality="canny", loraplus_lr_ratio=0.5)
 
 
 def test_resume_refuses_another_config_and_finished_runs(tmp_path):
