@@ -24,7 +24,7 @@ HELD=$!
 python examples/make_world.py "$DEMO/videos" --count 32 --seed 1
 # 3-px edge lines: at 64 px, 1-px Canny lines do not survive pocket's VAE and the LoRA needs ~4x the steps.
 phase "prepare"
-avctl prepare canny "$DEMO/videos" --out "$DEMO/datasets/canny" --bucket 64x64x17 --line-width 3
+avctl prepare canny "$DEMO/videos" --out "$DEMO/datasets/canny" --bucket 64x64x17 --line-width 3 --workers 2
 wait "$HELD"
 
 # bench (the tiny model's step per reference size and strength, ratios from one run) on the second core while the
