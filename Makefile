@@ -11,8 +11,8 @@ export TRANSFORMERS_OFFLINE := 1
 # uv downloads and unpacks in parallel: torch's install took 3.7 min with it against 6.9 with pip on a 2-core
 # machine. pip is the fallback where uv cannot be had or cannot reach an index. One warm-up run then imports what
 # avctl and its tests use and leaves their .pyc files, which Python reuses even where PYTHONDONTWRITEBYTECODE is set
-# (without them each command here spent 17-33 s more re-compiling torch). Measured on fresh clones: 311 s and 329 s in all,
-# against 324 s with uv's --compile-bytecode of all of site-packages.
+# (without them each command here spent 17-33 s more re-compiling torch). Measured on fresh clones: 311 s and 329 s
+# in all, against 324 s with uv's --compile-bytecode of all of site-packages.
 WARMUP := from avctl.backbone import load_backbone; load_backbone('tiny'); \
 	import avctl.cli, avctl.train, avctl.sample, avctl.metrics, avctl.prepare, avctl.bench, avctl.world; \
 	import modalities.base as m; m.all_modalities(); import matplotlib.pyplot, pytest
