@@ -56,9 +56,9 @@ def encoder_fingerprint(backbone: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str, weights: str | None = None) -> str:
-    """The cache key of one row: format, model config, encoder weights, bucket, caption and the media bytes."""
-    weights = weights if weights is not None else encoder_fingerprint(backbone)
+def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str, weights: str) -> str:
+    """The cache key of one row: format, model config, encoder weights (`encoder_fingerprint`, computed once per
+    dataset by the caller), bucket, caption and the media bytes."""
     h = hashlib.sha256()
     for part in (CACHE_FORMAT, backbone.config_hash(), weights, bucket, caption, *[_file_digest(p) for p in media]):
         h.update(part.encode())
