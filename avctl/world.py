@@ -306,19 +306,19 @@ def make_clip(seed: int, size: int = 64, frames: int = 17, fps: float = 24.0, ma
 
 
 def write_world_dataset(folder: str | Path, n: int, seed: int = 0, size: int = 64, frames: int = 17,
-                        fps: float = 24.0, max_shapes: int = 3, truth: bool = False) -> list[Path]:
-    """Write `n` clips as `world_XXXX.mp4` (video + stereo audio) with a `world_XXXX.txt` caption sidecar (what
-    `avctl prepare` reads), and with `truth=True` a `world_XXXX.npz` of the exact ground truth plus
-    `world_XXXX.json` of the scene. Clip k is make_clip(seed·100003 + k), so sets with different seeds do not
-    overlap. Returns the video paths."""
+                        fps: float = 24.0, max_shapes: int = 3, truth: bool = False, start: int = 0) -> list[Path]:
+    """Write clips `start` … `start + n − 1` as `world_XXXX.mp4` (video + stereo audio) with a `world_XXXX.txt`
+    caption sidecar (what `avctl prepare` reads), and with `truth=True` a `world_XXXX.npz` of the exact ground truth
+    plus `world_XXXX.json` of the scene. Clip k is make_clip(seed·100003 + k), so sets with different seeds do not
+    overlap, and two processes writing disjoint ranges make the same folder as one. Returns the video paths."""
     from avctl.media import atomic_path, write_video
 
-    if n < 1:
-        raise BadUsage("write_world_dataset needs n ≥ 1")
+    if n < 1 or start < 0:
+        raise BadUsage("write_world_dataset needs n ≥ 1 and start ≥ 0")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k in range(n):
+    for k in range(start, start + n):
         clip = make_clip(clip_seed(seed, k), size, frames, fps, max_shapes)
         stem = out / f"world_{k:04d}"
         write_video(stem.with_suffix(".mp4"), clip.frames, fps, audio=clip.audio, sample_rate=clip.sample_rate)

@@ -1,7 +1,8 @@
 """Write procedural world clips (avctl.world) for the demo: mp4 with sound plus a caption sidecar per clip.
 
-Usage: python examples/make_world.py OUT_DIR [--count N] [--seed S] [--size 64] [--frames 17] [--truth]
-Clip k of seed S is the same on every machine; different seeds never share clips.
+Usage: python examples/make_world.py OUT_DIR [--count N] [--start K] [--seed S] [--size 64] [--frames 17] [--truth]
+Clip k of seed S is the same on every machine; different seeds never share clips. --start K writes clips K … K+N−1,
+so two processes with disjoint ranges fill one folder as a single run would.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--start", type=int, default=0, help="index of the first clip (for writing in parallel)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--truth", action="store_true", help="also write the exact ground truth (.npz, .json)")
     args = parser.parse_args()
     paths = write_world_dataset(args.out, args.count, seed=args.seed, size=args.size, frames=args.frames,
-                                truth=args.truth)
+                                truth=args.truth, start=args.start)
     print(f"{len(paths)} world clips in {args.out}")
 
 

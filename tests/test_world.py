@@ -169,6 +169,20 @@ def test_write_world_dataset_is_what_prepare_reads(tmp_path):
     assert audio is not None and audio.shape[0] == 2
 
 
+def test_world_written_in_two_ranges_equals_one_run(tmp_path):
+    whole = write_world_dataset(tmp_path / "one", 3, seed=4, frames=9)
+    parts = write_world_dataset(tmp_path / "two", 1, seed=4, frames=9, start=2)
+    parts += write_world_dataset(tmp_path / "two", 2, seed=4, frames=9)
+    assert sorted(p.name for p in parts) == [p.name for p in whole] == ["world_0000.mp4", "world_0001.mp4",
+                                                                        "world_0002.mp4"]
+    for p in whole:
+        twin = tmp_path / "two" / p.name
+        assert twin.read_bytes() == p.read_bytes()
+        assert twin.with_suffix(".txt").read_text() == p.with_suffix(".txt").read_text()
+    with pytest.raises(BadUsage):
+        write_world_dataset(tmp_path / "bad", 1, start=-1)
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(BadUsage):
         make_clip(0, size=60)
