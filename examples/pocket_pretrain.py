@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--png", type=Path, default=Path("docs/pocket_pretrain.png"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clips", type=int, default=640, help="world clips for training")
-    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--audio-vae-steps", type=int, default=150)
     ap.add_argument("--vocoder-steps", type=int, default=300)
     ap.add_argument("--transformer-steps", type=int, default=1000)
@@ -60,7 +60,10 @@ def main() -> None:
     log(f"{args.clips} world clips ready")
 
     # ---- stage 1: autoencoders
-    pocket.run_stage("vae", parts["vae"], pocket.video_vae_loss(parts["vae"], data.frames), args.vae_steps,
+    # The video VAE sees the world clips and, one clip in five, canny renderings of them (avctl.pocket.
+    # control_renderings): a control LoRA reads its reference through this VAE.
+    vae_frames = torch.cat([data.frames, pocket.control_renderings(data.frames)])
+    pocket.run_stage("vae", parts["vae"], pocket.video_vae_loss(parts["vae"], vae_frames), args.vae_steps,
                      lr=5e-4, seed=args.seed + 1, work=args.work, log=log)
     wav16 = pocket.resample(data.audio, 48_000, backbone.audio_sample_rate)
     mels = backbone.waveform_to_mel(wav16)  # [N, 2, T, 64]
@@ -143,7 +146,8 @@ def report(args: argparse.Namespace, train_seconds: float, wall_seconds: float |
         "",
         "| stage | what | steps |",
         "|---|---|---|",
-        f"| 1 | video VAE, L1+MSE on 32×32×9 crops, batch 4, lr 5e-4 | {args.vae_steps} |",
+        f"| 1 | video VAE, L1+MSE on whole 64×64 frames, 9-frame windows, batch 4, lr 5e-4; the clips plus canny "
+        f"renderings (1- and 3-px lines) of one in four of them | {args.vae_steps} |",
         f"| 1 | audio VAE, L1 on log-mel, batch 4, lr 1e-3 | {args.audio_vae_steps} |",
         f"| 1 | vocoder, multi-resolution STFT loss, batch 4, lr 1e-3 | {args.vocoder_steps} |",
         f"| 2 | transformer, rectified flow on joint video+audio latents, batch {args.batch}, lr 1e-3 "

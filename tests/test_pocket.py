@@ -81,9 +81,36 @@ def test_reconstruction_beats_trivial_baselines():
         psnr_mean.append(_psnr(clip.frames, mean_frame))
         f1.append(edge_f1(control, rec))
         f1_blur.append(edge_f1(control, blur))
-    # Measured at commit: PSNR 20.1 vs 16.5 dB; edge F1 0.61 vs 0.20 (the VAE is small and briefly trained).
-    assert np.mean(psnr) > np.mean(psnr_mean) + 2
-    assert np.mean(f1) > 0.4 and np.mean(f1) > np.mean(f1_blur) + 0.2
+    # Measured at commit: PSNR 22.0 vs 16.5 dB; edge F1 0.90 vs 0.19 (the VAE is small and briefly trained).
+    assert np.mean(psnr) > np.mean(psnr_mean) + 4
+    assert np.mean(f1) > 0.7 and np.mean(f1) > np.mean(f1_blur) + 0.4
+
+
+def test_reconstruction_keeps_colour():
+    # The 2026-11-29 build, trained on 32-px crops, returned a green background navy; this is what replaced it.
+    bb = _pocket()
+    colours = np.array([[220, 40, 40], [40, 200, 60], [40, 60, 220], [240, 200, 40]], np.float64)
+    for i, colour in enumerate(colours):
+        frames = np.broadcast_to(colour.astype(np.uint8), (17, 64, 64, 3)).copy()
+        rec = bb.decode_video(bb.encode_video(torch.from_numpy(frames)[None]))[0].numpy()
+        mean = rec.reshape(-1, 3).mean(axis=0)  # measured at commit: red → (154, 66, 50), green → (40, 115, 70)
+        assert np.argmin(np.linalg.norm(colours - mean, axis=1)) == i, (colour, mean)
+        first, second = np.sort(mean)[::-1][:2]  # the old build's green came back (70, 68, 80): blue first
+        assert np.argmax(mean) == np.argmax(colour) and first - second > 30, (colour, mean)
+
+
+def test_control_renderings_are_the_canny_extractor_s_lines_alternating_widths():
+    from modalities.base import Clip
+    from modalities.canny import CannyExtractor
+
+    frames = torch.from_numpy(np.stack([make_clip(clip_seed(31337, k), frames=5).frames for k in range(8)]))
+    out = pocket.control_renderings(frames, every=4)  # clips 0 (1-px lines) and 4 (3-px lines)
+    assert out.shape == (2, 5, 64, 64, 3) and out.dtype == torch.uint8
+    for j, (k, width) in enumerate(((0, 1), (4, 3))):
+        want = CannyExtractor(line_width=width)(Clip(frames[k].numpy(), 24.0, "w", 0, (64, 64))).frames
+        assert np.array_equal(out[j].numpy(), want)
+    thin = (pocket.control_renderings(frames[4:5], every=1)[0] > 0).float().mean()
+    assert (out[1] > 0).float().mean() > 1.5 * thin  # the same clip's lines, drawn 3 px wide
 
 
 def test_pocket_generates_through_the_sampler():
