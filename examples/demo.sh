@@ -83,8 +83,7 @@ by_strength = defaultdict(list)
 for r in rows:
     by_strength[r["strength"]].append(r["metrics"])
 clips = len(rows) // max(1, len(by_strength))
-print(f"edge F1 of the outputs, mean over {clips} held-out clips (higher = follows the control; pocket alone, no "
-      "LoRA, scores about 0.13):")
+print(f"edge F1 of the outputs, mean over {clips} held-out clips (higher = follows the control):")
 print("  strength  vs its 3-px control  vs the clip's plain 1-px edges  each clip (plain)")
 for strength, ms in sorted(by_strength.items()):
     thick = sum(m["edge_f1"] for m in ms) / len(ms)
