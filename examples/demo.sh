@@ -26,7 +26,7 @@ python examples/make_world.py "$DEMO/videos" --count 16 --seed 1
 wait "$SECOND_HALF"
 python examples/make_world.py "$DEMO/heldout" --count "$HELDOUT" --seed 2 &
 HELD=$!
-# 3-px edge lines: at 64 px, 1-px Canny lines do not survive pocket's VAE and the LoRA needs ~4x the steps.
+# 3-px edge lines: at 64 px, 1-px Canny lines barely survive pocket's VAE and a LoRA learns more slowly from them.
 phase "prepare"
 avctl prepare canny "$DEMO/videos" --out "$DEMO/datasets/canny" --bucket 64x64x17 --line-width 3 --workers 2
 wait "$HELD"
