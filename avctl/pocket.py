@@ -267,9 +267,9 @@ def stage_seconds(work: Path, name: str) -> float:
 def video_vae_loss(vae: torch.nn.Module, frames: torch.Tensor, batch: int = 4, crop: int = CLIP_SIZE,
                    crop_frames: int = 9, kl_weight: float = 1e-6) -> Callable[[torch.Generator], torch.Tensor]:
     """L1 + MSE reconstruction of random `crop`×`crop`×`crop_frames` windows, with a small KL so the latents stay
-    bounded and the decoder tolerates latent noise. The default window is the whole 64×64 frame: on 32-px crops
-    (4×4 latents, mostly border) this VAE had not learned colour after 1200 steps (greys out, 16.5 dB held out at
-    300 steps), while on whole frames it learns it by step ~700 (20.5 dB at 800)."""
+    bounded and the decoder tolerates latent noise. The default window is the whole 64×64 frame: this VAE starts out
+    returning greys, and on whole frames it leaves that state at about step 500–700 (20.6 dB at 800 steps), while on
+    32-px crops (4×4 latents, mostly border) it had not by step 1200 (the first pocket build)."""
     n, f, h, w, _ = frames.shape
 
     def loss(g: torch.Generator) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from avctl.errors import BadUsage
 from avctl.world import write_world_dataset
 
 
@@ -22,8 +23,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--truth", action="store_true", help="also write the exact ground truth (.npz, .json)")
     args = parser.parse_args()
-    paths = write_world_dataset(args.out, args.count, seed=args.seed, size=args.size, frames=args.frames,
-                                truth=args.truth, start=args.start)
+    try:
+        paths = write_world_dataset(args.out, args.count, seed=args.seed, size=args.size, frames=args.frames,
+                                    truth=args.truth, start=args.start)
+    except BadUsage as err:
+        parser.error(str(err))  # one line and exit 2, no traceback
     print(f"{len(paths)} world clips in {args.out}")
 
 

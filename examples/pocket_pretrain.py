@@ -60,8 +60,8 @@ def main() -> None:
     log(f"{args.clips} world clips ready")
 
     # ---- stage 1: autoencoders
-    # The video VAE sees the world clips and, one clip in five, canny renderings of them (avctl.pocket.
-    # control_renderings): a control LoRA reads its reference through this VAE.
+    # The video VAE sees the world clips plus canny renderings of one clip in four (avctl.pocket.control_renderings,
+    # a fifth of its data): a control LoRA reads its reference through this VAE.
     vae_frames = torch.cat([data.frames, pocket.control_renderings(data.frames)])
     pocket.run_stage("vae", parts["vae"], pocket.video_vae_loss(parts["vae"], vae_frames), args.vae_steps,
                      lr=5e-4, seed=args.seed + 1, work=args.work, log=log)
