@@ -3,14 +3,14 @@
     OMP_NUM_THREADS=1 python examples/pocket_claims.py                       # all five claims
     OMP_NUM_THREADS=1 python examples/pocket_claims.py --claims lora,strength  # the main LoRA only
 
-Claims (each a canny control LoRA trained with avctl.train on world clips, scored on held-out world clips by edge
-F1 of the output against the clip's own Canny control, avctl.metrics.edge_f1):
+Claims (each a canny control LoRA trained with avctl.train on world clips, its control drawn with lines --line-width px
+wide as `prepare canny --line-width` draws them (default 3, the demo's setting), scored on held-out world clips by
+edge F1 of the output against the clip's plain 1-px Canny edges, avctl.metrics.edge_f1):
     lora        control LoRA (parallel, 2×, --steps) at strength 1 vs the base model (no LoRA), same prompt and seed
     strength    the same LoRA at strength 0, 0.25, 0.5, 0.75, 1
     layout      parallel canvas vs side-by-side (IC-LoRA-style) at 1×, both --compare-steps, same rank
     downscale   reference at 1×, 2×, 4× smaller, all --compare-steps: fidelity and training step time
-    lines       3-px Canny lines (`prepare canny --line-width 3`, the demo's setting) vs the plain 1-px rule, parallel
-                2×, both --compare-steps; F1 is still measured against the plain 1-px Canny edges
+    lines       3-px vs 1-px Canny lines, parallel 2×, both --compare-steps
 
 Prints a table, writes OUT/claims.json and a plot (default docs/pocket_claims.png).
 """
@@ -70,6 +70,10 @@ def world_samples(backbone: Any, clips: list[WorldClip], downscale: int, line_wi
     return out
 
 
+def variant_key(layout: str, downscale: int, steps: int, line_width: int) -> str:
+    return f"{layout}-{downscale}x-{steps}" + (f"-lines{line_width}" if line_width != 1 else "")
+
+
 def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argparse.Namespace, steps: int,
                out: Path) -> dict:
     cfg = TrainConfig(modality=modality.name, out=out, steps=steps, rank=args.rank, lr=args.lr,
@@ -115,8 +119,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="training steps of the main LoRA (lora, strength)")
     ap.add_argument("--compare-steps", type=int, default=400,
                     help="training steps of each LoRA in the layout and downscale comparisons")
-    ap.add_argument("--line-width", type=int, default=1,
-                    help="Canny line width of the layout comparison's LoRAs (prepare canny --line-width)")
+    ap.add_argument("--line-width", type=int, default=3, choices=(1, 3),
+                    help="Canny line width of the controls (prepare canny --line-width) for every claim but `lines`")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=4)
@@ -139,11 +143,14 @@ def main() -> None:
     previous = out / "claims.json"
     results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
     results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
+    width = results.setdefault("line_width", args.line_width)
+    if width != args.line_width:
+        raise SystemExit(f"error: {previous} was made with --line-width {width}; use that or another --out")
 
     encoded: list[Sample] = []  # the training clips' video, audio and caption, encoded once for all variants
 
-    def variant(layout: str, downscale: int, steps: int, line_width: int = 1) -> dict:
-        key = f"{layout}-{downscale}x-{steps}" + (f"-lines{line_width}" if line_width != 1 else "")
+    def variant(layout: str, downscale: int, steps: int, line_width: int) -> dict:
+        key = variant_key(layout, downscale, steps, line_width)
         if key in results and Path(results[key]["path"]).is_file():
             results[key]["path"] = Path(results[key]["path"])
         else:
@@ -167,34 +174,34 @@ def main() -> None:
 
     kept: dict = {}
     if claims & {"lora", "strength"}:
-        main_lora = variant("parallel", 2, args.steps)
-        results["main"] = f"parallel-2x-{args.steps}"
+        main_lora = variant("parallel", 2, args.steps, width)
+        results["main"] = variant_key("parallel", 2, args.steps, width)
         sweep = {}
         for s in STRENGTHS if "strength" in claims else (0.0, 1.0):
-            sweep[s], _ = score(backbone, held, main_lora["path"], 2, s, args.sample_steps, keep=kept)
+            sweep[s], _ = score(backbone, held, main_lora["path"], 2, s, args.sample_steps, keep=kept,
+                                line_width=width)
             log(f"parallel 2× strength {s}: edge F1 {sweep[s]:.3f}")
         results["strength"] = {str(k): v for k, v in sweep.items()}
     if "layout" in claims:
         for layout in ("parallel", "side-by-side"):
-            v = variant(layout, 1, args.compare_steps, args.line_width)
+            v = variant(layout, 1, args.compare_steps, width)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps,
-                                            line_width=args.line_width)
-            log(f"{layout} 1×, {args.line_width}-px lines, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps, line_width=width)
+            log(f"{layout} 1×, {width}-px lines, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
     if "downscale" in claims:
         results["compare_steps"] = args.compare_steps
         for s in (1, 2, 4):
-            v = variant("parallel", s, args.compare_steps)
+            v = variant("parallel", s, args.compare_steps, width)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps)
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps, line_width=width)
             log(f"parallel {s}×: edge F1 {v['f1']:.3f}, train {v['step_s']:.2f} s/step, generate {v['gen_s']:.1f} s")
     if "lines" in claims:
         results["compare_steps"] = args.compare_steps
-        for width in (1, 3):
-            v = variant("parallel", 2, args.compare_steps, width)
+        for w in (1, 3):
+            v = variant("parallel", 2, args.compare_steps, w)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 2, 1.0, args.sample_steps, line_width=width)
-            log(f"parallel 2×, {width}-px lines: edge F1 {v['f1']:.3f} (against 1-px Canny)")
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 2, 1.0, args.sample_steps, line_width=w)
+            log(f"parallel 2×, {w}-px lines: edge F1 {v['f1']:.3f} (against 1-px Canny)")
 
     for v in results.values():
         if isinstance(v, dict) and "path" in v:
@@ -203,7 +210,7 @@ def main() -> None:
     print_table(results)
     plot(results, args.plot)
     if kept:
-        sheet(held, kept, args.sheet, results.get("strength", {}))
+        sheet(held, kept, args.sheet, results.get("strength", {}), width)
     log(f"wrote {out / 'claims.json'}, {args.plot}")
 
 
@@ -213,16 +220,9 @@ def print_table(results: dict) -> None:
     main = results.get(results.get("main", ""), {})
     for s, f1 in results.get("strength", {}).items():
         rows.append((f"canny LoRA, {results['main']}, strength {s}", f1, f"{main.get('step_s', 0):.2f}", ""))
-    n = results.get("compare_steps")
-    for key in ("parallel-1x", "side-by-side-1x", "parallel-2x", "parallel-4x"):
-        v = results.get(f"{key}-{n}")
-        if v and "f1" in v:
-            rows.append((f"canny LoRA, {key}-{n}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
-    for key in ("parallel-1x", "side-by-side-1x", "parallel-2x"):
-        v = results.get(f"{key}-{n}-lines3")
-        if v and "f1" in v:
-            rows.append((f"canny LoRA, {key}-{n}, 3-px lines, strength 1", v["f1"], f"{v['step_s']:.2f}",
-                         f"{v['gen_s']:.1f}"))
+    for key, v in results.items():  # the comparisons' LoRAs, in the order they were run
+        if isinstance(v, dict) and "f1" in v and "step_s" in v:
+            rows.append((f"canny LoRA, {key}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
     print(f"{'setting':<54} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
     for name, f1, step_s, gen_s in rows:
         print(f"{name:<54} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
@@ -234,38 +234,43 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    width = results.get("line_width", 1)
+    n = results.get("compare_steps")
+
+    def f1_of(layout: str, downscale: int, line_width: int = width) -> float | None:
+        return results.get(variant_key(layout, downscale, n, line_width), {}).get("f1")
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     ax = axes[0]
     if "strength" in results:
         xs = [float(k) for k in results["strength"]]
-        ax.plot(xs, list(results["strength"].values()), "o-", label=f"canny LoRA ({results['main']} steps)")
+        ax.plot(xs, list(results["strength"].values()), "o-", label=f"canny LoRA ({results['main']})")
     ax.axhline(results["base"]["f1"], color="grey", ls="--", label="base, no LoRA")
     ax.axhline(results["vae_reconstruction_f1"], color="green", ls=":", label="VAE reconstruction")
     ax.set(xlabel="strength", ylabel="edge F1 (held-out)", title="LoRA vs base; strength sweep", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]
-    n = results.get("compare_steps")
-    bars = []  # the 1-px pair, then the 3-px pair (--line-width 3) when it was run
-    for suffix, tag in (("", "\n1-px lines"), ("-lines3", "\n3-px lines")):
-        for name, label, colour in (("parallel-1x", "parallel 1×", "C0"), ("side-by-side-1x", "side-by-side 1×", "C1")):
-            if "f1" in results.get(f"{name}-{n}{suffix}", {}):
-                bars.append((label + tag, results[f"{name}-{n}{suffix}"]["f1"], colour))
+    bars = [(label, f1_of(layout, 1), colour) for layout, label, colour in
+            (("parallel", "parallel 1×", "C0"), ("side-by-side", "side-by-side 1×", "C1"))]
+    bars = [b for b in bars if b[1] is not None]
     ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
-    ax.tick_params(axis="x", labelsize=7)
     ax.axhline(results["base"]["f1"], color="grey", ls="--")
-    ax.set(ylabel="edge F1", title=f"parallel vs side-by-side ({n} steps each, same rank)", ylim=(0, 1))
+    ax.set(ylabel="edge F1", title=f"parallel vs side-by-side ({n} steps, same rank, {width}-px lines)",
+           ylim=(0, 1))
+    ax.title.set_fontsize(9)
     ax = axes[2]
-    scales = [s for s in (1, 2, 4) if "f1" in results.get(f"parallel-{s}x-{n}", {})]
+    scales = [s for s in (1, 2, 4) if f1_of("parallel", s) is not None]
     if scales:
-        ax.plot(scales, [results[f"parallel-{s}x-{n}"]["f1"] for s in scales], "o-", label="edge F1")
+        ax.plot(scales, [f1_of("parallel", s) for s in scales], "o-", label=f"edge F1, {width}-px lines")
         ax.set(xlabel="reference downscale", ylabel="edge F1", title=f"reference size ({n} steps each)",
                ylim=(0, 1))
-        if "f1" in results.get(f"parallel-2x-{n}-lines3", {}):
-            ax.plot([2], [results[f"parallel-2x-{n}-lines3"]["f1"]], "D", color="C2", label="2×, 3-px lines")
+        other = 1 if width == 3 else 3
+        if f1_of("parallel", 2, other) is not None:
+            ax.plot([2], [f1_of("parallel", 2, other)], "D", color="C2", label=f"2×, {other}-px lines")
         ax.legend(fontsize=8, loc="upper center")
         twin = ax.twinx()
-        twin.plot(scales, [results[f"parallel-{s}x-{n}"]["step_s"] for s in scales], "s--", color="C3",
-                  label="train s/step")
+        twin.plot(scales, [results[variant_key("parallel", s, n, width)]["step_s"] for s in scales], "s--",
+                  color="C3", label="train s/step")
         twin.set_ylabel("train s/step")
         ax.set_xticks(scales)
     fig.tight_layout()
@@ -273,13 +278,13 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def sheet(held: list[WorldClip], kept: dict, path: Path, f1: dict[str, float]) -> None:
+def sheet(held: list[WorldClip], kept: dict, path: Path, f1: dict[str, float], line_width: int) -> None:
     from avctl.metrics import contact_sheet
 
     rows = []
     for i, by_strength in kept.items():
         rows.append((f"held-out clip {i}", held[i].frames))
-        rows.append(("its canny control", control_for(held[i], 2)))
+        rows.append(("its canny control", control_for(held[i], 2, line_width)))
         for s, frames in sorted(by_strength.items()):
             rows.append((f"canny LoRA, strength {s}", frames))
     scores = ", ".join(f"{float(s):g}: {v:.2f}" for s, v in f1.items())

@@ -1,6 +1,6 @@
 """Pretrain the pocket LTX-2 on the procedural world, reproducibly, on a CPU.
 
-    OMP_NUM_THREADS=1 python examples/pocket_pretrain.py                 # the committed recipe (defaults below)
+    OMP_NUM_THREADS=2 python examples/pocket_pretrain.py --threads 2     # the shipped weights (about 82 min, 2 cores)
     OMP_NUM_THREADS=1 python examples/pocket_pretrain.py --work runs/p1  # resumes where runs/p1 stopped
 
 Stage 1 trains the video VAE, audio VAE and vocoder as autoencoders on world clips; stage 2 trains the transformer as
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--audio-vae-steps", type=int, default=150)
     ap.add_argument("--vocoder-steps", type=int, default=300)
-    ap.add_argument("--transformer-steps", type=int, default=1000)
+    ap.add_argument("--transformer-steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=8, help="transformer batch")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-report", action="store_true", help="skip the PNG and the model card (pilot runs)")
