@@ -4,14 +4,21 @@ Layout: `DATASET/.precomputed/avctl/<model key>/<sample>.safetensors` (ltx-train
 left alone). Every file carries a key — a hash of the model's config, its encoders' weights, the bucket, the media
 bytes and the caption — in its header, so a stale entry (another model or checkpoint, a re-prepared clip, an edited
 caption) is re-encoded, never reused.
+
+Memory: freshness is read from the headers alone, and the encoders' fingerprint from their files on disk
+(`weights_fingerprint`), so a complete cache never loads an encoder. When entries are missing, `precompute` loads
+ONLY the encoders, fills the cache and releases them before training loads the transformer. Tensors are stored
+in bf16 (fps in float64) and `CachedSamples` reads one file per item, so RAM does not grow with the dataset.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +30,14 @@ from safetensors.torch import load_file
 from avctl.lora import atomic_save_safetensors
 from avctl.train import Sample
 
-CACHE_FORMAT = "avctl-latents-1"
+CACHE_FORMAT = "avctl-latents-2"  # 2: bf16 tensors, fps float64, encoder fingerprint from the files on disk
 PREFETCH = 2  # rows decoded ahead of the encoder
+STORE_DTYPE = torch.bfloat16
+EXACT = ("fps",)  # stored exactly (float64), not in bf16
+ENCODERS = ("vae", "audio_vae", "text_encoder", "connectors")  # the parts whose outputs the cache holds
+ENCODER_COMPONENTS = {*ENCODERS, "tokenizer"}  # what `precompute` loads
+_SAMPLED_BLOCKS = 64  # blocks read from each weight file for its fingerprint
+_BLOCK = 4096
 
 
 def _file_digest(path: Path) -> str:
@@ -35,29 +48,65 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-ENCODERS = ("vae", "audio_vae", "text_encoder", "connectors")  # the parts whose outputs the cache holds
-
-
-def encoder_fingerprint(backbone: Any) -> str:
-    """A hash of the encoders' WEIGHTS (the config hash alone would reuse latents made by another checkpoint of the
-    same architecture): every tensor's name, shape and dtype, and 64 values spread across it. Cheap even for a 12B
-    text encoder, and two different checkpoints virtually never agree on all of them."""
+def _weight_file_digest(path: Path) -> str:
+    """Name, size, the safetensors header (names, shapes, dtypes, offsets) and 64 blocks of 4 KiB spread over the
+    data: two checkpoints of one architecture share the header but virtually never all of those bytes, and a 23 GB
+    text encoder costs 64 reads, not a load."""
     h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(f"{path.name}\0{size}\0".encode())
+    with path.open("rb") as f:
+        start = 0
+        if path.suffix == ".safetensors" and size >= 8:
+            header_len = int.from_bytes(f.read(8), "little")
+            h.update(f.read(min(header_len, size - 8)))
+            start = 8 + header_len
+        span = max(0, size - start)
+        for k in range(_SAMPLED_BLOCKS):
+            f.seek(start + span * k // _SAMPLED_BLOCKS)
+            h.update(f.read(_BLOCK))
+    return h.hexdigest()
+
+
+def _model_directory(model_id: str) -> Path | None:
+    """The folder a model's weights are read from, or None for a preset built by code (tiny, shape...)."""
+    from avctl.backbone import POCKET, POCKET_DIR, _locate
+
+    if model_id == POCKET:
+        return POCKET_DIR
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    if "/" not in model_id:  # a built-in preset name, never a hub id (those are owner/name)
+        return None
+    return _locate(model_id)[0]
+
+
+def weights_fingerprint(model_id: str) -> str:
+    """A hash of the encoders' WEIGHTS without loading them (the config hash alone would reuse latents made by
+    another checkpoint of the same architecture). A directory model: every weight file of the encoder folders
+    (`_weight_file_digest`). A preset built by code: its name and the library versions that draw its seeded
+    weights (its config is in the cache key already)."""
+    h = hashlib.sha256()
+    directory = _model_directory(model_id)
+    if directory is None:
+        import diffusers
+        import transformers
+
+        h.update(f"preset\0{model_id}\0{torch.__version__}\0{diffusers.__version__}\0{transformers.__version__}".encode())
+        return h.hexdigest()[:16]
     for name in ENCODERS:
-        module = getattr(backbone, name, None)
-        if module is None:
+        folder = directory / name
+        if not folder.is_dir():
             continue
         h.update(name.encode())
-        for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            flat = tensor.detach().reshape(-1)
-            picked = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
-            h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            h.update(picked.numpy().tobytes())
+        for file in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")):
+            h.update(_weight_file_digest(file).encode())
     return h.hexdigest()[:16]
 
 
 def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str, weights: str) -> str:
-    """The cache key of one row: format, model config, encoder weights (`encoder_fingerprint`, computed once per
+    """The cache key of one row: format, model config, encoder weights (`weights_fingerprint`, computed once per
     dataset by the caller), bucket, caption and the media bytes."""
     h = hashlib.sha256()
     for part in (CACHE_FORMAT, backbone.config_hash(), weights, bucket, caption, *[_file_digest(p) for p in media]):
@@ -70,16 +119,47 @@ def cache_dir(dataset: Path, backbone: Any) -> Path:
     return Path(dataset) / ".precomputed" / "avctl" / backbone.config_hash()
 
 
-def _read_cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+def _header_key(path: Path) -> str | None:
+    """The key in a cache file's header (the tensors are not read), None for a missing or foreign file."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return None
-        return load_file(str(path))
+            return (f.metadata() or {}).get("key")
     except Exception:  # a torn or foreign file is simply re-encoded
         return None
+
+
+def to_stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The cache's form: bf16 on CPU, fps exact."""
+    return {k: v.detach().to("cpu", torch.float64 if k in EXACT else STORE_DTYPE).contiguous()
+            for k, v in tensors.items()}
+
+
+def sample_from_tensors(tensors: dict[str, torch.Tensor]) -> Sample:
+    return Sample(
+        video=tensors["video"],
+        audio=tensors["audio"],
+        reference=tensors["reference"],
+        text_video=tensors["text_video"],
+        text_audio=tensors["text_audio"],
+        text_mask=tensors["text_mask"],
+        fps=float(tensors["fps"]),
+    )
+
+
+class CachedSamples(torch.utils.data.Dataset):
+    """The cached samples of a dataset, read from disk one file per item (bf16, as stored): only the file paths
+    stay in memory."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Sample:
+        return sample_from_tensors(load_file(str(self.paths[index])))
 
 
 @dataclass
@@ -95,7 +175,7 @@ class SampleMedia:
 
 def read_sample_media(dataset: Path, row: dict[str, Any], sample_rate: int) -> SampleMedia:
     """Decode one manifest row's target video, its audio and its reference (video or audio). Only ffmpeg work, no
-    model, so `load_samples` runs it for the next rows while the current one is being encoded."""
+    model, so `fill_cache` runs it for the next rows while the current one is being encoded."""
     from avctl import media
 
     video_path = dataset / row["video"]
@@ -114,7 +194,8 @@ def read_sample_media(dataset: Path, row: dict[str, Any], sample_rate: int) -> S
 
 
 def encode_media(backbone: Any, decoded: SampleMedia, caption: str) -> dict[str, torch.Tensor]:
-    """VAE- and text-encode one row's decoded media: target video, its audio, the reference and the caption."""
+    """VAE- and text-encode one row's decoded media: target video, its audio, the reference and the caption, in
+    the cache's stored form (`to_stored`)."""
     out = {"video": backbone.encode_video(torch.from_numpy(decoded.frames)[None])[0]}
     out["audio"] = backbone.encode_audio(backbone.waveform_to_mel(torch.from_numpy(decoded.wav)[None]))[0]
     if decoded.reference_frames is not None:
@@ -124,8 +205,8 @@ def encode_media(backbone: Any, decoded: SampleMedia, caption: str) -> dict[str,
         out["reference"] = backbone.encode_audio(ref_mel)[0]
     text = backbone.encode_text([caption])
     out["text_video"], out["text_audio"], out["text_mask"] = text.video[0], text.audio[0], text.mask[0]
-    out["fps"] = torch.tensor(decoded.fps)
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
+    out["fps"] = torch.tensor(decoded.fps, dtype=torch.float64)
+    return to_stored(out)
 
 
 def encode_sample(backbone: Any, dataset: Path, row: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -143,6 +224,149 @@ def _fit_length(wav: np.ndarray, n: int) -> np.ndarray:
     return np.pad(wav, ((0, 0), (0, n - wav.shape[1])))
 
 
+@dataclass
+class CacheIndex:
+    """Where each row's cache file is and the key it must carry; `stale` lists the rows to encode."""
+
+    dataset: Path
+    rows: list[dict[str, Any]]
+    paths: list[Path]
+    keys: list[str]
+    weights: str
+    stale: list[int] = field(default_factory=list)
+
+    def samples(self) -> CachedSamples:
+        return CachedSamples(self.paths)
+
+
+def cache_index(backbone: Any, dataset: Path, info: dict[str, Any], rows: list[dict[str, Any]]) -> CacheIndex:
+    """Keys and paths of every row and which are stale, from the file headers and the encoder files on disk: no
+    encoder is loaded (`backbone` may hold no part at all, only the configs)."""
+    dataset = Path(dataset)
+    folder = cache_dir(dataset, backbone)
+    weights = weights_fingerprint(backbone.model_id)
+    keys, paths = [], []
+    for row in rows:
+        media_files = [dataset / row[c] for c in ("video", "reference_video", "reference_audio", "audio") if row.get(c)]
+        keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", ""), weights))
+        paths.append(folder / Path(row["video"]).with_suffix(".safetensors"))
+    stale = [i for i, (path, key) in enumerate(zip(paths, keys, strict=True)) if _header_key(path) != key]
+    return CacheIndex(dataset, list(rows), paths, keys, weights, stale)
+
+
+def fill_cache(
+    encoders: Any, index: CacheIndex, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Encode the stale rows with `encoders` (a backbone holding the encoders) and write their files. Returns how
+    many were encoded.
+
+    The rows are decoded ahead (`PREFETCH` rows, in threads: ffmpeg runs as its own process) while the model
+    encodes the current one; decoding was about half of each sample's time on CPU. A bad row stops the run; the
+    rows before it stay cached."""
+    encoded = 0
+    total = len(index.rows)
+    stale = set(index.stale)
+    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
+        pending: dict[int, Future[SampleMedia]] = {}
+        ahead = iter(index.stale)  # the stale rows in order, each submitted once
+
+        def submit_ahead() -> None:
+            while len(pending) <= PREFETCH:
+                j = next(ahead, None)
+                if j is None:
+                    return
+                pending[j] = pool.submit(read_sample_media, index.dataset, index.rows[j], encoders.audio_sample_rate)
+
+        try:
+            for i, row in enumerate(index.rows):
+                if i in stale:
+                    submit_ahead()
+                    decoded = pending.pop(i).result()
+                    with torch.no_grad():
+                        tensors = encode_media(encoders, decoded, row.get("caption", ""))
+                    atomic_save_safetensors(tensors, index.paths[i], {"key": index.keys[i], "format": CACHE_FORMAT})
+                    del tensors, decoded
+                    encoded += 1
+                if progress:
+                    progress(i + 1, total)
+        finally:
+            for future in pending.values():  # a bad row stops the run: do not decode the rest
+                future.cancel()
+    index.stale = []
+    return encoded
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def _prompt_path(index: CacheIndex, backbone: Any, prompt: str) -> tuple[Path, str]:
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT, backbone.config_hash(), index.weights, "prompt", prompt):
+        h.update(part.encode())
+        h.update(b"\0")
+    key = h.hexdigest()[:32]
+    return cache_dir(index.dataset, backbone) / "prompts" / f"{key}.safetensors", key
+
+
+def cached_prompt(index: CacheIndex, backbone: Any, prompt: str) -> dict[str, torch.Tensor] | None:
+    """A prompt's text embeddings (`video`, `audio`, `mask`, batch 1, as encode_text gave them) when cached."""
+    path, key = _prompt_path(index, backbone, prompt)
+    return load_file(str(path)) if _header_key(path) == key else None
+
+
+def cache_prompt(index: CacheIndex, encoders: Any, prompt: str) -> None:
+    """Text-encode a prompt (the validation sample's) into the cache, in the encoder's own dtype."""
+    path, key = _prompt_path(index, encoders, prompt)
+    with torch.no_grad():
+        text = encoders.encode_text([prompt])
+    tensors = {"video": text.video, "audio": text.audio, "mask": text.mask}
+    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path,
+                            {"key": key, "format": CACHE_FORMAT, "prompt": json.dumps(prompt)})
+
+
+# ------------------------------------------------------------------------------------------------ precompute
+def release(*modules: Any) -> None:
+    """Drop the last references the caller passed in and give their memory back (CUDA's cache too)."""
+    del modules
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Precomputed:
+    index: CacheIndex
+    encoded: int
+    encoders_loaded: bool
+
+
+def precompute(
+    backbone: Any,
+    dataset: Path,
+    info: dict[str, Any],
+    rows: list[dict[str, Any]],
+    load_encoders: Callable[[], Any],
+    prompts: tuple[str, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> Precomputed:
+    """Fill the cache (and the text embeddings of `prompts`) for `backbone` — a backbone of configs only is enough.
+    The encoders are loaded through `load_encoders()` ONLY when something is missing, and released before this
+    returns, so what runs next (training) starts without them."""
+    index = cache_index(backbone, dataset, info, rows)
+    missing_prompts = [p for p in dict.fromkeys(prompts) if cached_prompt(index, backbone, p) is None]
+    if not index.stale and not missing_prompts:
+        if progress:
+            progress(len(rows), len(rows))
+        return Precomputed(index, 0, False)
+    encoders = load_encoders()
+    try:
+        encoded = fill_cache(encoders, index, progress)
+        for prompt in missing_prompts:
+            cache_prompt(index, encoders, prompt)
+    finally:
+        del encoders  # the only reference when `load_encoders` made them
+        release()
+    return Precomputed(index, encoded, True)
+
+
 def load_samples(
     backbone: Any,
     dataset: Path,
@@ -150,57 +374,10 @@ def load_samples(
     rows: list[dict[str, Any]],
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Sample], int]:
-    """All samples of a prepared dataset, from the cache where it is fresh, encoding the rest (and caching them).
-    Returns the samples and how many were encoded now.
-
-    The rows to encode are decoded ahead (`PREFETCH` rows, in threads: ffmpeg runs as its own process) while the
-    model encodes the current one; decoding was about half of each sample's time on CPU."""
-    dataset = Path(dataset)
-    folder = cache_dir(dataset, backbone)
-    weights = encoder_fingerprint(backbone)
-    keys, paths = [], []
-    for row in rows:
-        media_files = [dataset / row[c] for c in ("video", "reference_video", "reference_audio", "audio") if row.get(c)]
-        keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", ""), weights))
-        paths.append(folder / Path(row["video"]).with_suffix(".safetensors"))
-    cached = [_read_cached(path, key) for path, key in zip(paths, keys, strict=True)]
-    stale = [i for i, tensors in enumerate(cached) if tensors is None]
-    samples, encoded = [], 0
-    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
-        pending: dict[int, Future[SampleMedia]] = {}
-        ahead = iter(stale)  # the stale rows in order, each submitted once
-
-        def submit_ahead() -> None:
-            while len(pending) <= PREFETCH:
-                j = next(ahead, None)
-                if j is None:
-                    return
-                pending[j] = pool.submit(read_sample_media, dataset, rows[j], backbone.audio_sample_rate)
-
-        try:
-            for i, row in enumerate(rows):
-                tensors = cached[i]
-                if tensors is None:
-                    submit_ahead()
-                    decoded = pending.pop(i).result()
-                    with torch.no_grad():
-                        tensors = encode_media(backbone, decoded, row.get("caption", ""))
-                    atomic_save_safetensors(tensors, paths[i], {"key": keys[i], "format": CACHE_FORMAT})
-                    encoded += 1
-                samples.append(
-                    Sample(
-                        video=tensors["video"],
-                        audio=tensors["audio"],
-                        reference=tensors["reference"],
-                        text_video=tensors["text_video"],
-                        text_audio=tensors["text_audio"],
-                        text_mask=tensors["text_mask"],
-                        fps=float(tensors["fps"]),
-                    )
-                )
-                if progress:
-                    progress(i + 1, len(rows))
-        finally:
-            for future in pending.values():  # a bad row stops the run: do not decode the rest
-                future.cancel()
-    return samples, encoded
+    """All samples of a prepared dataset IN MEMORY (for small datasets and scripts; `avctl train` streams them),
+    from the cache where it is fresh, encoding the rest with `backbone`'s own encoders. Returns the samples and
+    how many were encoded now."""
+    index = cache_index(backbone, dataset, info, rows)
+    encoded = fill_cache(backbone, index, progress)
+    samples = index.samples()
+    return [samples[i] for i in range(len(samples))], encoded

@@ -79,18 +79,18 @@ def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
 
 
-def _load_backbone(model: str | None) -> Any:
-    """Load the backbone for a command. The tiny and pocket models' ops are too small to gain from threads — on 2
-    shared cores extra threads made tiny's steps ~10× slower — so they run on one unless OMP_NUM_THREADS says
-    otherwise."""
+def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None) -> Any:
+    """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
+    to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
+    unless OMP_NUM_THREADS says otherwise."""
     import torch
 
-    from avctl.backbone import load_backbone
+    from avctl import backbone as bb
 
     name = _model_name(model)
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    return load_backbone(name)
+    return bb.load_backbone(name, dtype=dtype, components=components)
 
 
 def command(
@@ -177,8 +177,9 @@ def prepare_cmd(
     ] = None,
     encode: Annotated[
         bool,
-        typer.Option(help="Also fill the latent cache for --model now (what `avctl train` would do first); "
-                     "fresh entries are kept."),
+        typer.Option("--precompute", "--encode",
+                     help="Also fill the latent cache for --model now (what `avctl train` would do first): only the "
+                     "encoders are loaded, and only when an entry is missing; fresh entries are kept."),
     ] = False,
     model: ModelOpt = None,
     json_out: JsonOpt = False,
@@ -208,9 +209,11 @@ def prepare_cmd(
                           progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
                           options={"speakers": speakers, "line_width": line_width})
         if encode and summary.rows:
-            backbone = _load_backbone(model)
+            from avctl.cache import ENCODER_COMPONENTS
+
             encoding = progress.add_task("encode", total=summary.rows, info="")
-            counts = encode_dataset(target, backbone,
+            counts = encode_dataset(target, _load_backbone(model, components=set()),
+                                    lambda: _load_backbone(model, components=ENCODER_COMPONENTS),
                                     progress=lambda d, t: progress.update(encoding, completed=d, total=t))
     data = summary.to_dict()
     if encode:
@@ -295,15 +298,28 @@ def train_cmd(
                      "loraplus_lr_ratio). Default 1 = plain AdamW, the paper's recipe."),
     ] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs tensorboard).")] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="The frozen base's dtype, bf16 or fp32 (the LoRA and its optimizer state are fp32 "
+                     "either way). Default: bf16 on a GPU, fp32 on CPU."),
+    ] = None,
+    loader_workers: Annotated[
+        int | None,
+        typer.Option(help="DataLoader processes reading the latent cache from disk. Default: 2 on a GPU, 0 on CPU "
+                     "(read in the training process)."),
+    ] = None,
+    prefetch_factor: Annotated[
+        int | None, typer.Option(help="Samples each loader process reads ahead. Default 2.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
     from pydantic import ValidationError
 
-    from avctl.cache import load_samples
+    from avctl.cache import ENCODER_COMPONENTS, cached_prompt, precompute
     from avctl.dataset import check_dataset, load_manifest
-    from avctl.train import Ranks, TrainConfig, make_validator, train
+    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, make_validator, train
     from modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
@@ -313,7 +329,8 @@ def train_cmd(
         "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
         "loraplus_lr_ratio": loraplus_lr_ratio,
-        "tensorboard": tensorboard or None,
+        "tensorboard": tensorboard or None, "dtype": dtype, "loader_workers": loader_workers,
+        "prefetch_factor": prefetch_factor,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
     try:
@@ -330,16 +347,22 @@ def train_cmd(
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
     ranks = Ranks()
-    backbone = _load_backbone(cfg.model)
+    base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
+    # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
+    backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype)
+    prompts = (rows[0].get("caption", ""),) if cfg.validate_every and rows else ()
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         if not ranks.main:
             ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
-        samples, _ = load_samples(
-            backbone, cfg.data, info, rows, progress=lambda d, t: progress.update(task, completed=d, total=t)
-        )
+        cached = precompute(backbone, cfg.data, info, rows,
+                            lambda: _load_backbone(cfg.model, components=ENCODER_COMPONENTS),
+                            prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t))
         if ranks.main:
             ranks.barrier()
+        # The encoders are released by now; the transformer alone is loaded for training.
+        backbone.transformer = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype).transformer
+        samples = cached.index.samples()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")
 
@@ -348,7 +371,13 @@ def train_cmd(
 
         model_meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash(),
                       "extractor_options": info.get("extractor_options")}
-        validator = make_validator(backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed) if cfg.validate_every else None
+        validator = None
+        if cfg.validate_every:
+            validator = make_validator(
+                backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
+                text=cached_prompt(cached.index, backbone, prompts[0]),
+                load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
+                                                     dtype=base_dtype))
         result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,
                        validate=validator, ranks=ranks)
     if not ranks.main:

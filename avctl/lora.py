@@ -58,12 +58,15 @@ def add_lora(
     transformer: torch.nn.Module, groups: tuple[str, ...] | list[str], rank: int, adapter_name: str = "avctl"
 ) -> list[torch.nn.Parameter]:
     """Freeze the base and add a trainable LoRA (alpha = rank, B = 0 so training starts at the base model).
-    Returns the LoRA parameters."""
+    Returns the LoRA parameters, in fp32 whatever the base's dtype: on a bf16 base, bf16 adapters lose most small
+    AdamW updates to rounding. PEFT's layer casts its input to the adapter's dtype and the sum back to the base's."""
     from peft import LoraConfig
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     transformer.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=target_modules(groups))
     transformer.add_adapter(config, adapter_name=adapter_name)
+    cast_adapter_dtype(transformer, adapter_name)  # diffusers' add_adapter leaves them in the base's dtype
     params = [p for n, p in transformer.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
     for p in params:
         p.requires_grad_(True)

@@ -12,14 +12,15 @@ safetensors + JSON, no pickle. A resumed run therefore replays exactly the draws
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,7 @@ from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_
 from modalities.base import Modality
 
 STATE_VERSION = 1
+BASE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class TrainConfig(BaseModel):
@@ -54,7 +56,10 @@ class TrainConfig(BaseModel):
     save_every: int = Field(default=250, gt=0)
     keep_last: int = Field(default=3, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    gradient_checkpointing: bool | None = None  # default: on for CUDA
+    gradient_checkpointing: bool | None = None  # default: on for CUDA and for any model larger than pocket
+    dtype: Literal["bf16", "fp32"] | None = None  # the frozen base's; default bf16 on CUDA, fp32 on CPU
+    loader_workers: int | None = Field(default=None, ge=0)  # DataLoader workers; default 2 on CUDA, 0 on CPU
+    prefetch_factor: int = Field(default=2, gt=0)  # samples each worker reads ahead
     weight_decay: float = 0.0
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     # LoRA+ (Hayou et al. 2024; kohya / musubi-tuner's loraplus_lr_ratio): lora_B learns this many times faster
@@ -66,7 +71,10 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """What must match for a resume: everything but the step target, output and data location."""
         d = self.model_dump(mode="json", exclude={"steps", "out", "data", "save_every", "keep_last",
-                                                   "validate_every", "tensorboard"})
+                                                   "validate_every", "tensorboard", "loader_workers",
+                                                   "prefetch_factor"})
+        if d["dtype"] is None:
+            del d["dtype"]  # the base dtype is checked against the saved state on its own
         if d["targets"] is None:
             del d["targets"]  # so runs from before the option existed still resume
         if d["loraplus_lr_ratio"] == 1.0:
@@ -174,15 +182,83 @@ def step_loss(
 
 # ------------------------------------------------------------------------------------------------ data
 def collate(samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        "video": torch.stack([s.video for s in samples]).to(device),
-        "audio": torch.stack([s.audio for s in samples]).to(device),
-        "reference": torch.stack([s.reference for s in samples]).to(device),
-        "text_video": torch.stack([s.text_video for s in samples]).to(device),
-        "text_audio": torch.stack([s.text_audio for s in samples]).to(device),
-        "text_mask": torch.stack([s.text_mask for s in samples]).to(device),
-        "fps": samples[0].fps,
+    """A batch in fp32 (the cache stores bf16; noise, σ-mixing and the loss run in fp32, `predict` casts the
+    transformer's inputs to the base's dtype)."""
+    def stack(name: str) -> torch.Tensor:
+        return torch.stack([getattr(s, name) for s in samples]).to(device, torch.float32)
+
+    return {name: stack(name) for name in ("video", "audio", "reference", "text_video", "text_audio", "text_mask")} | {
+        "fps": samples[0].fps
     }
+
+
+class SampleSource(Protocol):
+    """What `train` reads samples from: a list of `Sample`s or `cache.CachedSamples` (read from disk per item)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+class _RunOrder(torch.utils.data.Sampler[int]):
+    """Yields the indices the run's generator drew, from the cursor on; set anew at each epoch."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _as_is(item: Sample) -> Sample:
+    return item
+
+
+class SampleStream:
+    """Samples in exactly the run's order, read ahead by a DataLoader (`workers` processes, `prefetch` items each;
+    0 workers reads in the training process). The order is drawn in the training process as always, so the
+    generator's draws — and an exact resume — do not depend on the loader."""
+
+    def __init__(self, data: SampleSource, workers: int, prefetch: int) -> None:
+        self.sampler = _RunOrder()
+        extra: dict[str, Any] = {"prefetch_factor": prefetch, "persistent_workers": True} if workers else {}
+        self.loader = torch.utils.data.DataLoader(
+            data, batch_size=None, sampler=self.sampler, collate_fn=_as_is, num_workers=workers, **extra
+        )
+        self._it: Iterator[Sample] = iter(())
+
+    def start(self, order: list[int], cursor: int) -> None:
+        self.sampler.indices = order[cursor:]
+        self._it = iter(self.loader)
+
+    def next(self) -> Sample:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it = iter(())
+        self.loader = None  # type: ignore[assignment]  # shuts persistent workers down
+
+
+def default_checkpointing(transformer: torch.nn.Module, device: torch.device) -> bool:
+    """Gradient checkpointing by default on CUDA and for any transformer larger than pocket's (CPU too)."""
+    return device.type == "cuda" or sum(p.numel() for p in transformer.parameters()) > pocket_parameters()
+
+
+@functools.cache
+def pocket_parameters() -> int:
+    """The pocket transformer's parameter count, from its config on the meta device (nothing loaded)."""
+    from accelerate import init_empty_weights
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from avctl.backbone import POCKET_DIR
+
+    config = json.loads((POCKET_DIR / "transformer" / "config.json").read_text())
+    with init_empty_weights():
+        model = LTX2VideoTransformer3DModel.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def draw_noise(generator: torch.Generator, batch: dict[str, torch.Tensor], world: int = 1) -> dict[str, torch.Tensor]:
@@ -219,6 +295,7 @@ def save_state(
     order: list[int],
     cursor: int,
     fingerprint: str,
+    base_dtype: torch.dtype = torch.float32,
 ) -> None:
     """Everything an exact resume needs, as safetensors + JSON. The JSON is written last and names the tensors
     file, so a kill between the two leaves the previous state valid."""
@@ -244,6 +321,7 @@ def save_state(
         "order": order,
         "cursor": cursor,
         "adam_steps": steps_taken,
+        "base_dtype": str(base_dtype),
     }
     _atomic_write_text(state_dir / "state.json", json.dumps(meta))
     for old in state_dir.glob("state_*.safetensors"):
@@ -385,7 +463,7 @@ class TrainResult:
 def train(
     config: TrainConfig,
     modality: Modality,
-    samples: list[Sample],
+    samples: SampleSource,
     transformer: torch.nn.Module,
     model_meta: dict[str, Any],
     resume: bool = True,
@@ -394,7 +472,9 @@ def train(
     validate: Callable[[int], None] | None = None,
     ranks: Ranks | None = None,
 ) -> TrainResult:
-    """Train `modality`'s LoRA on cached `samples`. `stop_after` abandons the run right after that step without
+    """Train `modality`'s LoRA on cached `samples` (a list, or `cache.CachedSamples` streamed from disk through a
+    DataLoader). The frozen base runs in `config.dtype` (default: its dtype as given), the LoRA, its gradients and
+    AdamW moments in fp32 whatever the base. `stop_after` abandons the run right after that step without
     saving anything more — the test hook that stands for a kill. `validate(step)` runs every
     `config.validate_every` steps on the main rank.
 
@@ -407,15 +487,23 @@ def train(
     total = config.steps or modality.steps
     rank = config.rank or modality.rank
     device = next(transformer.parameters()).device
-    if not samples:
+    if len(samples) == 0:
         raise BadInput(f"{config.data}: the dataset has no samples")
+    if config.dtype is not None and next(transformer.parameters()).dtype != BASE_DTYPES[config.dtype]:
+        from avctl.backbone import _quiet_empty_fp32_warning
+
+        with _quiet_empty_fp32_warning(transformer):
+            transformer.to(BASE_DTYPES[config.dtype])
+    base_dtype = next(transformer.parameters()).dtype
 
     if config.targets:
         target_modules(config.targets)  # BadInput naming an unknown group before anything is written
         modality = dataclasses.replace(modality, targets=tuple(config.targets))
     torch.manual_seed(config.seed)  # PEFT draws the LoRA A init from the global generator
     params = add_lora(transformer, modality.targets, rank)
-    use_ckpt = config.gradient_checkpointing if config.gradient_checkpointing is not None else device.type == "cuda"
+    use_ckpt = config.gradient_checkpointing
+    if use_ckpt is None:
+        use_ckpt = default_checkpointing(transformer, device)
     if use_ckpt:
         transformer.enable_gradient_checkpointing()
     transformer.train()
@@ -432,6 +520,11 @@ def train(
             raise BadUsage(
                 f"{state_dir}: saved state is from a different configuration; pass --no-resume to start over "
                 "or --out to train elsewhere"
+            )
+        if meta.get("base_dtype", "torch.float32") != str(base_dtype):
+            raise BadUsage(
+                f"{state_dir}: saved over a {meta.get('base_dtype', 'torch.float32')} base, now {base_dtype}; "
+                "pass the same --dtype, or --no-resume"
             )
         if meta["torch_threads"] != torch.get_num_threads():
             raise BadUsage(
@@ -450,6 +543,9 @@ def train(
 
     losses: list[float] = []
     per_rank = config.batch_size
+    workers = config.loader_workers if config.loader_workers is not None else (2 if device.type == "cuda" else 0)
+    stream = SampleStream(samples, workers, config.prefetch_factor)
+    stream.start(order, cursor)
     start = time.perf_counter()
     while step < total:
         t0 = time.perf_counter()
@@ -460,16 +556,18 @@ def train(
         loss_sum = 0.0
         seen: list[int] = []
         for _ in range(config.grad_accum):
-            global_idx = []
+            global_idx, items = [], []
             for _ in range(per_rank * ranks.world):
                 if cursor >= len(order):
                     order, cursor = torch.randperm(len(samples), generator=generator).tolist(), 0
+                    stream.start(order, cursor)
                 global_idx.append(order[cursor])
+                items.append(stream.next())
                 cursor += 1
             mine = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
-            idx = global_idx[mine]
-            seen += idx
-            batch = collate([samples[i] for i in idx], device)
+            seen += global_idx[mine]
+            batch = collate(items[mine], device)
+            del items
             sigma = sample_sigmas(generator, len(global_idx), schedule_tokens(modality, batch))[mine].to(device)
             noise = draw_noise(generator, batch, ranks.world)
             noise = {k: v[mine] for k, v in noise.items()}
@@ -505,10 +603,11 @@ def train(
             save_lora(out / "checkpoints" / f"step_{step:05d}.safetensors", lora, modality.downscale,
                       lora_metadata(modality, rank, step, model_meta, config))
             _prune_checkpoints(out / "checkpoints", config.keep_last)
-            save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint)
+            save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint, base_dtype)
         ranks.barrier()
         if stop_after is not None and step >= stop_after:
             break
+    stream.close()
 
     lora_path = out / "lora.safetensors"
     if step == total and ranks.main:
@@ -584,11 +683,26 @@ def _version() -> str:
 
 
 def make_validator(
-    backbone: Any, dataset: Path, row: dict[str, Any], modality: Modality, out: Path, seed: int, steps: int = 20
+    backbone: Any,
+    dataset: Path,
+    row: dict[str, Any],
+    modality: Modality,
+    out: Path,
+    seed: int,
+    steps: int = 20,
+    text: dict[str, torch.Tensor] | None = None,
+    load_decoders: Callable[[], Any] | None = None,
 ) -> Callable[[int], None]:
     """A validation hook: generate through the sampler with the LoRA as it is now, from a manifest row's prompt and
-    control, with its own seed, and write OUT/samples/step_XXXXX.mp4 + a control | output contact sheet PNG."""
+    control, with its own seed, and write OUT/samples/step_XXXXX.mp4 + a control | output contact sheet PNG.
+
+    For training memory: `text` (the row caption's cached embeddings, `cache.cached_prompt`) stands in for the text
+    encoder, and `load_decoders()` (a backbone holding the VAEs and vocoder) is called for each validation and
+    released after it, so neither stays resident between validations. Without them `backbone` must hold every
+    part."""
     from avctl import media
+    from avctl.backbone import TextEmbeddings
+    from avctl.errors import AvctlError
     from avctl.lora import LoraFile, lora_state_dict
     from avctl.metrics import contact_sheet
     from avctl.sample import LoraUse, generate
@@ -599,9 +713,23 @@ def make_validator(
     if row.get("reference_audio"):
         control_audio = media.read_audio(dataset / row["reference_audio"], backbone.audio_sample_rate, 2)
     f, h, w = target.frames.shape[:3]
+    caption = row.get("caption", "")
+
+    def cached_text(prompts: list[str]) -> TextEmbeddings:
+        if text is None or prompts != [caption]:
+            raise AvctlError(f"validation has only its prompt's text embeddings cached, not {prompts!r}")
+        return TextEmbeddings(*(text[k].to(backbone.device) for k in ("video", "audio", "mask")))
 
     def validate(step: int) -> None:
         tr = backbone.transformer
+        bb = backbone
+        if load_decoders is not None:
+            parts = load_decoders()
+            bb = dataclasses.replace(backbone, vae=parts.vae, audio_vae=parts.audio_vae, vocoder=parts.vocoder)
+            del parts
+        if text is not None:
+            bb = dataclasses.replace(bb)
+            bb.encode_text = cached_text  # an instance attribute: the sampler's encode_text call lands here
         live = LoraFile(
             path=out / "lora (training)",
             state_dict={f"transformer.{k}": v for k, v in lora_state_dict(tr).items()},
@@ -611,9 +739,17 @@ def make_validator(
         # A LoRA trained with the other stream as clean context is validated the same way (audio-intensity: the
         # clip's own video kept at t = 0 while the audio is generated).
         keep = modality.context == "clean" and modality.trained_streams == ("audio",)
-        result = generate(backbone, row.get("caption", ""), [LoraUse(live, 1.0, control, control_audio)],
-                          width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed, schedule="shifted",
-                          keep_video=target.frames if keep else None)
+        try:
+            result = generate(bb, caption, [LoraUse(live, 1.0, control, control_audio)],
+                              width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed,
+                              schedule="shifted", keep_video=target.frames if keep else None)
+        finally:
+            if bb is not backbone:
+                bb.vae = bb.audio_vae = bb.vocoder = None
+            del bb
+            from avctl.cache import release
+
+            release()
         tr.set_adapters(["avctl"])  # the sampler attached its own copy; make the training adapter active again
         for n, p in tr.named_parameters():
             if ".avctl." in n and "lora_" in n:
@@ -624,6 +760,6 @@ def make_validator(
                           sample_rate=result.sample_rate)
         rows = [("control", control)] if control is not None else []
         contact_sheet(folder / f"step_{step:05d}.png", [*rows, ("output", result.frames)],
-                      caption=f"step {step}: {row.get('caption', '')}")
+                      caption=f"step {step}: {caption}")
 
     return validate

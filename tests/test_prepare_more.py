@@ -321,6 +321,7 @@ def test_load_samples_decodes_ahead_keys_on_weights_and_stops_at_a_bad_row(tmp_p
     encode_sample row by row, in manifest order; other encoder weights under the same config are not served from the
     cache; a damaged file stops the run with its name, and the rows before it stay cached."""
     import torch
+    from safetensors.torch import load_file, save_file
 
     from avctl.backbone import load_backbone
     from avctl.cache import encode_sample, load_samples
@@ -341,9 +342,19 @@ def test_load_samples_decodes_ahead_keys_on_weights_and_stops_at_a_bad_row(tmp_p
         assert torch.equal(sample.text_video, one["text_video"]) and torch.equal(sample.audio, one["audio"])
 
     assert load_samples(bb, out, info, rows)[1] == 0  # all fresh
-    with torch.no_grad():  # another checkpoint of the same architecture: the same config hash, other latents
-        next(bb.vae.parameters()).add_(0.01)
-    again, encoded = load_samples(bb, out, info, rows)
+    # Another checkpoint of the same architecture: the same config hash, other weights on disk, other latents. The
+    # key reads the encoder files (not the loaded weights), so a saved copy is one model and an edited one another.
+    model = tmp_path / "model"
+    bb.save_pretrained(model)
+    disk = load_backbone(str(model), device="cpu")
+    assert load_samples(disk, out, info, rows)[1] == 5  # a folder is keyed by its files, tiny by its seed
+    assert load_samples(disk, out, info, rows)[1] == 0
+    weights = next((model / "vae").glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    first = next(k for k in sorted(tensors) if k.startswith("encoder."))  # a weight encode_video uses
+    tensors[first] = tensors[first] + 0.01
+    save_file(tensors, str(weights))
+    again, encoded = load_samples(load_backbone(str(model), device="cpu"), out, info, rows)
     assert encoded == 5 and not torch.equal(again[0].video, samples[0].video)
 
     for f in (out / ".precomputed").rglob("*.safetensors"):
