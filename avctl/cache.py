@@ -85,15 +85,18 @@ def _model_directory(model_id: str) -> Path | None:
 def weights_fingerprint(model_id: str) -> str:
     """A hash of the encoders' WEIGHTS without loading them (the config hash alone would reuse latents made by
     another checkpoint of the same architecture). A directory model: every weight file of the encoder folders
-    (`_weight_file_digest`). A preset built by code: its name and the library versions that draw its seeded
-    weights (its config is in the cache key already)."""
+    (`_weight_file_digest`). A preset built by code (tiny, shape): its name and the versions of the code that
+    draws its seeded weights (its config is in the cache key already)."""
     h = hashlib.sha256()
     directory = _model_directory(model_id)
     if directory is None:
         import diffusers
         import transformers
 
-        h.update(f"preset\0{model_id}\0{torch.__version__}\0{diffusers.__version__}\0{transformers.__version__}".encode())
+        from avctl import __version__
+
+        versions = (__version__, torch.__version__, diffusers.__version__, transformers.__version__)
+        h.update("\0".join(("preset", model_id, *versions)).encode())
         return h.hexdigest()[:16]
     for name in ENCODERS:
         folder = directory / name

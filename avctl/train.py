@@ -295,7 +295,7 @@ def save_state(
     order: list[int],
     cursor: int,
     fingerprint: str,
-    base_dtype: torch.dtype = torch.float32,
+    run_info: dict[str, Any] | None = None,
 ) -> None:
     """Everything an exact resume needs, as safetensors + JSON. The JSON is written last and names the tensors
     file, so a kill between the two leaves the previous state valid."""
@@ -321,7 +321,7 @@ def save_state(
         "order": order,
         "cursor": cursor,
         "adam_steps": steps_taken,
-        "base_dtype": str(base_dtype),
+        **(run_info or {}),  # base_dtype, gradient_checkpointing
     }
     _atomic_write_text(state_dir / "state.json", json.dumps(meta))
     for old in state_dir.glob("state_*.safetensors"):
@@ -603,7 +603,8 @@ def train(
             save_lora(out / "checkpoints" / f"step_{step:05d}.safetensors", lora, modality.downscale,
                       lora_metadata(modality, rank, step, model_meta, config))
             _prune_checkpoints(out / "checkpoints", config.keep_last)
-            save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint, base_dtype)
+            save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint,
+                       {"base_dtype": str(base_dtype), "gradient_checkpointing": use_ckpt})
         ranks.barrier()
         if stop_after is not None and step >= stop_after:
             break
