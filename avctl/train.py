@@ -249,13 +249,17 @@ def default_checkpointing(transformer: torch.nn.Module, device: torch.device) ->
 
 @functools.cache
 def pocket_parameters() -> int:
-    """The pocket transformer's parameter count, from its config on the meta device (nothing loaded)."""
+    """The pocket transformer's parameter count, from its config on the meta device (nothing loaded); the count of
+    the shipped pocket where its files are missing."""
     from accelerate import init_empty_weights
     from diffusers import LTX2VideoTransformer3DModel
 
     from avctl.backbone import POCKET_DIR
 
-    config = json.loads((POCKET_DIR / "transformer" / "config.json").read_text())
+    try:
+        config = json.loads((POCKET_DIR / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return 549_104
     with init_empty_weights():
         model = LTX2VideoTransformer3DModel.from_config(config)
     return sum(p.numel() for p in model.parameters())
