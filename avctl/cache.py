@@ -37,7 +37,9 @@ PREFETCH = 2  # rows decoded ahead of the encoder
 STORE_DTYPE = torch.bfloat16
 EXACT = ("fps",)  # stored exactly (float64), not in bf16
 ENCODERS = ("vae", "audio_vae", "text_encoder", "connectors")  # the parts whose outputs the cache holds
-ENCODER_COMPONENTS = {*ENCODERS, "tokenizer"}  # what `precompute` loads
+TEXT_COMPONENTS = frozenset({"text_encoder", "connectors", "tokenizer"})  # `precompute` loads these first,
+MEDIA_COMPONENTS = frozenset({"vae", "audio_vae"})  # then these, never both at once
+ENCODER_COMPONENTS = TEXT_COMPONENTS | MEDIA_COMPONENTS
 _SAMPLED_BLOCKS = 64  # blocks read from each weight file for its fingerprint
 _BLOCK = 4096
 
@@ -198,9 +200,17 @@ def read_sample_media(dataset: Path, row: dict[str, Any], sample_rate: int) -> S
     return out
 
 
-def encode_media(backbone: Any, decoded: SampleMedia, caption: str) -> dict[str, torch.Tensor]:
-    """VAE- and text-encode one row's decoded media: target video, its audio, the reference and the caption, in
-    the cache's stored form (`to_stored`)."""
+def encode_caption(backbone: Any, caption: str) -> dict[str, torch.Tensor]:
+    """A caption's text embeddings in the cache's stored form (`text_video`, `text_audio`, `text_mask`)."""
+    text = backbone.encode_text([caption])
+    return to_stored({"text_video": text.video[0], "text_audio": text.audio[0], "text_mask": text.mask[0]})
+
+
+def encode_media(
+    backbone: Any, decoded: SampleMedia, caption: str, text: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """VAE- and text-encode one row's decoded media: target video, its audio, the reference and the caption (or
+    take the caption's `encode_caption` output as given), in the cache's stored form (`to_stored`)."""
     out = {"video": backbone.encode_video(torch.from_numpy(decoded.frames)[None])[0]}
     out["audio"] = backbone.encode_audio(backbone.waveform_to_mel(torch.from_numpy(decoded.wav)[None]))[0]
     if decoded.reference_frames is not None:
@@ -208,8 +218,7 @@ def encode_media(backbone: Any, decoded: SampleMedia, caption: str) -> dict[str,
     elif decoded.reference_wav is not None:
         ref_mel = backbone.waveform_to_mel(torch.from_numpy(decoded.reference_wav)[None])
         out["reference"] = backbone.encode_audio(ref_mel)[0]
-    text = backbone.encode_text([caption])
-    out["text_video"], out["text_audio"], out["text_mask"] = text.video[0], text.audio[0], text.mask[0]
+    out.update(text if text is not None else encode_caption(backbone, caption))
     out["fps"] = torch.tensor(decoded.fps, dtype=torch.float64)
     return to_stored(out)
 
@@ -259,11 +268,27 @@ def cache_index(backbone: Any, dataset: Path, info: dict[str, Any], rows: list[d
     return CacheIndex(dataset, list(rows), paths, keys, weights, stale)
 
 
+def _text_part(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.text.safetensors")
+
+
+def fill_text(encoders: Any, index: CacheIndex) -> None:
+    """The text half of precomputing: each stale row's caption embeddings, written beside its entry (keyed like it)
+    for `fill_cache` to complete with the VAEs' latents."""
+    for i in index.stale:
+        part = _text_part(index.paths[i])
+        if _header_key(part) != index.keys[i]:
+            with torch.no_grad():
+                tensors = encode_caption(encoders, index.rows[i].get("caption", ""))
+            atomic_save_safetensors(tensors, part, {"key": index.keys[i], "format": CACHE_FORMAT})
+
+
 def fill_cache(
-    encoders: Any, index: CacheIndex, progress: Callable[[int, int], None] | None = None
+    encoders: Any, index: CacheIndex, progress: Callable[[int, int], None] | None = None, text_parts: bool = False
 ) -> int:
     """Encode the stale rows with `encoders` (a backbone holding the encoders) and write their files. Returns how
-    many were encoded.
+    many were encoded. With `text_parts`, the captions' embeddings are read from `fill_text`'s files instead (the
+    text encoder is not loaded).
 
     The rows are decoded ahead (`PREFETCH` rows, in threads: ffmpeg runs as its own process) while the model
     encodes the current one; decoding was about half of each sample's time on CPU. A bad row stops the run; the
@@ -287,10 +312,12 @@ def fill_cache(
                 if i in stale:
                     submit_ahead()
                     decoded = pending.pop(i).result()
+                    text = load_file(str(_text_part(index.paths[i]))) if text_parts else None
                     with torch.no_grad():
-                        tensors = encode_media(encoders, decoded, row.get("caption", ""))
+                        tensors = encode_media(encoders, decoded, row.get("caption", ""), text)
                     atomic_save_safetensors(tensors, index.paths[i], {"key": index.keys[i], "format": CACHE_FORMAT})
-                    del tensors, decoded
+                    _text_part(index.paths[i]).unlink(missing_ok=True)
+                    del tensors, decoded, text
                     encoded += 1
                 if progress:
                     progress(i + 1, total)
@@ -350,27 +377,37 @@ def precompute(
     dataset: Path,
     info: dict[str, Any],
     rows: list[dict[str, Any]],
-    load_encoders: Callable[[], Any],
+    load: Callable[[frozenset[str]], Any],
     prompts: tuple[str, ...] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> Precomputed:
     """Fill the cache (and the text embeddings of `prompts`) for `backbone` — a backbone of configs only is enough.
-    The encoders are loaded through `load_encoders()` ONLY when something is missing, and released before this
-    returns, so what runs next (training) starts without them."""
+    Encoders are loaded through `load(components)` ONLY when something is missing: first the text encoder with its
+    connectors (`TEXT_COMPONENTS`), then, once those are released, the VAEs (`MEDIA_COMPONENTS`), so the peak is
+    the larger of the two, not their sum. Everything is released before this returns, so what runs next
+    (training) starts without them."""
     index = cache_index(backbone, dataset, info, rows)
     missing_prompts = [p for p in dict.fromkeys(prompts) if cached_prompt(index, backbone, p) is None]
     if not index.stale and not missing_prompts:
         if progress:
             progress(len(rows), len(rows))
         return Precomputed(index, 0, False)
-    encoders = load_encoders()
+    encoders = load(TEXT_COMPONENTS)
     try:
-        encoded = fill_cache(encoders, index, progress)
+        fill_text(encoders, index)
         for prompt in missing_prompts:
             cache_prompt(index, encoders, prompt)
     finally:
-        del encoders  # the only reference when `load_encoders` made them
+        del encoders  # the only reference when `load` made them
         release()
+    encoded = 0
+    if index.stale:
+        encoders = load(MEDIA_COMPONENTS)
+        try:
+            encoded = fill_cache(encoders, index, progress, text_parts=True)
+        finally:
+            del encoders
+            release()
     return Precomputed(index, encoded, True)
 
 

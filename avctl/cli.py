@@ -210,11 +210,9 @@ def prepare_cmd(
                           progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
                           options={"speakers": speakers, "line_width": line_width})
         if encode and summary.rows:
-            from avctl.cache import ENCODER_COMPONENTS
-
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, _load_backbone(model, components=set()),
-                                    lambda: _load_backbone(model, components=ENCODER_COMPONENTS),
+                                    lambda parts: _load_backbone(model, components=set(parts)),
                                     progress=lambda d, t: progress.update(encoding, completed=d, total=t))
     data = summary.to_dict()
     if encode:
@@ -318,7 +316,7 @@ def train_cmd(
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
     from pydantic import ValidationError
 
-    from avctl.cache import ENCODER_COMPONENTS, cached_prompt, precompute
+    from avctl.cache import cached_prompt, precompute
     from avctl.dataset import check_dataset, load_manifest
     from avctl.train import BASE_DTYPES, Ranks, TrainConfig, make_validator, train
     from modalities.base import get_modality
@@ -357,7 +355,7 @@ def train_cmd(
         if not ranks.main:
             ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
         cached = precompute(backbone, cfg.data, info, rows,
-                            lambda: _load_backbone(cfg.model, components=ENCODER_COMPONENTS),
+                            lambda parts: _load_backbone(cfg.model, components=set(parts)),
                             prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t))
         if ranks.main:
             ranks.barrier()

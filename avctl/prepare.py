@@ -695,16 +695,16 @@ def prepare_throughput(modality: Modality, frames: int = 17, size: int = 512, we
 
 
 def encode_dataset(
-    out: Path, backbone: Any, load_encoders: Callable[[], Any] | None = None,
+    out: Path, backbone: Any, load: Callable[[frozenset[str]], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Fill `out`'s latent cache for `backbone` now (what `avctl train` would otherwise do first). With
-    `load_encoders`, `backbone` may hold only the configs: the encoders are loaded only when an entry is missing and
-    released after. Returns {"encoded": samples encoded now, "cached": samples whose cache entry was already
+    `load(components)`, `backbone` may hold only the configs: the encoders are loaded only when an entry is missing
+    and released after. Returns {"encoded": samples encoded now, "cached": samples whose cache entry was already
     fresh}."""
     from avctl.cache import precompute
     from avctl.dataset import load_manifest
 
     info, rows = load_manifest(out)
-    done = precompute(backbone, Path(out), info, rows, load_encoders or (lambda: backbone), progress=progress)
+    done = precompute(backbone, Path(out), info, rows, load or (lambda parts: backbone), progress=progress)
     return {"encoded": done.encoded, "cached": len(rows) - done.encoded}

@@ -3,6 +3,7 @@ time, the run's order kept exactly), encoders loaded only to fill the cache and 
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from avctl.cache import ENCODER_COMPONENTS, CachedSamples, to_stored
+from avctl.cache import MEDIA_COMPONENTS, TEXT_COMPONENTS, CachedSamples, to_stored
 from avctl.train import Sample, TrainConfig, default_checkpointing, train
 from modalities.base import get_modality
 from tests.conftest import write_synthetic_clip
@@ -203,20 +204,18 @@ class _Loads:
         import avctl.backbone
 
         self.calls: list[frozenset[str]] = []
-        self.encoders: list[weakref.ref] = []
-        self.decoders: list[weakref.ref] = []
-        self.encoders_alive_at_transformer: list[int] = []
+        self.modules: list[weakref.ref] = []  # every encoder / decoder module any load returned
+        self.alive_at_load: list[int] = []  # how many of those were still alive when each load began
         real = avctl.backbone.load_backbone
 
         def load(name=None, device=None, dtype=None, components=None):
+            gc.collect()
             wanted = frozenset(components) if components is not None else frozenset(avctl.backbone.COMPONENTS)
-            if "transformer" in wanted:
-                self.encoders_alive_at_transformer.append(sum(r() is not None for r in self.encoders))
+            self.alive_at_load.append(sum(r() is not None for r in self.modules))
             bb = real(name, device=device, dtype=dtype, components=components)
             self.calls.append(wanted)
-            refs = self.encoders if "text_encoder" in wanted else self.decoders if "vae" in wanted else []
-            refs += [weakref.ref(getattr(bb, c)) for c in ("vae", "audio_vae", "text_encoder", "connectors", "vocoder")
-                     if getattr(bb, c) is not None]
+            self.modules += [weakref.ref(getattr(bb, c)) for c in ("vae", "audio_vae", "text_encoder", "connectors",
+                                                                    "vocoder") if getattr(bb, c) is not None]
             return bb
 
         monkeypatch.setattr(avctl.backbone, "load_backbone", load)
@@ -230,8 +229,6 @@ def dataset(tmp_path):
 
 
 def test_train_loads_encoders_only_for_a_stale_cache_and_releases_them_first(dataset, monkeypatch):
-    import gc
-
     data = dataset / "ds"
     assert _invoke("prepare", "canny", dataset / "videos", "--out", data, "--bucket", "64x64x9").exit_code == 0
     loads = _Loads(monkeypatch)
@@ -239,10 +236,11 @@ def test_train_loads_encoders_only_for_a_stale_cache_and_releases_them_first(dat
     r = _invoke(*common, "--out", dataset / "a", "--validate-every", "2")
     assert r.exit_code == 0, r.output
     decoders = frozenset({"vae", "audio_vae", "vocoder"})
-    assert loads.calls == [frozenset(), frozenset(ENCODER_COMPONENTS), frozenset({"transformer"}), decoders]
-    assert loads.encoders_alive_at_transformer == [0]  # released before the transformer loaded
+    assert loads.calls == [frozenset(), TEXT_COMPONENTS, MEDIA_COMPONENTS, frozenset({"transformer"}), decoders]
+    # The text encoder is gone before the VAEs load, those before the transformer, and validation's after the call.
+    assert loads.alive_at_load == [0, 0, 0, 0, 0]
     gc.collect()
-    assert loads.decoders and all(r() is None for r in loads.decoders)  # validation's VAEs freed after the call
+    assert loads.modules and all(r() is None for r in loads.modules)
     assert (dataset / "a" / "samples" / "step_00002.mp4").is_file()
 
     loads.calls.clear()
