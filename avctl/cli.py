@@ -361,6 +361,87 @@ def train_cmd(
                   f"loss {result.to_dict()['first_loss']:.4f} → {result.to_dict()['last_loss']:.4f})")
 
 
+# ------------------------------------------------------------------------------------------------ plan
+def _visible_gpu_gib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+
+
+def print_plan(plan: Any) -> None:
+    """The plan as two tables (training step, precompute) and a verdict with advice, on stderr."""
+    tokens = plan.tokens
+    table = Table(title=f"avctl plan — {plan.request['modality']} on {plan.model}, bucket {plan.request['bucket']}, "
+                  f"{tokens['video']} video + {tokens['audio']} audio tokens per sample", show_header=True)
+    table.add_column("phase")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for phase, parts, peak in (("training step", plan.parts, plan.peak_gib),
+                               ("precompute", plan.precompute, plan.precompute_peak_gib)):
+        for name, gib in parts.items():
+            table.add_row(phase, name, f"{gib:.2f}")
+        table.add_row(phase, "[bold]peak[/bold]", f"[bold]{peak:.2f}[/bold]")
+    err.print(table)
+    ckpt = "on" if plan.gradient_checkpointing else "off"
+    err.print(f"LoRA {plan.lora_parameters / 1e6:.1f}M parameters, gradient checkpointing {ckpt}")
+    if plan.fits is None:
+        err.print("no GPU memory to compare with (no GPU visible); pass --gpu-memory GIB")
+    elif plan.fits:
+        err.print(f"fits in {plan.gpu_memory_gib:g} GiB")
+    else:
+        advice = f"; to fit, try: {plan.advice[0]}" if plan.advice else "; nothing avctl can change makes it fit"
+        err.print(f"does NOT fit in {plan.gpu_memory_gib:g} GiB{advice}")
+
+
+@command("plan")
+def plan_cmd(
+    modality: Annotated[str, typer.Argument(help="Modality name (see `avctl modalities`).")],
+    model: ModelOpt = None,
+    bucket: Annotated[str, typer.Option(help="Training clip size WIDTHxHEIGHTxFRAMES.")] = "768x512x121",
+    fps: Annotated[float, typer.Option(help="Clip frame rate (sets the audio token count).")] = 24.0,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank. Default: the modality's.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per step per GPU.")] = 1,
+    quantize: Annotated[str, typer.Option(help="Frozen base: none, int8 or fp8.")] = "none",
+    text_encoder_8bit: Annotated[bool, typer.Option(help="Plan the 8-bit text encoder for precompute.")] = False,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option(help="Default: on for any model larger than pocket.")
+    ] = None,
+    world_size: Annotated[int, typer.Option(help="GPUs training together.")] = 1,
+    strategy: Annotated[str, typer.Option(help="ddp (each GPU holds the model) or fsdp (sharded).")] = "ddp",
+    dtype: Annotated[str, typer.Option(help="Frozen base dtype: bf16 or fp32.")] = "bf16",
+    optimizer: Annotated[str, typer.Option(help="adamw or adamw8bit.")] = "adamw",
+    device: Annotated[str, typer.Option(help="cuda (plan for a GPU) or cpu (what a CPU run holds).")] = "cuda",
+    gpu_memory: Annotated[
+        float | None, typer.Option(help="GiB to fit in. Default: the visible GPU's memory.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Per-GPU peak memory of a training run, part by part, from the model's configs on `meta` (nothing is loaded)
+    and per-token activation costs measured at LTX-2's real width; whether it fits, and flags that would make it."""
+    from avctl.plan import PlanRequest, make_plan, parse_bucket
+
+    choices = {"quantize": (quantize, ("none", "int8", "fp8")), "strategy": (strategy, ("ddp", "fsdp")),
+               "dtype": (dtype, ("bf16", "fp32")), "optimizer": (optimizer, ("adamw", "adamw8bit")),
+               "device": (device, ("cuda", "cpu"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise BadUsage(f"--{flag} {value!r}: choose one of {', '.join(allowed)}")
+    request = PlanRequest(
+        modality=modality, model=_model_name(model), bucket=parse_bucket(bucket), fps=fps, rank=rank,
+        batch_size=batch_size, quantize=quantize, text_encoder_8bit=text_encoder_8bit,  # type: ignore[arg-type]
+        gradient_checkpointing=gradient_checkpointing, world_size=world_size, strategy=strategy,  # type: ignore[arg-type]
+        dtype=dtype, optimizer=optimizer, device=device,  # type: ignore[arg-type]
+        gpu_memory_gib=gpu_memory if gpu_memory is not None else _visible_gpu_gib(),
+    )
+    plan = make_plan(request)
+    if json_out:
+        _emit(plan.to_dict())
+    else:
+        print_plan(plan)
+
+
 # ------------------------------------------------------------------------------------------------ generate
 def _parse_ramp(text: str | None) -> tuple[float, float] | None:
     if text is None:
