@@ -277,7 +277,8 @@ class Backbone:
             # The pipeline's default decode_timestep is 0 (and then no decode noise is mixed in).
             timestep = torch.zeros(z.shape[0], device=self.device) if vae.config.timestep_conditioning else None
             video = self._decode_windows(vae, z.to(vae.dtype), timestep)  # [B, 3, F, H, W] in [-1, 1]
-        frames = ((video.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+        # In place: at LTX-2 sizes a float copy of the clip is hundreds of MB.
+        frames = video.float().clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8)
         return frames.permute(0, 2, 3, 4, 1).contiguous()  # [B, F, H, W, 3]
 
     def set_vae_tiling(self, tiling: VaeTiling | bool = True) -> Backbone:
@@ -346,9 +347,9 @@ class Backbone:
             if total is None:
                 total = piece.new_zeros((*piece.shape[:2], weight.numel(), *piece.shape[3:]))
             frames = slice(start * t, start * t + piece.shape[2])
-            total[:, :, frames] += piece * ramp[:, None, None]
+            total[:, :, frames].addcmul_(piece, ramp[:, None, None])
             weight[frames] += ramp
-        return total / weight[:, None, None]
+        return total.div_(weight[:, None, None])
 
     # ---- audio
 
