@@ -81,9 +81,10 @@ class VaeTiling:
     untiled pass, and `enabled=False` is the untiled VAE exactly.
 
     Defaults, for the real VAE at 768x512x121: 512-px tiles with a 64-px overlap are diffusers' own; they cut that
-    frame into one 512x512 and one 256x512 tile (the rows need no split). 32-frame windows (33 frames, 5 latent frames)
-    stepping 24 (an 8-frame cross-fade) hold 33/121 of the clip's frames, so a tile's activations are about 18% of the
-    untiled decode's, while each latent frame is decoded 5/3 times (16/8 frames would decode each three times)."""
+    frame into a 512x512 and a 320x512 tile (the rows need no split). 32-frame windows (33 frames, 5 latent frames)
+    stepping 24 (an 8-frame cross-fade; 5 windows over 121 frames) hold 33 of the clip's 121 frames, so a tile's
+    activations are about 18% of the untiled decode's, while each latent frame is decoded about 5/3 times (16/8 would
+    decode each three times)."""
 
     enabled: bool = True
     tile_px: int = 512
@@ -546,8 +547,10 @@ def _axis_stride(cells: int, tile: int, stride: int, reflect: bool) -> int:
     """The stride in latent cells along one axis of `cells`: a whole tile where one tile spans the axis (diffusers
     splits both axes once either exceeds a tile), else the stride nearest the asked one whose last tile is at least
     2 cells wide: reflect padding cannot pad a 1-cell tile, and diffusers 0.42 decodes one and fails."""
-    if cells <= tile or not reflect:
-        return tile if cells <= tile else stride
+    if cells <= tile:
+        return tile
+    if not reflect:
+        return stride
     for k in sorted(range(1, tile + 1), key=lambda k: (k == tile, abs(k - stride), -k)):
         if (cells - 1) % k:
             return k

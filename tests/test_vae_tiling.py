@@ -166,6 +166,18 @@ def test_decode_where_diffusers_would_leave_a_one_cell_reflect_tile(pocket: Back
     assert min(min(s[3:]) for s in seen.shapes) >= 2
 
 
+def test_defaults_at_ltx2_geometry() -> None:
+    """On a VAE with LTX-2's 32x / 8x grid (tiny's), the defaults cut 768x512 into a 512x512 and a 320x512 tile,
+    and decode 832x480, whose rows fit one tile, in one row (diffusers' own stride would leave a 1-cell row)."""
+    tiny = load_backbone("tiny", device="cpu", components={"vae"})
+    with _Shapes(tiny.vae.encoder) as enc, _Shapes(tiny.vae.decoder) as dec:
+        tiny.encode_video(torch.zeros(1, 1, 512, 768, 3, dtype=torch.uint8))
+        tiny.decode_video(torch.zeros(1, 16, 1, 16, 24))
+        tiny.decode_video(torch.zeros(1, 16, 1, 15, 26))
+    assert [s[3:] for s in enc.shapes] == [(512, 512), (512, 320)]
+    assert [s[3:] for s in dec.shapes] == [(16, 16), (16, 10), (15, 16), (15, 12)]
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(BadUsage, match="must not exceed"):
         VaeTiling(tile_px=64, stride_px=96)
