@@ -45,6 +45,14 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+VaeTilingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--vae-tiling/--no-vae-tiling",
+        help="Encode and decode video in overlapping tiles of 512 px and 32 frames, blended (lower VAE memory; "
+        "see docs/vae_tiling.md). --no-vae-tiling runs the VAE on the whole clip.",
+    ),
+]
 
 
 def _progress(json_mode: bool) -> Progress:
@@ -80,7 +88,7 @@ def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
 
 
-def _load_backbone(model: str | None) -> Any:
+def _load_backbone(model: str | None, vae_tiling: bool = True) -> Any:
     """Load the backbone for a command. The tiny and pocket models' ops are too small to gain from threads — on 2
     shared cores extra threads made tiny's steps ~10× slower — so they run on one unless OMP_NUM_THREADS says
     otherwise."""
@@ -91,7 +99,7 @@ def _load_backbone(model: str | None) -> Any:
     name = _model_name(model)
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    return load_backbone(name)
+    return load_backbone(name, vae_tiling=vae_tiling)
 
 
 def command(
@@ -182,6 +190,7 @@ def prepare_cmd(
                      "fresh entries are kept."),
     ] = False,
     model: ModelOpt = None,
+    vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
@@ -209,7 +218,7 @@ def prepare_cmd(
                           progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
                           options={"speakers": speakers, "line_width": line_width})
         if encode and summary.rows:
-            backbone = _load_backbone(model)
+            backbone = _load_backbone(model, vae_tiling)
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, backbone,
                                     progress=lambda d, t: progress.update(encoding, completed=d, total=t))
@@ -296,6 +305,7 @@ def train_cmd(
                      "loraplus_lr_ratio). Default 1 = plain AdamW, the paper's recipe."),
     ] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs tensorboard).")] = False,
+    vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -331,7 +341,7 @@ def train_cmd(
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
     ranks = Ranks()
-    backbone = _load_backbone(cfg.model)
+    backbone = _load_backbone(cfg.model, vae_tiling)
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         if not ranks.main:
@@ -885,6 +895,7 @@ def generate_cmd(
                      "The model loads once; a bad row is reported and the rest go on (exit 1 if any failed)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
@@ -906,7 +917,7 @@ def generate_cmd(
 
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
-        backbone = _load_backbone(model)
+        backbone = _load_backbone(model, vae_tiling)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -920,7 +931,7 @@ def generate_cmd(
         return
 
     rows = _batch_rows(batch, flags)
-    backbone = _load_backbone(model) if any(isinstance(r, dict) for _, r in rows) else None
+    backbone = _load_backbone(model, vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:

@@ -141,7 +141,8 @@ def phase_decode(mode: dict[str, Any], device: torch.device) -> dict[str, Any]:
     video = backbone.decode_video(latents.to(device, backbone.dtype))
     seconds = time.perf_counter() - start
     plan = make_plan(PlanRequest(modality="canny", model=mode["model"], bucket=mode["bucket"]))
-    return {"frames": list(video.shape), "seconds": round(seconds, 2), "peak_gib": round(_peak_gib(device, baseline), 3),
+    peak = _peak_gib(device, baseline)
+    return {"frames": list(video.shape), "seconds": round(seconds, 2), "peak_gib": round(peak, 3),
             "plan_vae_gib": round(plan.precompute["vae weights"] + plan.precompute["encoding activations"], 3)}
 
 
