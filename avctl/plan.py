@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -415,10 +414,10 @@ def _flags(chosen: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 def parse_bucket(text: str) -> tuple[int, int, int]:
-    match = re.fullmatch(r"(\d+)x(\d+)x(\d+)", text.strip())
-    if not match:
-        raise BadUsage(f"--bucket {text!r}: use WIDTHxHEIGHTxFRAMES, e.g. 768x512x121")
-    return int(match[1]), int(match[2]), int(match[3])
+    from avctl.media import Bucket
+
+    bucket = Bucket.parse(text)
+    return bucket.width, bucket.height, bucket.frames
 
 
 # ------------------------------------------------------------------------------------------------ measuring
