@@ -25,9 +25,9 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,8 +48,7 @@ from avctl.errors import AvctlError, BadInput, BadUsage
 from avctl.forward import predict
 from avctl.lora import LoraFile, load_lora, read_lora
 
-Schedule = Literal["auto", "shifted", "distilled"]
-SCHEDULES: tuple[str, ...] = ("auto", "shifted", "distilled")
+SCHEDULES: tuple[str, ...] = ("auto", "official", "shifted", "distilled")
 DEFAULT_STEPS = 30
 COMPOSITE_THRESHOLD = 16  # a control pixel counts as drawn (non-black) when any channel is above this
 ADAPTER_PREFIX = "avctl_gen_"
@@ -124,34 +123,182 @@ def strength_tokens(
     return torch.from_numpy(values.reshape(1, -1))
 
 
+# ------------------------------------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class Guidance:
+    """LTX-2's guidance, per stream, as `LTX2Pipeline` applies it (on x0 predictions, delta form):
+    x0 = x0_cond + (cfg − 1)(x0_cond − x0_negative) + stg (x0_cond − x0_stg) + (modality − 1)(x0_cond − x0_isolated),
+    then rescaled towards x0_cond's standard deviation by `rescale` (diffusers' `rescale_noise_cfg`).
+    Each term costs one more model pass per step and is skipped when it is neutral (cfg 1, stg 0, modality 1).
+    `cross_timestep` None = the model's own (on for LTX-2.3-style transformers)."""
+
+    cfg: float = 1.0
+    audio_cfg: float = 1.0
+    stg: float = 0.0
+    audio_stg: float = 0.0
+    modality: float = 1.0
+    audio_modality: float = 1.0
+    rescale: float = 0.0
+    audio_rescale: float = 0.0
+    stg_blocks: tuple[int, ...] = ()
+    cross_timestep: bool | None = None
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg != 1.0 or self.audio_cfg != 1.0
+
+    @property
+    def uses_stg(self) -> bool:
+        return (self.stg != 0.0 or self.audio_stg != 0.0) and bool(self.stg_blocks)
+
+    @property
+    def uses_modality(self) -> bool:
+        return self.modality != 1.0 or self.audio_modality != 1.0
+
+    @property
+    def in_x0(self) -> bool:
+        """Whether anything beyond plain CFG is on (then the combination runs on x0, as the pipeline's)."""
+        return self.uses_stg or self.uses_modality or self.rescale > 0 or self.audio_rescale > 0 or self.uses_cfg
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sampling defaults for one kind of model: σ schedule, steps, guidance. `stg_blocks` are LTX-2's block
+    indices (48 blocks); a smaller model gets the block at the same relative depth."""
+
+    name: str
+    schedule: str
+    steps: int
+    guidance: Guidance
+    about: str
+
+
+# From diffusers' LTX2Pipeline (0.42): its call defaults (30 steps, CFG 3 video / 7 audio, STG 1, modality 3,
+# rescale 0.7) and its docstrings (STG block 29 for LTX-2.0, 28 for LTX-2.3; use_cross_timestep True is the
+# LTX-2.3 behaviour, False the LTX-2.0 one). distilled: DISTILLED_SIGMA_VALUES with no guidance at all (CFG 1),
+# the setting of the paper's results.
+_OFFICIAL = {"cfg": 3.0, "audio_cfg": 7.0, "stg": 1.0, "audio_stg": 1.0, "modality": 3.0, "audio_modality": 3.0,
+             "rescale": 0.7, "audio_rescale": 0.7}
+PRESETS: dict[str, Preset] = {
+    "ltx2": Preset("ltx2", "official", 30, Guidance(**_OFFICIAL, stg_blocks=(29,), cross_timestep=False),
+                   "LTX-2.0 with LTX2Pipeline's guidance"),
+    "ltx2.3": Preset("ltx2.3", "official", 30, Guidance(**_OFFICIAL, stg_blocks=(28,), cross_timestep=True),
+                     "LTX-2.3 with LTX2Pipeline's guidance"),
+    "distilled": Preset("distilled", "distilled", 8, Guidance(),
+                        "the distilled checkpoints' 8 fixed sigmas, no guidance (CFG 1): the paper's setting"),
+    "plain": Preset("plain", "shifted", 30, Guidance(),
+                    "avctl's LoRA-training σ shift (no terminal stretch), no guidance: one model pass per step"),
+}
+PRESET_CHOICES: tuple[str, ...] = ("auto", *PRESETS)
+LTX2_BLOCKS = 48
+
+# LTX-2's scheduler/scheduler_config.json (Lightricks/LTX-2 on the hub, as diffusers' conversion writes it): also
+# shipped in avctl/weights/pocket/scheduler/. Used for a model that has no scheduler config of its own (tiny).
+LTX2_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05,
+    "base_image_seq_len": 1024, "max_image_seq_len": 4096, "shift_terminal": 0.1, "time_shift_type": "exponential",
+    "invert_sigmas": False, "stochastic_sampling": False,
+}
+
+
+def model_directory(model_id: str) -> Path | None:
+    """The diffusers-format folder a backbone was loaded from (None for `tiny` or an unknown name)."""
+    from avctl.backbone import POCKET, POCKET_DIR, TINY
+
+    if model_id == TINY:
+        return None
+    if model_id == POCKET:
+        return POCKET_DIR
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from avctl.backbone import _locate
+
+        return _locate(model_id)[0]
+    except AvctlError:
+        return None
+
+
+def scheduler_config(backbone: Any) -> tuple[dict[str, Any], str]:
+    """(the model's scheduler config, where it came from): its scheduler/scheduler_config.json, else LTX-2's."""
+    folder = model_directory(str(backbone.model_id))
+    file = folder / "scheduler" / "scheduler_config.json" if folder is not None else None
+    if file is not None and file.is_file():
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {file}: {exc}") from exc
+        return {k: v for k, v in data.items() if not k.startswith("_")}, str(file)
+    return dict(LTX2_SCHEDULER_CONFIG), "LTX-2's scheduler config (the model has none)"
+
+
+def detect_preset(backbone: Any) -> str:
+    """The preset the model's own files call for: "distilled" when its scheduler config turns dynamic shifting off
+    (the distilled checkpoints' config does; diffusers' docs turn it back on to run the full model), "ltx2.3" for
+    an LTX-2.3-style transformer (`cross_attn_mod`), else "ltx2". Never the folder name."""
+    config, _ = scheduler_config(backbone)
+    if not config.get("use_dynamic_shifting", True):
+        return "distilled"
+    if getattr(backbone.transformer.config, "cross_attn_mod", False):
+        return "ltx2.3"
+    return "ltx2"
+
+
+def resolve_preset(preset: str, backbone: Any) -> Preset:
+    if preset not in PRESET_CHOICES:
+        raise BadUsage(f"--preset {preset!r}: use one of {', '.join(PRESET_CHOICES)}")
+    return PRESETS[detect_preset(backbone) if preset == "auto" else preset]
+
+
+def scale_stg_blocks(blocks: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """A preset's LTX-2 block indices (of 48) for a model with `num_layers` blocks: the same relative depth."""
+    if num_layers >= LTX2_BLOCKS:
+        return blocks
+    return tuple(sorted({min(num_layers - 1, b * num_layers // LTX2_BLOCKS) for b in blocks}))
+
+
 # ------------------------------------------------------------------------------------------------ schedules
-def resolve_schedule(schedule: str, model_id: str) -> Literal["shifted", "distilled"]:
-    """"auto" → "distilled" when the model's folder name or hub id contains "distilled", else "shifted"."""
+def resolve_schedule(schedule: str, default: str = "shifted") -> str:
+    """"auto" → `default` (the preset's schedule); otherwise the named one, checked."""
     if schedule not in SCHEDULES:
         raise BadUsage(f"--schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-    if schedule == "auto":
-        name = str(model_id).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-        return "distilled" if "distilled" in name.lower() else "shifted"
-    return "distilled" if schedule == "distilled" else "shifted"
+    return default if schedule == "auto" else schedule
 
 
-def sigma_schedule(schedule: Literal["shifted", "distilled"], steps: int | None, target_tokens: int) -> torch.Tensor:
+def sigma_schedule(schedule: str, steps: int | None, target_tokens: int,
+                   config: dict[str, Any] | None = None) -> torch.Tensor:
     """σ values [steps + 1], from 1 down to 0.
 
-    shifted: linear 1 → 0 in `steps` (default 30) steps, then LTX-2's exponential shift at μ from the TARGET token
-    count (as in training). distilled: the distilled LTX-2 checkpoint's fixed list (diffusers'
-    `DISTILLED_SIGMA_VALUES`, from ltx-pipelines) with the terminal 0 appended, used as is (no shift): 8 steps."""
+    official: LTX2Pipeline's: linspace(1, 1/steps, steps) through diffusers' FlowMatchEulerDiscreteScheduler with the
+    model's scheduler `config` (dynamic exponential shift at μ from the TARGET token count, then the stretch to its
+    `shift_terminal`), then 0. shifted: linear 1 → 0 in `steps` steps, LTX-2's exponential shift at μ from the
+    TARGET token count (as in LoRA training), no terminal stretch. distilled: the distilled LTX-2 checkpoint's fixed
+    list (diffusers' `DISTILLED_SIGMA_VALUES`, from ltx-pipelines) with the terminal 0 appended: 8 steps."""
     if schedule == "distilled":
         from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
         n = len(DISTILLED_SIGMA_VALUES)
         if steps is not None and steps != n:
             raise BadUsage(f"--steps {steps}: the distilled schedule has exactly {n} steps; drop --steps or pass "
-                           "--schedule shifted")
+                           "--schedule official")
         return torch.tensor([*DISTILLED_SIGMA_VALUES, 0.0], dtype=torch.float32)
     steps = DEFAULT_STEPS if steps is None else steps
     if steps < 1:
         raise BadUsage("--steps must be at least 1")
+    if schedule == "official" and steps == 1:
+        return torch.tensor([1.0, 0.0])  # the terminal stretch is 0/0 for one step (NaN in diffusers' scheduler)
+    if schedule == "official":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
+
+        config = dict(LTX2_SCHEDULER_CONFIG if config is None else config)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        mu = calculate_shift(target_tokens, config.get("base_image_seq_len", 1024),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.95),
+                             config.get("max_shift", 2.05))
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device="cpu")
+        return scheduler.sigmas.to(torch.float32)
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift_mu(target_tokens))
 
 
@@ -293,6 +440,8 @@ class Generation:
     schedule: str = "shifted"
     steps: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Every sampling choice as resolved (preset, σ list, guidance, cross timestep, negative prompt), for the sidecar.
+    settings: dict[str, Any] = field(default_factory=dict)
     # The video control as fed to the model (the first video LoRA's, or the composite), at reference size: the
     # left half of a preview. None without a video reference.
     control: np.ndarray | None = None  # [F, h, w, 3] uint8
@@ -380,13 +529,17 @@ def generate(
     warn: Callable[[str], None] | None = None,
     keep_video: np.ndarray | None = None,
     keep_audio: np.ndarray | None = None,
+    preset: str | None = None,
+    guidance: Guidance | None = None,
 ) -> Generation:
     """Generate video + audio from a prompt with control LoRAs (video and audio ones, in one joint pass).
 
     `use_references=False` runs the same LoRAs with no reference tokens at all (what strength 0 must equal).
     `composite=True` merges the video LoRAs' controls into one reference group (`composite_controls`).
     `first_frame` [H, W, 3] uint8 conditions the first frame (kept clean at timestep 0 throughout).
-    `schedule`: "auto" | "shifted" | "distilled" (`resolve_schedule`); `steps` None = the schedule's default.
+    `preset` ("auto" = the model's own, `detect_preset`; or a name in PRESETS) sets the schedule, steps and
+    guidance; None keeps avctl's plain sampler with `cfg` on both streams. `guidance` overrides the preset's.
+    `schedule`: "auto" (the preset's) | "official" | "shifted" | "distilled"; `steps` None = the preset's.
     `warn` receives one-line notes (a control cut to length, a LoRA made for another model); they are also kept
     in `Generation.warnings`.
     `keep_video` [F, H, W, 3] uint8 (any size; fitted to width×height like a bucket, cut to `frames`): a given video
@@ -415,10 +568,29 @@ def generate(
     kept_video = _prepare_keep_video(keep_video, width, height, frames) if keep_video is not None else None
     kept_audio = (_prepare_keep_audio(keep_audio, round(duration * backbone.audio_sample_rate), backbone)
                   if keep_audio is not None else None)
-    kind = resolve_schedule(schedule, backbone.model_id)
+    if preset is None:
+        chosen = PRESETS["plain"]
+        guidance = guidance if guidance is not None else Guidance(cfg=cfg, audio_cfg=cfg)
+    else:
+        chosen = resolve_preset(preset, backbone)
+        guidance = guidance if guidance is not None else chosen.guidance
+    guidance = _check_guidance(guidance, chosen, transformer, note)
+    kind = resolve_schedule(schedule, chosen.schedule)
+    if steps is None and kind != "distilled":
+        steps = chosen.steps
+    sched_config, sched_source = scheduler_config(backbone) if kind == "official" else (None, None)
     # The shift follows the generated stream's token count, as training's `schedule_tokens` does.
-    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(grid))
+    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(grid), sched_config)
     n_steps = len(sigmas) - 1
+    settings = {
+        "preset": chosen.name,
+        "preset_requested": preset,
+        "schedule": kind,
+        "scheduler_config": sched_source,
+        "sigmas": [round(float(x), 6) for x in sigmas],
+        "guidance": {**asdict(guidance), "stg_blocks": list(guidance.stg_blocks)},
+        "negative_prompt": negative_prompt,
+    }
 
     # Everything that can be refused is checked before any adapter is attached.
     if composite and use_references:
@@ -487,7 +659,7 @@ def generate(
         result = _sample(
             backbone, prompt, loras, grid=grid, audio_frames=audio_frames, height=height, width=width,
             frames=frames, fps=fps, strength=strength, strength_map=strength_map, strength_ramp=strength_ramp,
-            sigmas=sigmas, cfg=cfg, seed=seed, negative_prompt=negative_prompt, use_references=use_references,
+            sigmas=sigmas, guidance=guidance, seed=seed, negative_prompt=negative_prompt, use_references=use_references,
             composite=composite, image=image, progress=progress, kept_video=kept_video, kept_audio=kept_audio,
         )
     finally:
@@ -519,6 +691,7 @@ def generate(
         steps=n_steps,
         warnings=notes,
         control=control,
+        settings=settings,
     )
 
 
@@ -537,7 +710,7 @@ def _sample(
     strength_map: np.ndarray | None,
     strength_ramp: tuple[float, float] | None,
     sigmas: torch.Tensor,
-    cfg: float,
+    guidance: Guidance,
     seed: int,
     negative_prompt: str,
     use_references: bool,
@@ -594,7 +767,7 @@ def _sample(
                 audio_refs.append(Reference(lat, 1, w, group))
 
     text = backbone.encode_text([prompt])
-    negative = backbone.encode_text([negative_prompt]) if cfg != 1.0 else None
+    negative = backbone.encode_text([negative_prompt]) if guidance.uses_cfg else None
     directions = {u.lora.avctl.get("strength_direction", "target") for u in loras}
     direction = "symmetric" if "symmetric" in directions else "target"
 
@@ -635,12 +808,27 @@ def _sample(
             )
             if n_clean:
                 canvas.video.timestep[:, :n_clean] = 0.0
-            v_pred, a_pred = predict(transformer, canvas, text.video, text.audio, text.mask)
-            v_pred, a_pred = canvas.video.target(v_pred), canvas.audio.target(a_pred)
-            if negative is not None:
-                v_neg, a_neg = predict(transformer, canvas, negative.video, negative.audio, negative.mask)
-                v_pred = canvas.video.target(v_neg) + cfg * (v_pred - canvas.video.target(v_neg))
-                a_pred = canvas.audio.target(a_neg) + cfg * (a_pred - canvas.audio.target(a_neg))
+            # Each stream's noise level as the model's `sigma` (the pipeline passes σ·1000; clean context 0).
+            s_video = sigma * 1000.0 if video_noisy else torch.zeros_like(sigma)
+            s_audio = sigma * 1000.0 if audio_noisy else torch.zeros_like(sigma)
+
+            def run(t: Any, canvas: Canvas = canvas, s_video: torch.Tensor = s_video,
+                    s_audio: torch.Tensor = s_audio, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                v, a = predict(transformer, canvas, t.video, t.audio, t.mask, sigma=s_video, audio_sigma=s_audio,
+                               cross_timestep=guidance.cross_timestep, **kw)
+                return canvas.video.target(v).float(), canvas.audio.target(a).float()
+
+            v_pred, a_pred = run(text)
+            if guidance.in_x0:
+                passes = [(v_pred, a_pred),
+                          run(negative) if guidance.uses_cfg else (None, None),
+                          run(text, stg_blocks=list(guidance.stg_blocks)) if guidance.uses_stg else (None, None),
+                          run(text, isolate_modalities=True) if guidance.uses_modality else (None, None)]
+                s_i = sigmas[i].to(device)
+                v_pred = _guide(pack_video(x_video).float(), s_i, *(p[0] for p in passes), guidance.cfg,
+                                guidance.stg, guidance.modality, guidance.rescale)
+                a_pred = _guide(pack_audio(x_audio).float(), s_i, *(p[1] for p in passes), guidance.audio_cfg,
+                                guidance.audio_stg, guidance.audio_modality, guidance.audio_rescale)
             dt = float(sigmas[i + 1] - sigmas[i])
             if video_noisy:
                 x_video = unpack_video(pack_video(x_video) + dt * v_pred.float(), grid)
@@ -656,6 +844,75 @@ def _sample(
         video = backbone.decode_video(x_video)[0].cpu().numpy() if video_noisy else None
         wav_out = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy() if audio_noisy else None
     return video, wav_out, {"video": x_video.cpu(), "audio": x_audio.cpu()}, shown, t_prep, t_denoise
+
+
+def _guide(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+           perturbed: torch.Tensor | None, isolated: torch.Tensor | None, cfg: float, stg: float, modality: float,
+           rescale: float) -> torch.Tensor:
+    """LTX2Pipeline's guidance for one stream's target tokens [B, T, C]: velocities → x0 (x − σ·v), the delta terms,
+    the rescale, and back to a velocity, in the pipeline's order of operations."""
+    from diffusers.pipelines.ltx2.pipeline_ltx2 import rescale_noise_cfg
+
+    def x0(v: torch.Tensor) -> torch.Tensor:
+        return x - v * sigma
+
+    x0_cond = x0(cond)
+    cfg_delta = (cfg - 1) * (x0_cond - x0(uncond)) if uncond is not None else 0
+    stg_delta = stg * (x0_cond - x0(perturbed)) if perturbed is not None else 0
+    modality_delta = (modality - 1) * (x0_cond - x0(isolated)) if isolated is not None else 0
+    guided = x0_cond + cfg_delta + stg_delta + modality_delta
+    if rescale > 0:
+        guided = rescale_noise_cfg(guided, x0_cond, guidance_rescale=rescale)
+    return (x - guided) / sigma
+
+
+def _check_guidance(guidance: Guidance, preset: Preset, transformer: Any, note: Callable[[str], None]) -> Guidance:
+    """Validate the STG blocks against the model and resolve what the model decides: a preset's own STG blocks move
+    to the same relative depth of a smaller model; STG on a model without `perturbed_attn` does nothing in LTX-2
+    (the pipeline's pass equals the plain one), so it is dropped with a note; cross_timestep None → the model's."""
+    layers = int(transformer.config.num_layers)
+    blocks = tuple(int(b) for b in guidance.stg_blocks)
+    if any(b < 0 or b >= layers for b in blocks):
+        if blocks != preset.guidance.stg_blocks:
+            raise BadUsage(f"--stg-blocks {','.join(map(str, blocks))}: this model has blocks 0-{layers - 1}")
+        scaled = scale_stg_blocks(blocks, layers)
+        if guidance.stg or guidance.audio_stg:
+            note(f"preset {preset.name}: STG block {','.join(map(str, blocks))} of LTX-2's {LTX2_BLOCKS} is block "
+                 f"{','.join(map(str, scaled))} of this model's {layers} (same relative depth); pass --stg-blocks "
+                 "to choose")
+        blocks = scaled
+    guidance = replace(guidance, stg_blocks=blocks)
+    if (guidance.stg or guidance.audio_stg) and not blocks:
+        raise BadUsage("STG needs --stg-blocks (the blocks whose self-attention its extra pass skips)")
+    if guidance.uses_stg and not getattr(transformer.config, "perturbed_attn", False):
+        note("this model's transformer config has perturbed_attn false, so STG has no effect in LTX-2; its pass is "
+             "skipped (set perturbed_attn: true in transformer/config.json to use STG; no weights change)")
+        guidance = replace(guidance, stg=0.0, audio_stg=0.0)
+    if guidance.cross_timestep is None:
+        guidance = replace(guidance, cross_timestep=bool(getattr(transformer.config, "cross_attn_mod", False)))
+    return guidance
+
+
+def pipeline_latents(backbone: Any, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """avctl's normalised final latents → what `LTX2Pipeline(output_type="latent")` returns: video [B, C, F, H, W]
+    and audio [B, C, T, M], unpacked and denormalised (with the pipeline's own helpers)."""
+    from diffusers import LTX2Pipeline
+
+    vae, audio_vae = backbone.vae, backbone.audio_vae
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if "video" in latents:
+            out["video"] = LTX2Pipeline._denormalize_latents(
+                latents["video"].float().cpu(), vae.latents_mean.cpu(), vae.latents_std.cpu(), vae.config.scaling_factor
+            ).contiguous()
+        if "audio" in latents:
+            lat = latents["audio"].float().cpu()
+            tokens = LTX2Pipeline._denormalize_audio_latents(
+                LTX2Pipeline._pack_audio_latents(lat), audio_vae.latents_mean.cpu(), audio_vae.latents_std.cpu()
+            )
+            out["audio"] = LTX2Pipeline._unpack_audio_latents(tokens, lat.shape[2], num_mel_bins=lat.shape[3])
+            out["audio"] = out["audio"].contiguous()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ previews

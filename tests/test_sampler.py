@@ -1,0 +1,155 @@
+"""The sampler is LTX-2's own: on `pocket`, `avctl generate` with no LoRA is the same computation as diffusers'
+`LTX2Pipeline` loaded from the same directory (latents within 1e-4, frames within 1/255), with the official guidance
+and with none; each guidance term changes the result; presets come from the model's files; STG survives avctl's
+strength processor."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from avctl.backbone import POCKET_DIR, load_backbone
+from avctl.cli import app
+from avctl.errors import BadUsage
+from avctl.sample import PRESETS, Guidance, detect_preset, generate, pipeline_latents, scale_stg_blocks
+
+PROMPT = "a red ball rolls across the grass"
+SIZE = {"width": 64, "height": 64, "frames": 17}
+STEPS = 8
+OFFICIAL = replace(PRESETS["ltx2"].guidance, stg_blocks=(1,))  # pocket has 4 blocks: STG on block 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pocket():
+    return load_backbone("pocket", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import LTX2Pipeline
+
+    p = LTX2Pipeline.from_pretrained(str(POCKET_DIR), local_files_only=True)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def pipeline_run(pipe, g: Guidance, output_type: str):
+    return pipe(
+        prompt=PROMPT, num_frames=SIZE["frames"], width=SIZE["width"], height=SIZE["height"],
+        num_inference_steps=STEPS, generator=torch.Generator().manual_seed(42), output_type=output_type,
+        max_sequence_length=pipe.tokenizer.model_max_length,  # avctl pads to the tokenizer's limit
+        guidance_scale=g.cfg, audio_guidance_scale=g.audio_cfg, stg_scale=g.stg, audio_stg_scale=g.audio_stg,
+        modality_scale=g.modality, audio_modality_scale=g.audio_modality, guidance_rescale=g.rescale,
+        audio_guidance_rescale=g.audio_rescale, spatio_temporal_guidance_blocks=list(g.stg_blocks) or None,
+        use_cross_timestep=bool(g.cross_timestep), return_dict=False,
+    )
+
+
+def avctl_run(pocket, g: Guidance):
+    return generate(pocket, PROMPT, [], **SIZE, steps=STEPS, seed=42, preset="ltx2", guidance=g)
+
+
+def assert_parity(pocket, pipe, ours, g: Guidance) -> None:
+    video, audio = pipeline_run(pipe, g, "latent")
+    mine = pipeline_latents(pocket, ours.final_latents)
+    assert mine["video"].shape == video.shape and mine["audio"].shape == audio.shape
+    assert (mine["video"] - video).abs().max() < 1e-4
+    assert (mine["audio"] - audio).abs().max() < 1e-4
+    frames, _ = pipeline_run(pipe, g, "np")  # [1, F, H, W, 3] floats in [0, 1], before any mp4 encoding
+    assert np.abs(frames[0] - ours.frames.astype(np.float32) / 255).max() <= 1 / 255
+
+
+def test_matches_ltx2pipeline_with_official_guidance(pocket, pipe):
+    ours = avctl_run(pocket, OFFICIAL)
+    assert ours.settings["guidance"]["stg_blocks"] == [1] and ours.settings["schedule"] == "official"
+    assert ours.settings["sigmas"][-2] == pytest.approx(0.1)  # stretched to the scheduler's terminal σ
+    assert_parity(pocket, pipe, ours, OFFICIAL)
+
+
+def test_matches_ltx2pipeline_without_guidance_and_with_cross_timestep(pocket, pipe):
+    off = Guidance(cross_timestep=True)
+    assert_parity(pocket, pipe, avctl_run(pocket, off), off)
+
+
+def test_each_guidance_term_changes_the_latents(pocket):
+    base = avctl_run(pocket, OFFICIAL).final_latents
+    for drop in ({"cfg": 1.0, "audio_cfg": 1.0}, {"stg": 0.0, "audio_stg": 0.0},
+                 {"modality": 1.0, "audio_modality": 1.0}, {"rescale": 0.0, "audio_rescale": 0.0}):
+        other = avctl_run(pocket, replace(OFFICIAL, **drop)).final_latents
+        for stream in ("video", "audio"):
+            assert (other[stream] - base[stream]).abs().max() > 1e-3, (drop, stream)
+
+
+def test_stg_acts_through_the_strength_processor(pocket):
+    """avctl's strength processor sits on every self-attention; the STG pass must still skip block 1's."""
+    from avctl.canvas import Canvas, build_stream
+    from avctl.forward import predict
+
+    tr = pocket.transformer
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, tr.config.in_channels, 2, 4, 4, generator=g)
+    a = torch.randn(1, 2, 5, 16, generator=g)
+    sigma = torch.tensor([0.5])
+    canvas = Canvas(build_stream("video", tr, x, sigma), build_stream("audio", tr, a, sigma))
+    text = pocket.encode_text([PROMPT])
+    with torch.no_grad():
+        plain = predict(tr, canvas, text.video, text.audio, text.mask)
+        stg = predict(tr, canvas, text.video, text.audio, text.mask, stg_blocks=[1])
+    assert type(tr.transformer_blocks[1].attn1.processor).__name__ == "StrengthAttnProcessor"
+    assert (plain[0] - stg[0]).abs().max() > 1e-3 and (plain[1] - stg[1]).abs().max() > 1e-3
+
+
+def test_presets_come_from_the_model_files(pocket, tmp_path):
+    assert detect_preset(pocket) == "ltx2"
+    assert json.loads((POCKET_DIR / "transformer" / "config.json").read_text())["perturbed_attn"] is True
+    assert scale_stg_blocks((29,), 4) == (2,) and scale_stg_blocks((29,), 48) == (29,)
+    # The same weights in a folder named "distilled" stay ltx2; a scheduler config without dynamic shifting
+    # (the distilled checkpoints') makes them distilled.
+    import shutil
+
+    copy = tmp_path / "ltx-2-distilled"
+    shutil.copytree(POCKET_DIR, copy)
+    assert detect_preset(load_backbone(str(copy), device="cpu", components={"transformer"})) == "ltx2"
+    config = json.loads((copy / "scheduler" / "scheduler_config.json").read_text())
+    config.update(use_dynamic_shifting=False, shift_terminal=None)
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    assert detect_preset(load_backbone(str(copy), device="cpu", components={"transformer"})) == "distilled"
+    with pytest.raises(BadUsage, match="blocks 0-3"):
+        generate(pocket, PROMPT, [], **SIZE, steps=1, preset="ltx2", guidance=replace(OFFICIAL, stg_blocks=(7,)))
+
+
+def test_cli_flags_override_the_preset_and_save_latents(tmp_path, pocket):
+    out, lat = tmp_path / "g.mp4", tmp_path / "g.safetensors"
+    r = CliRunner().invoke(app, [
+        "generate", "--model", "pocket", "--prompt", PROMPT, "--width", "64", "--height", "64", "--frames", "17",
+        "--steps", "2", "--preset", "ltx2", "--audio-guidance-scale", "5", "--modality-scale", "1",
+        "--stg-blocks", "1", "--save-latents", str(lat), "--out", str(out), "--json",
+    ], env={"AVCTL_NO_PROGRESS": "1"})
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    g = side["sampler"]["guidance"]
+    assert (g["cfg"], g["audio_cfg"], g["modality"], g["stg_blocks"]) == (3.0, 5.0, 1.0, [1])
+    assert side["sampler"]["preset"] == "ltx2" and side["latents"] == str(lat)
+    saved = load_file(str(lat))
+    again = generate(pocket, PROMPT, [], **SIZE, steps=2, seed=42, preset="ltx2",
+                     guidance=replace(OFFICIAL, audio_cfg=5.0, modality=1.0))
+    expected = pipeline_latents(pocket, again.final_latents)
+    assert set(saved) == {"video", "audio"}
+    assert torch.allclose(saved["video"], expected["video"], atol=1e-5)
+    assert torch.allclose(saved["audio"], expected["audio"], atol=1e-5)
+    bad = CliRunner().invoke(app, ["generate", "--model", "pocket", "--prompt", "x", "--preset", "best"])
+    assert bad.exit_code == 2 and "--preset 'best'" in bad.output
