@@ -153,3 +153,27 @@ def test_cli_flags_override_the_preset_and_save_latents(tmp_path, pocket):
     assert torch.allclose(saved["audio"], expected["audio"], atol=1e-5)
     bad = CliRunner().invoke(app, ["generate", "--model", "pocket", "--prompt", "x", "--preset", "best"])
     assert bad.exit_code == 2 and "--preset 'best'" in bad.output
+
+
+def test_preset_ltx2_with_a_canny_lora_on_pocket(pocket, tmp_path):
+    """With a LoRA and its control the guided sampler stays on the canvas: the reference steers the guided output,
+    and the preset's STG block (29 of LTX-2's 48) lands on pocket's block 2, with a note."""
+    from avctl.lora import add_lora, lora_state_dict, read_lora, save_lora
+    from avctl.sample import LoraUse
+
+    tr = load_backbone("pocket", device="cpu", components={"transformer"}).transformer
+    add_lora(tr, ("V.SA",), rank=4)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in tr.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    path = tmp_path / "canny.safetensors"
+    save_lora(path, lora_state_dict(tr), downscale=2, avctl_meta={"modality": "canny", "streams": ["video"]})
+    control = (np.random.default_rng(0).random((17, 32, 32, 3)) * 255).astype(np.uint8)
+    use = [LoraUse(read_lora(path), 1.0, control)]
+    full = generate(pocket, PROMPT, use, **SIZE, steps=2, preset="ltx2", strength=1.0)
+    none = generate(pocket, PROMPT, use, **SIZE, steps=2, preset="ltx2", strength=0.0)
+    assert full.settings["guidance"]["stg_blocks"] == [2] and any("block 2" in w for w in full.warnings)
+    assert torch.isfinite(full.final_latents["video"]).all()
+    assert (full.final_latents["video"] - none.final_latents["video"]).abs().max() > 1e-3
