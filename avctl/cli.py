@@ -596,6 +596,16 @@ def _resolve_guidance(backbone: Any, settings: dict[str, Any]) -> tuple[Any, Any
     return preset, replace(preset.guidance, **overrides)
 
 
+def _load_two_stage(backbone: Any, settings: dict[str, Any]) -> None:
+    """Replace settings["two_stage"] (upsampler folder, (LoRA file, weight)) by a loaded sample.TwoStage."""
+    from avctl.sample import TwoStage, load_upsampler
+
+    if settings.get("two_stage") is None:
+        return
+    folder, (lora, scale) = settings["two_stage"]
+    settings["two_stage"] = TwoStage(load_upsampler(folder, backbone.device), lora, scale)
+
+
 def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any], json_out: bool,
                     warn: Callable[[str], None], label: str = "generate") -> dict[str, Any]:
     """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
@@ -668,7 +678,7 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             steps=settings["steps"], seed=opts["seed"], composite=settings["composite"],
             first_frame=plan["image"], schedule=settings["schedule"], warn=warn,
             keep_video=keep_video, keep_audio=keep_audio, preset=settings["preset"], guidance=guidance,
-            negative_prompt=settings["negative_prompt"],
+            negative_prompt=settings["negative_prompt"], two_stage=settings.get("two_stage"),
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
@@ -863,6 +873,15 @@ def generate_cmd(
     cfg: Annotated[
         float | None, typer.Option(help="CFG scale for video and audio together (sets both guidance scales).")
     ] = None,
+    two_stage: Annotated[
+        bool, typer.Option(help="LTX-2's two-stage generation: the preset's sampling at half width and height, the "
+                           "latent upsampler (x2), then 3 distilled steps with --distilled-lora, no guidance.")
+    ] = False,
+    upsampler: Annotated[
+        Path | None, typer.Option(help="Latent upsampler folder for --two-stage (diffusers' LTX2LatentUpsamplerModel; "
+                                  "a model folder with latent_upsampler/ works too).")] = None,
+    distilled_lora: Annotated[
+        str | None, typer.Option(help="PATH[@WEIGHT]: the distilled LoRA stage 2 adds (--two-stage).")] = None,
     save_latents: Annotated[
         Path | None, typer.Option(help="Also write the final latents as safetensors (keys video, audio; unpacked and "
                                   "denormalised, as LTX2Pipeline's output_type='latent').")] = None,
@@ -905,6 +924,16 @@ def generate_cmd(
     settings = {"steps": steps, "composite": composite, "schedule": schedule, "preview": preview, "preset": preset,
                 "guidance": guidance, "negative_prompt": negative_prompt, "save_latents": save_latents}
     _check_guidance_flags(settings)
+    if two_stage and (upsampler is None or distilled_lora is None):
+        raise BadUsage("--two-stage needs --upsampler DIR and --distilled-lora FILE")
+    if not two_stage and (upsampler is not None or distilled_lora is not None):
+        raise BadUsage("--upsampler and --distilled-lora are for --two-stage; add it")
+    if two_stage:
+        from avctl.sample import open_lora
+
+        if not Path(upsampler).is_dir():
+            raise BadInput(f"--upsampler {upsampler}: not a folder")
+        settings["two_stage"] = (upsampler, open_lora(distilled_lora))
     if save_latents is not None and batch is not None:
         raise BadUsage("--save-latents names one file; it cannot be used with --batch")
 
@@ -915,6 +944,7 @@ def generate_cmd(
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
         backbone = _load_backbone(model)
+        _load_two_stage(backbone, settings)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -930,6 +960,8 @@ def generate_cmd(
 
     rows = _batch_rows(batch, flags)
     backbone = _load_backbone(model) if any(isinstance(r, dict) for _, r in rows) else None
+    if backbone is not None:
+        _load_two_stage(backbone, settings)
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:

@@ -428,6 +428,51 @@ def control_from_video(
     return video, None if wav is None else wav.astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------------------ two stages
+@dataclass
+class TwoStage:
+    """LTX-2's two-stage generation, as diffusers' LTX-2 docs run it: stage 1 samples at half the width and height
+    (the preset's schedule and guidance); its video latents go through the latent upsampler (×2, on denormalised
+    latents, as `LTX2LatentUpsamplePipeline`); stage 2 re-noises them and the stage-1 audio to σ = 0.909375
+    (`noise_scale`, noise drawn in packed token shape from a fresh generator seeded with the seed, as
+    `LTX2Pipeline.prepare_latents`) and denoises over `STAGE_2_DISTILLED_SIGMA_VALUES` (3 steps) with the distilled
+    LoRA added to the user's and no guidance. References are re-encoded at each stage's size."""
+
+    upsampler: Any  # diffusers' LTX2LatentUpsamplerModel
+    distilled_lora: LoraFile
+    distilled_scale: float = 1.0
+
+
+def load_upsampler(path: Path, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """diffusers' LTX2LatentUpsamplerModel from a folder holding its config.json, or a model folder with a
+    latent_upsampler/ subfolder (Lightricks/LTX-2's layout)."""
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file() and (folder / "latent_upsampler" / "config.json").is_file():
+        folder = folder / "latent_upsampler"
+    if not (folder / "config.json").is_file():
+        raise BadInput(f"--upsampler {path}: no config.json there or in its latent_upsampler/ folder")
+    try:
+        model = LTX2LatentUpsamplerModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise BadInput(f"--upsampler {path}: cannot load it ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+    return model.to(device).eval()
+
+
+def upsample_latents(backbone: Any, upsampler: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised video latents [B, C, F, H, W] → normalised latents at twice the height and width: denormalised
+    for the upsampler (it works on the VAE's own latents), normalised again for stage 2."""
+    from diffusers import LTX2Pipeline
+
+    vae = backbone.vae
+    with torch.no_grad():
+        z = LTX2Pipeline._denormalize_latents(latents.float(), vae.latents_mean, vae.latents_std,
+                                              vae.config.scaling_factor)
+        up = upsampler(z.to(upsampler.dtype)).float()
+        return LTX2Pipeline._normalize_latents(up, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+
+
 # ------------------------------------------------------------------------------------------------ generation
 @dataclass
 class Generation:
@@ -531,6 +576,7 @@ def generate(
     keep_audio: np.ndarray | None = None,
     preset: str | None = None,
     guidance: Guidance | None = None,
+    two_stage: TwoStage | None = None,
 ) -> Generation:
     """Generate video + audio from a prompt with control LoRAs (video and audio ones, in one joint pass).
 
@@ -540,6 +586,7 @@ def generate(
     `preset` ("auto" = the model's own, `detect_preset`; or a name in PRESETS) sets the schedule, steps and
     guidance; None keeps avctl's plain sampler with `cfg` on both streams. `guidance` overrides the preset's.
     `schedule`: "auto" (the preset's) | "official" | "shifted" | "distilled"; `steps` None = the preset's.
+    `two_stage` (TwoStage): the preset's sampling at half size, the latent upsampler, then 3 distilled steps.
     `warn` receives one-line notes (a control cut to length, a LoRA made for another model); they are also kept
     in `Generation.warnings`.
     `keep_video` [F, H, W, 3] uint8 (any size; fitted to width×height like a bucket, cut to `frames`): a given video
@@ -565,6 +612,18 @@ def generate(
         raise BadUsage("--keep-video and --keep-audio together leave nothing to generate; drop one")
     if keep_video is not None and first_frame is not None:
         raise BadUsage("--image conditions a generated video; with --keep-video the video is given, drop --image")
+    # Stage 1 of a two-stage generation runs at half size: everything size-bound below is checked at it.
+    size = (height // 2, width // 2) if two_stage is not None else (height, width)
+    if two_stage is not None:
+        if keep_video is not None or keep_audio is not None:
+            raise BadUsage("--two-stage generates both streams; drop --keep-video / --keep-audio")
+        if height % (2 * backbone.vae_spatial) or width % (2 * backbone.vae_spatial):
+            raise BadUsage(f"--two-stage: width and height must be multiples of {2 * backbone.vae_spatial} (stage 1 "
+                           "runs at half size)")
+        if int(two_stage.upsampler.config.in_channels) != int(transformer.config.in_channels):
+            raise BadInput(f"the latent upsampler takes {two_stage.upsampler.config.in_channels} channels, the model's "
+                           f"latents have {transformer.config.in_channels}")
+    stage_grid = backbone.latent_grid(frames, *size)
     kept_video = _prepare_keep_video(keep_video, width, height, frames) if keep_video is not None else None
     kept_audio = (_prepare_keep_audio(keep_audio, round(duration * backbone.audio_sample_rate), backbone)
                   if keep_audio is not None else None)
@@ -580,7 +639,8 @@ def generate(
         steps = chosen.steps
     sched_config, sched_source = scheduler_config(backbone) if kind == "official" else (None, None)
     # The shift follows the generated stream's token count, as training's `schedule_tokens` does.
-    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(grid), sched_config)
+    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(stage_grid),
+                            sched_config)
     n_steps = len(sigmas) - 1
     settings = {
         "preset": chosen.name,
@@ -604,10 +664,11 @@ def generate(
         if use.stream == "video":
             if use.control is None:
                 raise BadUsage(f"{use.name}: needs a --control video (or --from-video)")
-            if height % (s * backbone.vae_spatial) or width % (s * backbone.vae_spatial):
+            if size[0] % (s * backbone.vae_spatial) or size[1] % (s * backbone.vae_spatial):
+                need = s * backbone.vae_spatial * (2 if two_stage is not None else 1)
                 raise BadUsage(
-                    f"{use.name} has reference downscale {s}: width and height must be multiples of "
-                    f"{s * backbone.vae_spatial}"
+                    f"{use.name} has reference downscale {s}: width and height must be multiples of {need}"
+                    + (" with --two-stage" if two_stage is not None else "")
                 )
             have = use.control.shape[0]
             if have < frames:
@@ -642,7 +703,24 @@ def generate(
         if use.lora.avctl.get("context") == "clean" and not given:
             note(f"{use.name} was trained with the {other} given as clean context; pass --keep-{other} to use it as "
                  f"trained (this joint generation makes the {other} too)")
-    image = _prepare_image(first_frame, width, height) if first_frame is not None else None
+    image = _prepare_image(first_frame, size[1], size[0]) if first_frame is not None else None
+    if two_stage is not None:
+        from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
+
+        stage2_sigmas = torch.tensor([*STAGE_2_DISTILLED_SIGMA_VALUES, 0.0], dtype=torch.float32)
+        settings["two_stage"] = {
+            "upsampler": str(getattr(two_stage.upsampler.config, "_name_or_path", "") or "given"),
+            "stage1_size": [size[1], size[0]],
+            "distilled_lora": str(two_stage.distilled_lora.path),
+            "distilled_scale": two_stage.distilled_scale,
+            "stage2_sigmas": [round(float(x), 6) for x in stage2_sigmas],
+            "stage2_noise_scale": float(stage2_sigmas[0]),
+            "stage2_guidance": "none (CFG 1, STG 0, modality 1, rescale 0)",
+        }
+        n_steps += len(stage2_sigmas) - 1
+    sample_args = dict(strength=strength, strength_map=strength_map, strength_ramp=strength_ramp, seed=seed,
+                       negative_prompt=negative_prompt, use_references=use_references, composite=composite,
+                       progress=progress, frames=frames, fps=fps, audio_frames=audio_frames)
 
     names: list[str] = []
     try:
@@ -657,11 +735,25 @@ def generate(
         if names:
             transformer.set_adapters(names, weights=[u.scale for u in loras])
         result = _sample(
-            backbone, prompt, loras, grid=grid, audio_frames=audio_frames, height=height, width=width,
-            frames=frames, fps=fps, strength=strength, strength_map=strength_map, strength_ramp=strength_ramp,
-            sigmas=sigmas, guidance=guidance, seed=seed, negative_prompt=negative_prompt, use_references=use_references,
-            composite=composite, image=image, progress=progress, kept_video=kept_video, kept_audio=kept_audio,
+            backbone, prompt, loras, grid=stage_grid, height=size[0], width=size[1], sigmas=sigmas,
+            guidance=guidance, image=image, kept_video=kept_video, kept_audio=kept_audio,
+            decode=two_stage is None, **sample_args,
         )
+        if two_stage is not None:
+            _, _, first, _, t_prep, _ = result
+            name = f"{ADAPTER_PREFIX}distilled"
+            load_lora(transformer, two_stage.distilled_lora, name)
+            names.append(name)
+            transformer.set_adapters(names, weights=[u.scale for u in loras] + [two_stage.distilled_scale])
+            init = (upsample_latents(backbone, two_stage.upsampler, first["video"].to(backbone.device)),
+                    first["audio"].to(backbone.device))
+            image = _prepare_image(first_frame, width, height) if first_frame is not None else None
+            result = _sample(
+                backbone, prompt, loras, grid=grid, height=height, width=width, sigmas=stage2_sigmas,
+                guidance=Guidance(cross_timestep=guidance.cross_timestep), image=image, init=init,
+                noise_scale=float(stage2_sigmas[0]), **sample_args,
+            )
+            result = (*result[:4], t_prep, result[5])
     finally:
         if names:
             transformer.delete_adapters(names)
@@ -719,8 +811,13 @@ def _sample(
     progress: Any,
     kept_video: np.ndarray | None = None,
     kept_audio: np.ndarray | None = None,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    noise_scale: float = 1.0,
+    decode: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, torch.Tensor], np.ndarray | None, float, float]:
-    """The sampler proper, with the adapters attached: references → Euler steps → decode."""
+    """The sampler proper, with the adapters attached: references → Euler steps → decode. `init` (normalised video
+    and audio latents) starts from noise_scale·noise + (1 − noise_scale)·init instead of pure noise, with the noise
+    drawn in packed token shape as `LTX2Pipeline._create_noised_state` draws it; `decode=False` skips the VAEs."""
     device = backbone.device
     transformer = backbone.transformer
     duration = frames / fps
@@ -779,6 +876,13 @@ def _sample(
     x_audio = torch.randn((1, backbone.audio_latent_channels, audio_frames, mel_per_token), generator=gen).to(
         device, dtype
     )
+    if init is not None:  # re-noise given latents (two-stage's stage 2): fresh draws, packed shape, video first
+        gen = torch.Generator().manual_seed(seed)
+        v0, a0 = pack_video(init[0].to(device, dtype)), pack_audio(init[1].to(device, dtype))
+        v_noise = torch.randn(v0.shape, generator=gen).to(device, dtype)
+        a_noise = torch.randn(a0.shape, generator=gen).to(device, dtype)
+        x_video = unpack_video(noise_scale * v_noise + (1 - noise_scale) * v0, grid)
+        x_audio = unpack_audio(noise_scale * a_noise + (1 - noise_scale) * a0, backbone.audio_latent_channels)
     # First-frame conditioning: the image's latent is the target's first latent frame (the causal VAE encodes
     # pixel frame 0 alone into it), clean: its tokens — the first H'·W' in (f, h, w) order — carry timestep 0
     # and are written back after every step, so the sampler never moves them.
@@ -841,8 +945,9 @@ def _sample(
     t_denoise = time.perf_counter()
 
     with torch.no_grad():  # a kept stream is returned as given by the caller, so it is not decoded
-        video = backbone.decode_video(x_video)[0].cpu().numpy() if video_noisy else None
-        wav_out = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy() if audio_noisy else None
+        video = backbone.decode_video(x_video)[0].cpu().numpy() if video_noisy and decode else None
+        wav_out = (backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy()
+                   if audio_noisy and decode else None)
     return video, wav_out, {"video": x_video.cpu(), "audio": x_audio.cpu()}, shown, t_prep, t_denoise
 
 

@@ -177,3 +177,115 @@ def test_preset_ltx2_with_a_canny_lora_on_pocket(pocket, tmp_path):
     assert full.settings["guidance"]["stg_blocks"] == [2] and any("block 2" in w for w in full.warnings)
     assert torch.isfinite(full.final_latents["video"]).all()
     assert (full.final_latents["video"] - none.final_latents["video"]).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ two stages
+def tiny_upsampler(folder, channels: int):
+    """A random LTX2LatentUpsamplerModel (diffusers' class), saved as a folder."""
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    torch.manual_seed(0)
+    model = LTX2LatentUpsamplerModel(in_channels=channels, mid_channels=32, num_blocks_per_stage=1)
+    model.save_pretrained(folder)
+    return folder
+
+
+def random_lora(path, model: str, seed: int, zero: bool = False, downscale: int = 1, modality: str = "distilled"):
+    from avctl.lora import add_lora, lora_state_dict, save_lora
+
+    tr = load_backbone(model, device="cpu", components={"transformer"}).transformer
+    add_lora(tr, ("V.SA", "A.SA"), rank=4)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in tr.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.zeros_like(p) if zero and "lora_B" in n else torch.randn(p.shape, generator=gen) * 0.05)
+    save_lora(path, lora_state_dict(tr), downscale=downscale, avctl_meta={"modality": modality, "streams": ["video"]})
+    return path
+
+
+def test_two_stage_matches_diffusers_chain_on_pocket(pocket, pipe, tmp_path):
+    """Stage 1 at half size, LTX2LatentUpsamplePipeline, stage 2 from the re-noised latents over the stage-2
+    distilled sigmas: the same latents as diffusers' own two-stage chain (a distilled LoRA with zero effect, so the
+    pipeline needs none)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2LatentUpsamplePipeline
+    from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
+
+    from avctl.lora import read_lora
+    from avctl.sample import TwoStage, load_upsampler
+
+    folder = tiny_upsampler(tmp_path / "up", pocket.transformer.config.in_channels)
+    lora = read_lora(random_lora(tmp_path / "distilled.safetensors", "pocket", 3, zero=True))
+    g = replace(OFFICIAL, audio_cfg=3.0)
+    ours = generate(pocket, PROMPT, [], **SIZE, steps=4, seed=42, preset="ltx2", guidance=g,
+                    two_stage=TwoStage(load_upsampler(folder), lora))
+    assert ours.steps == 4 + 3 and ours.settings["two_stage"]["stage1_size"] == [32, 32]
+
+    kw = {"prompt": PROMPT, "num_frames": SIZE["frames"], "max_sequence_length": pipe.tokenizer.model_max_length,
+          "return_dict": False, "output_type": "latent", "use_cross_timestep": False}
+    video, audio = pipe(width=32, height=32, num_inference_steps=4, generator=torch.Generator().manual_seed(42),
+                        guidance_scale=g.cfg, audio_guidance_scale=g.audio_cfg, stg_scale=g.stg,
+                        audio_stg_scale=g.audio_stg, modality_scale=g.modality, audio_modality_scale=g.audio_modality,
+                        guidance_rescale=g.rescale, audio_guidance_rescale=g.audio_rescale,
+                        spatio_temporal_guidance_blocks=[1], **kw)
+    up = LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=load_upsampler(folder))
+    video = up(latents=video, height=32, width=32, num_frames=SIZE["frames"], output_type="latent",
+               return_dict=False)[0]
+    first = pipe.scheduler
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(first.config, use_dynamic_shifting=False,
+                                                                 shift_terminal=None)
+    try:
+        video, audio = pipe(width=64, height=64, latents=video, audio_latents=audio, num_inference_steps=3,
+                            sigmas=STAGE_2_DISTILLED_SIGMA_VALUES, noise_scale=STAGE_2_DISTILLED_SIGMA_VALUES[0],
+                            generator=torch.Generator().manual_seed(42), guidance_scale=1.0, audio_guidance_scale=1.0,
+                            stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0,
+                            guidance_rescale=0.0, audio_guidance_rescale=0.0, **kw)
+    finally:
+        pipe.scheduler = first
+    mine = pipeline_latents(pocket, ours.final_latents)
+    assert mine["video"].shape == video.shape == (1, 16, 5, 8, 8)
+    assert (mine["video"] - video).abs().max() < 1e-4 and (mine["audio"] - audio).abs().max() < 1e-4
+
+
+def test_cli_two_stage_on_tiny(tmp_path):
+    from avctl.backbone import load_backbone as load
+
+    folder = tiny_upsampler(tmp_path / "up", load("tiny", device="cpu", components={"transformer"})
+                            .transformer.config.in_channels)
+    lora = random_lora(tmp_path / "distilled.safetensors", "tiny", 5)
+    out = tmp_path / "two.mp4"
+    args = ["generate", "--model", "tiny", "--prompt", "a red ball", "--width", "128", "--height", "128",
+            "--frames", "9", "--steps", "2", "--preset", "plain", "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, "--two-stage", "--upsampler", str(folder), "--distilled-lora", str(lora)],
+                           env={"AVCTL_NO_PROGRESS": "1"})
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["steps"] == 2 + 3 and side["sampler"]["two_stage"]["stage1_size"] == [64, 64]
+    assert side["sampler"]["two_stage"]["stage2_sigmas"][0] == pytest.approx(0.909375)
+    from avctl.media import read_video
+
+    assert read_video(out).frames.shape == (9, 128, 128, 3)
+    bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "b.mp4"), "--two-stage"])
+    assert bad.exit_code == 2 and "--upsampler" in bad.output
+    bad = CliRunner().invoke(app, [*args[:6], "96", *args[7:-1], str(tmp_path / "c.mp4"), "--two-stage",
+                                   "--upsampler", str(folder), "--distilled-lora", str(lora)])
+    assert bad.exit_code == 2 and "multiples of 64" in bad.output
+
+
+def test_two_stage_re_encodes_references_at_each_stage_size(tmp_path):
+    """A control LoRA (2× reference) in a two-stage run: stage 1 attends to the control at 64/2, stage 2 at 128/2."""
+    from avctl.lora import read_lora
+    from avctl.sample import LoraUse, TwoStage, load_upsampler
+
+    tiny = load_backbone("tiny", device="cpu")
+    folder = tiny_upsampler(tmp_path / "up", tiny.transformer.config.in_channels)
+    stages = TwoStage(load_upsampler(folder), read_lora(random_lora(tmp_path / "d.safetensors", "tiny", 5)))
+    lora = read_lora(random_lora(tmp_path / "canny.safetensors", "tiny", 7, downscale=2, modality="canny"))
+    control = (np.random.default_rng(0).random((9, 128, 128, 3)) * 255).astype(np.uint8)
+    shapes: list[tuple[int, ...]] = []
+    encode = tiny.encode_video
+    tiny.encode_video = lambda frames: (shapes.append(tuple(frames.shape)), encode(frames))[1]
+    out = generate(tiny, "a red ball", [LoraUse(lora, 1.0, control)], width=128, height=128, frames=9, steps=2,
+                   preset="plain", two_stage=stages)
+    assert shapes == [(1, 9, 32, 32, 3), (1, 9, 64, 64, 3)]
+    assert out.frames.shape == (9, 128, 128, 3)
