@@ -289,3 +289,33 @@ def test_two_stage_re_encodes_references_at_each_stage_size(tmp_path):
                    preset="plain", two_stage=stages)
     assert shapes == [(1, 9, 32, 32, 3), (1, 9, 64, 64, 3)]
     assert out.frames.shape == (9, 128, 128, 3)
+
+
+def test_stg_mask_per_sample_with_strength_biases(pocket):
+    """A per-sample perturbation mask (diffusers' `perturbation_mask`, 0 = perturbed) with a reference at strength
+    0.5 (so the strength processor builds biases): each sample matches its own all-or-nothing run."""
+    from avctl.canvas import Canvas, Reference, build_stream
+    from avctl.strength import set_strength
+
+    tr = pocket.transformer
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, tr.config.in_channels, 2, 4, 4, generator=g)
+    ref = Reference(torch.randn(2, tr.config.in_channels, 2, 2, 2, generator=g), downscale=2, strength=0.5)
+    a = torch.randn(2, 2, 5, 16, generator=g)
+    sigma = torch.tensor([0.5, 0.5])
+    canvas = Canvas(build_stream("video", tr, x, sigma, [ref]), build_stream("audio", tr, a, sigma))
+    text = pocket.encode_text([PROMPT, PROMPT])
+
+    def run(mask):
+        set_strength(tr, canvas)
+        with torch.no_grad():
+            return tr(hidden_states=canvas.video.tokens, audio_hidden_states=canvas.audio.tokens,
+                      encoder_hidden_states=text.video, audio_encoder_hidden_states=text.audio,
+                      timestep=canvas.video.timestep, audio_timestep=canvas.audio.timestep,
+                      encoder_attention_mask=text.mask, audio_encoder_attention_mask=text.mask,
+                      video_coords=canvas.video.coords, audio_coords=canvas.audio.coords,
+                      spatio_temporal_guidance_blocks=[1], perturbation_mask=mask, return_dict=False)[0]
+
+    mixed, skipped, plain = run(torch.tensor([0.0, 1.0])), run(torch.zeros(2)), run(torch.ones(2))
+    assert torch.allclose(mixed[0], skipped[0], atol=1e-5) and torch.allclose(mixed[1], plain[1], atol=1e-5)
+    assert (skipped[0] - plain[0]).abs().max() > 1e-3
