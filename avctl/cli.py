@@ -645,6 +645,59 @@ def _camera_control(backbone: Any, plan: dict[str, Any], f: int) -> tuple[int, A
     return k, control, trajectory
 
 
+GUIDANCE_FLAGS = {  # CLI flag → sample.Guidance field
+    "guidance_scale": "cfg", "audio_guidance_scale": "audio_cfg", "stg_scale": "stg", "audio_stg_scale": "audio_stg",
+    "modality_scale": "modality", "audio_modality_scale": "audio_modality", "guidance_rescale": "rescale",
+    "audio_guidance_rescale": "audio_rescale", "stg_blocks": "stg_blocks", "cross_timestep": "cross_timestep",
+}
+
+
+def _parse_blocks(text: str | None) -> tuple[int, ...] | None:
+    """--stg-blocks "28" or "28,29" (or "" for none)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(b) for b in text.replace(" ", "").split(",") if b)
+    except ValueError:
+        raise BadUsage(f"--stg-blocks {text!r}: give block indices separated by commas, e.g. 28 or 28,29") from None
+
+
+def _check_guidance_flags(settings: dict[str, Any]) -> None:
+    """Refuse bad guidance values before the model loads."""
+    from avctl.sample import PRESET_CHOICES, resolve_schedule
+
+    resolve_schedule(settings["schedule"])  # a misspelt --schedule is refused before anything loads
+    if settings["preset"] not in PRESET_CHOICES:
+        raise BadUsage(f"--preset {settings['preset']!r}: use one of {', '.join(PRESET_CHOICES)}")
+    g = settings["guidance"]
+    for flag in ("guidance_rescale", "audio_guidance_rescale"):
+        if g.get(flag) is not None and not 0.0 <= g[flag] <= 1.0:
+            raise BadUsage(f"--{flag.replace('_', '-')} {g[flag]}: must lie in [0, 1]")
+    if any(b < 0 for b in g.get("stg_blocks") or ()):
+        raise BadUsage("--stg-blocks: block indices start at 0")
+
+
+def _resolve_guidance(backbone: Any, settings: dict[str, Any]) -> tuple[Any, Any]:
+    """The preset (--preset, or the model's own) and its guidance with the explicit flags laid over it."""
+    from dataclasses import replace
+
+    from avctl.sample import resolve_preset
+
+    preset = resolve_preset(settings["preset"], backbone)
+    overrides = {GUIDANCE_FLAGS[k]: v for k, v in settings["guidance"].items() if v is not None}
+    return preset, replace(preset.guidance, **overrides)
+
+
+def _load_two_stage(backbone: Any, settings: dict[str, Any]) -> None:
+    """Replace settings["two_stage"] (upsampler folder, (LoRA file, weight)) by a loaded sample.TwoStage."""
+    from avctl.sample import TwoStage, load_upsampler
+
+    if settings.get("two_stage") is None:
+        return
+    folder, (lora, scale) = settings["two_stage"]
+    settings["two_stage"] = TwoStage(load_upsampler(folder, backbone.device), lora, scale)
+
+
 def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any], json_out: bool,
                     warn: Callable[[str], None], label: str = "generate") -> dict[str, Any]:
     """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
@@ -708,17 +761,25 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         from avctl.sample import read_keep_audio
 
         keep_audio = read_keep_audio(Path(opts["keep_audio"]), backbone, f / rate)
+    _, guidance = _resolve_guidance(backbone, settings)
     with _progress(json_out) as progress:
         task = progress.add_task(label, total=None, info="")
         result = generate(
             backbone, opts["prompt"], uses, width=w, height=h, frames=f, fps=rate, strength=opts["strength"],
             strength_map=plan["strength_map"], strength_ramp=_parse_ramp(opts["strength_ramp"]),
-            steps=settings["steps"], cfg=settings["cfg"], seed=opts["seed"], composite=settings["composite"],
+            steps=settings["steps"], seed=opts["seed"], composite=settings["composite"],
             first_frame=plan["image"], schedule=settings["schedule"], warn=warn,
-            keep_video=keep_video, keep_audio=keep_audio,
+            keep_video=keep_video, keep_audio=keep_audio, preset=settings["preset"], guidance=guidance,
+            negative_prompt=settings["negative_prompt"], two_stage=settings.get("two_stage"),
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
+    if settings.get("save_latents") is not None:
+        from safetensors.torch import save_file
+
+        from avctl.sample import pipeline_latents
+
+        save_file(pipeline_latents(backbone, result.final_latents), str(settings["save_latents"]))
     sidecar: dict[str, Any] = {
         "video": str(out_path),
         "prompt": opts["prompt"],
@@ -740,7 +801,9 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         "seed": opts["seed"],
         "steps": result.steps,
         "schedule": result.schedule,
-        "cfg": settings["cfg"],
+        "cfg": result.settings["guidance"]["cfg"],
+        "sampler": result.settings,
+        "latents": str(settings["save_latents"]) if settings.get("save_latents") is not None else None,
         "model": backbone.model_id,
         "size": {"width": w, "height": h, "frames": f, "fps": rate},
         "audio_sample_rate": result.sample_rate,
@@ -870,11 +933,50 @@ def generate_cmd(
     ] = None,
     schedule: Annotated[
         str,
-        typer.Option(help="σ schedule: auto (distilled when the model's folder name or id contains 'distilled', "
-                     "else shifted), shifted (LoRA-training shift by target token count) or distilled (LTX-2's "
-                     "fixed 8-step list)."),
+        typer.Option(help="σ schedule: auto (the preset's), official (the model's scheduler config as "
+                     "LTX2Pipeline uses it: shift by target token count, stretched to its terminal σ), shifted "
+                     "(LoRA-training shift, no stretch) or distilled (LTX-2's fixed 8-step list)."),
     ] = "auto",
-    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 = off, the paper's setting).")] = 1.0,
+    preset: Annotated[
+        str,
+        typer.Option(help="Sampling preset: auto (the model's own, read from its files: distilled when its scheduler "
+                     "config turns dynamic shifting off, ltx2.3 for an LTX-2.3 transformer, else ltx2), ltx2 / ltx2.3 "
+                     "(LTX2Pipeline's schedule and guidance: 30 steps, CFG 3/7, STG 1, modality 3, rescale 0.7), "
+                     "distilled (8 fixed sigmas, CFG 1: the paper's), plain (avctl's training shift, no guidance: "
+                     "one pass per step). Explicit flags override it. See docs/sampler.md."),
+    ] = "auto",
+    guidance_scale: Annotated[float | None, typer.Option(help="Video CFG scale (1 = off).")] = None,
+    audio_guidance_scale: Annotated[float | None, typer.Option(help="Audio CFG scale. Default: the preset's.")] = None,
+    stg_scale: Annotated[float | None, typer.Option(help="Video spatio-temporal guidance scale (0 = off).")] = None,
+    audio_stg_scale: Annotated[float | None, typer.Option(help="Audio STG scale (0 = off).")] = None,
+    modality_scale: Annotated[
+        float | None, typer.Option(help="Video modality-isolation guidance scale (1 = off).")] = None,
+    audio_modality_scale: Annotated[float | None, typer.Option(help="Audio modality guidance scale (1 = off).")] = None,
+    guidance_rescale: Annotated[float | None, typer.Option(help="Video guidance rescale, 0–1 (0 = off).")] = None,
+    audio_guidance_rescale: Annotated[float | None, typer.Option(help="Audio guidance rescale, 0–1.")] = None,
+    stg_blocks: Annotated[
+        str | None, typer.Option(help="Transformer blocks STG perturbs, e.g. 29 or 28,29 (the model's needs "
+                                 "perturbed_attn: true). Default: the preset's, at the same relative depth.")] = None,
+    cross_timestep: Annotated[
+        bool | None, typer.Option("--cross-timestep/--no-cross-timestep",
+                                  help="Modulate audio↔video attention by the other stream's σ (LTX-2.3). Default: "
+                                  "the preset's (ltx2.3 on), else the model's.")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt for CFG (LTX2Pipeline's default: empty).")] = "",
+    cfg: Annotated[
+        float | None, typer.Option(help="CFG scale for video and audio together (sets both guidance scales).")
+    ] = None,
+    two_stage: Annotated[
+        bool, typer.Option(help="LTX-2's two-stage generation: the preset's sampling at half width and height, the "
+                           "latent upsampler (x2), then 3 distilled steps with --distilled-lora, no guidance.")
+    ] = False,
+    upsampler: Annotated[
+        Path | None, typer.Option(help="Latent upsampler folder for --two-stage (diffusers' LTX2LatentUpsamplerModel; "
+                                  "a model folder with latent_upsampler/ works too).")] = None,
+    distilled_lora: Annotated[
+        str | None, typer.Option(help="PATH[@WEIGHT]: the distilled LoRA stage 2 adds (--two-stage).")] = None,
+    save_latents: Annotated[
+        Path | None, typer.Option(help="Also write the final latents as safetensors (keys video, audio; unpacked and "
+                                  "denormalised, as LTX2Pipeline's output_type='latent').")] = None,
     width: Annotated[int | None, typer.Option(help="Output width. Default: the control's.")] = None,
     height: Annotated[int | None, typer.Option(help="Output height. Default: the control's.")] = None,
     frames: Annotated[
@@ -899,9 +1001,6 @@ def generate_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
-    from avctl.sample import resolve_schedule
-
-    resolve_schedule(schedule, "")  # a misspelt --schedule is refused before anything loads
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
         "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
@@ -909,7 +1008,27 @@ def generate_cmd(
         "strength_map": strength_map, "strength_ramp": strength_ramp,
         "seed": seed, "width": width, "height": height, "frames": frames, "fps": fps, "out": out_path,
     }
-    settings = {"steps": steps, "cfg": cfg, "composite": composite, "schedule": schedule, "preview": preview}
+    guidance = {"guidance_scale": guidance_scale if guidance_scale is not None else cfg,
+                "audio_guidance_scale": audio_guidance_scale if audio_guidance_scale is not None else cfg,
+                "stg_scale": stg_scale, "audio_stg_scale": audio_stg_scale, "modality_scale": modality_scale,
+                "audio_modality_scale": audio_modality_scale, "guidance_rescale": guidance_rescale,
+                "audio_guidance_rescale": audio_guidance_rescale, "stg_blocks": _parse_blocks(stg_blocks),
+                "cross_timestep": cross_timestep}
+    settings = {"steps": steps, "composite": composite, "schedule": schedule, "preview": preview, "preset": preset,
+                "guidance": guidance, "negative_prompt": negative_prompt, "save_latents": save_latents}
+    _check_guidance_flags(settings)
+    if two_stage and (upsampler is None or distilled_lora is None):
+        raise BadUsage("--two-stage needs --upsampler DIR and --distilled-lora FILE")
+    if not two_stage and (upsampler is not None or distilled_lora is not None):
+        raise BadUsage("--upsampler and --distilled-lora are for --two-stage; add it")
+    if two_stage:
+        from avctl.sample import open_lora
+
+        if not Path(upsampler).is_dir():
+            raise BadInput(f"--upsampler {upsampler}: not a folder")
+        settings["two_stage"] = (upsampler, open_lora(distilled_lora))
+    if save_latents is not None and batch is not None:
+        raise BadUsage("--save-latents names one file; it cannot be used with --batch")
 
     def warner(prefix: str) -> Callable[[str], None]:
         return lambda msg: err.print(f"avctl generate: {prefix}warning: {msg}", highlight=False, markup=False,
@@ -918,6 +1037,7 @@ def generate_cmd(
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
         backbone = _load_backbone(model, vae_tiling)
+        _load_two_stage(backbone, settings)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -925,13 +1045,16 @@ def generate_cmd(
             size = sidecar["size"]
             err.print(f"video: {sidecar['video']}  ({size['frames']} frames {size['width']}x{size['height']} @ "
                       f"{size['fps']:g} fps, audio {sidecar['audio_sample_rate']} Hz, {sidecar['steps']} steps "
-                      f"{sidecar['schedule']}, {sidecar['timings']['total_s']:.1f} s)")
+                      f"{sidecar['schedule']}, preset {sidecar['sampler']['preset']}, "
+                      f"{sidecar['timings']['total_s']:.1f} s)")
             if preview:
                 err.print(f"preview: {sidecar['preview']}  sheet: {sidecar['sheet']}")
         return
 
     rows = _batch_rows(batch, flags)
     backbone = _load_backbone(model, vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
+    if backbone is not None:
+        _load_two_stage(backbone, settings)
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:
