@@ -10,7 +10,7 @@ from avctl.strength import set_strength
 
 def _absent_stream_token(
     transformer: torch.nn.Module, stream: str, batch: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One zero token for an absent stream. The model cannot take an empty sequence, so an absent stream gets a
     single token and audio↔video attention is switched off (`isolate_modalities`): the present stream then cannot
     see it at all."""
@@ -20,7 +20,7 @@ def _absent_stream_token(
     else:
         tokens = torch.zeros(batch, 1, transformer.config.audio_in_channels, device=device, dtype=dtype)
         coords = audio_coords(transformer, batch, 1, device)
-    return tokens, coords, torch.zeros(batch, 1, device=device)
+    return tokens, coords, torch.zeros(batch, 1, device=device), torch.zeros(batch, device=device)
 
 
 def predict(
@@ -31,7 +31,9 @@ def predict(
     text_mask: torch.Tensor,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The model's velocity prediction on every token of each present stream ([B, T, C]); None for an absent one.
-    Strength biases from the canvas apply inside (and stay set for a checkpointed backward)."""
+    Strength biases from the canvas apply inside (and stay set for a checkpointed backward). Each stream's per-sample
+    σ goes in as `sigma` / `audio_sigma` (LTX-2.3-style configs modulate the prompt cross-attention by it), so
+    training and sampling pass the same."""
     present = canvas.video if canvas.video is not None else canvas.audio
     if present is None:
         raise ValueError("a canvas needs at least one stream")
@@ -41,10 +43,12 @@ def predict(
     def stream_inputs(sc, name):
         if sc is None:
             return _absent_stream_token(transformer, name, batch, device, dtype)
-        return sc.tokens.to(dtype), sc.coords, sc.timestep
+        # A canvas built without build_stream has no σ: its highest per-token timestep is the noisy target's.
+        sigma = sc.sigma if sc.sigma is not None else sc.timestep.amax(dim=1)
+        return sc.tokens.to(dtype), sc.coords, sc.timestep, sigma
 
-    v_tokens, v_coords, v_t = stream_inputs(canvas.video, "video")
-    a_tokens, a_coords, a_t = stream_inputs(canvas.audio, "audio")
+    v_tokens, v_coords, v_t, v_sigma = stream_inputs(canvas.video, "video")
+    a_tokens, a_coords, a_t, a_sigma = stream_inputs(canvas.audio, "audio")
     set_strength(transformer, canvas)
     video_out, audio_out = transformer(
         hidden_states=v_tokens,
@@ -53,6 +57,8 @@ def predict(
         audio_encoder_hidden_states=text_audio.to(dtype),
         timestep=v_t,
         audio_timestep=a_t,
+        sigma=v_sigma,  # per-sample σ·1000 for LTX-2.3-style prompt modulation (unused by LTX-2.0 configs)
+        audio_sigma=a_sigma,
         encoder_attention_mask=text_mask,
         audio_encoder_attention_mask=text_mask,
         video_coords=v_coords,

@@ -30,6 +30,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx2 import (
     LTX2AudioVideoAttnProcessor,
+    LTX2PerturbedAttnProcessor,
     apply_interleaved_rotary_emb,
     apply_split_rotary_emb,
 )
@@ -146,7 +147,9 @@ def plan_strength(canvas: Canvas) -> dict[tuple[str, str], list[RowBlock] | None
 
 class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
     """diffusers' LTX-2 attention processor plus the strength bias. With no plan it defers to the stock
-    processor, so the fast path is the stock computation."""
+    processor, so the fast path is the stock computation. LTX-2.3-style options are honoured: gated attention
+    (`to_gate_logits`) and, on `perturbed_attn` models, the STG perturbation the block passes in (perturbed rows
+    take the value projection instead of attention, as `LTX2PerturbedAttnProcessor` does)."""
 
     def __init__(self, state: StrengthState, query_stream: str, key_stream: str) -> None:
         super().__init__()
@@ -161,17 +164,25 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
         attention_mask: torch.Tensor | None = None,
         query_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         key_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        perturbation_mask: torch.Tensor | None = None,
+        all_perturbed: bool | torch.Tensor | None = None,
     ) -> torch.Tensor:
         blocks = self.state.plans.get(self.pair)
         if blocks is not None and blocks[-1].end != hidden_states.shape[1]:
             raise RuntimeError("the strength plan is for another canvas; call set_strength() before this forward")
+        perturbed = perturbation_mask is not None or bool(all_perturbed)
         if blocks is None or attention_mask is not None:
             # No strength work (or someone passed diffusers' own mask, which we leave to the stock path).
-            return super().__call__(
-                attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb
-            )
+            args = (attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb)
+            if perturbed:
+                return LTX2PerturbedAttnProcessor.__call__(self, *args, perturbation_mask, all_perturbed)
+            return super().__call__(*args)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
+        if all_perturbed is None and perturbation_mask is not None:
+            all_perturbed = bool((perturbation_mask == 0).all())
+        if all_perturbed:  # STG on every sample: no attention at all, so no strength either
+            return self._output(attn, attn.to_v(context), gate_logits)
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(context))
         value = attn.to_v(context)
@@ -199,6 +210,12 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
                 )
             )
         out = torch.cat(outputs, dim=1).flatten(2, 3).to(query.dtype)  # [B, Tq, H·D]
+        if perturbation_mask is not None:  # mask 0 = perturbed sample: its rows take the values
+            out = torch.lerp(value.flatten(2, 3), out, perturbation_mask)
+        return self._output(attn, out, gate_logits)
+
+    @staticmethod
+    def _output(attn: torch.nn.Module, out: torch.Tensor, gate_logits: torch.Tensor | None) -> torch.Tensor:
         if gate_logits is not None:
             gates = 2.0 * torch.sigmoid(gate_logits)  # [B, Tq, H], as the stock processor
             out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
