@@ -964,7 +964,9 @@ def bench_cmd(
     model: ModelOpt = None,
     downscale: Annotated[str, typer.Option(help="Reference downscales to compare, e.g. 1,2,4.")] = "1,2,4",
     strength: Annotated[str, typer.Option(help="Strengths to compare, e.g. 1,0.5.")] = "1,0.5",
-    frames: Annotated[int | None, typer.Option(help="Frames. Default: 17 on tiny, 121 otherwise.")] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames. Default: 17 on tiny; otherwise 121 on a GPU, 25 on CPU.")
+    ] = None,
     width: Annotated[int | None, typer.Option(help="Width. Default: 256 on tiny, 768 otherwise.")] = None,
     height: Annotated[int | None, typer.Option(help="Height. Default: 256 on tiny, 512 otherwise.")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per setting, round-robin (median reported).")] = 10,
@@ -981,7 +983,8 @@ def bench_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Time one denoising step per reference downscale and strength (all in one process, so ratios are fair), with
-    peak memory, the strength bias size, and the ratio predicted from token counts."""
+    peak memory, the strength bias size, and the step ratio predicted by a FLOP count of the real forward (on a
+    meta-device copy), beside the plain token-count ratio."""
     import platform
 
     import torch
@@ -1004,8 +1007,11 @@ def bench_cmd(
         return
     name = _model_name(model)
     tiny = name == "tiny"
-    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else 121)
     backbone = _load_backbone(name)
+    # A real-width model at 121 frames takes minutes per step on CPU; 25 frames takes seconds and is still
+    # compute-bound.
+    full_frames = 121 if backbone.device.type == "cuda" else 25
+    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else full_frames)
     with _progress(json_out) as progress:
         task = progress.add_task("bench", total=None, info="")
         rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
@@ -1014,15 +1020,17 @@ def bench_cmd(
     device = str(backbone.device)
     if device.startswith("cuda"):
         device = torch.cuda.get_device_name()
-    header = f"{backbone.model_id} {w}x{h}x{f}, {device}, {torch.get_num_threads()} threads, {platform.machine()}"
+    dtype = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
+    header = (f"{backbone.model_id} {w}x{h}x{f}, {dtype}, {device}, {torch.get_num_threads()} threads, "
+              f"{platform.machine()}")
     if plot is not None:
         plot_bench(rows, plot, header)
     if json_out:
         _emit({"setup": header, "rows": rows_to_dicts(rows)})
         return
     table = Table(title=f"avctl bench — {header}")
-    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "vs no-ref",
-                "vs 1×", "predicted vs 1×", "avctl/diffusers"):
+    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "GFLOP", "vs no-ref",
+                "vs 1×", "FLOPs vs 1×", "tokens vs 1×", "avctl/diffusers"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -1031,8 +1039,10 @@ def bench_cmd(
             "-" if r.strength is None else f"{r.strength:g}",
             str(r.tokens), f"{r.step_latency_s * 1000:.1f}",
             "-" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.0f}", str(r.bias_bytes),
+            f"{r.predicted_flops / 1e9:.1f}",
             f"{r.ratio_vs_noref:.2f}", "-" if r.ratio_vs_1x is None else f"{r.ratio_vs_1x:.2f}",
             "-" if r.predicted_ratio_vs_1x is None else f"{r.predicted_ratio_vs_1x:.2f}",
+            "-" if r.token_ratio_vs_1x is None else f"{r.token_ratio_vs_1x:.2f}",
             "-" if r.avctl_over_diffusers is None else f"{r.avctl_over_diffusers:.2f}",
         )
     out.print(table)
