@@ -87,3 +87,14 @@ def test_bench_json_reports_flops_beside_the_token_ratio():
         assert row["token_ratio_vs_1x"] == pytest.approx(row["tokens"] / rows[1]["tokens"])
         assert row["ratio_vs_1x"] > 0
     assert rows[1]["predicted_ratio_vs_1x"] == 1.0
+
+
+def test_bench_dtype_option():
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "--model", "tiny", "--downscale", "2", "--strength", "1", "--steps", "1",
+                            "--warmup", "0", "--no-memory", "--no-diffusers", "--dtype", "bf16", "--json"],
+                      env={"AVCTL_NO_PROGRESS": "1"})
+    assert r.exit_code == 0, r.output
+    assert "bfloat16" in json.loads(r.stdout)["setup"]
+    r = runner.invoke(app, ["bench", "--model", "tiny", "--dtype", "fp8"], env={"AVCTL_NO_PROGRESS": "1"})
+    assert r.exit_code == 2 and "fp8" in r.output
