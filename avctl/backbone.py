@@ -405,14 +405,21 @@ def load_backbone(
     """Load LTX-2's components. `model`: None → $AVCTL_MODEL → Lightricks/LTX-2; "tiny" → the built-in test preset;
     "pocket" → the CPU-sized model pretrained on the procedural world (weights in the package); a directory → a
     diffusers-format LTX-2 folder; otherwise a hub id, read from the local HF cache only (never
-    downloaded). `components` limits what is loaded (the rest stays None); default all."""
+    downloaded); "shape" / "shape:L" → LTX-2's real configs with seeded random weights (L transformer and text
+    encoder blocks), see avctl.presets. `components` limits what is loaded (the rest stays None); default all."""
+    from avctl import presets
+
     wanted = _resolve_components(components)
     target_device = torch.device(device) if device is not None else _default_device()
-    target_dtype = _resolve_dtype(dtype, target_device)
     name = os.fspath(model) if model is not None else (os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID)
     if not name.strip():
         raise BadUsage("the model name is empty; pass a directory, a hub id or 'tiny'")
-    if name == TINY:
+    # The real-shape presets are built in bf16 on a CPU too: fp32 would double what a CPU test has to hold.
+    real_shape = presets.is_shape(name)
+    target_dtype = _resolve_dtype(dtype if dtype is not None or not real_shape else "bf16", target_device)
+    if real_shape:
+        parts, configs = presets.build_shape(name, wanted, target_device, target_dtype)
+    elif name == TINY:
         parts, configs = _build_tiny(wanted)
     elif name == POCKET:
         directory = _pocket_directory()
@@ -742,9 +749,9 @@ _TINY_SPECIALS = ("[PAD]", "[UNK]", "<bos>", "<eos>", "<start_of_image>", "<end_
 _TINY_PUNCTUATION = (".", ",", "!", "?", "'", '"', ":", ";", "-", "(", ")")
 
 
-def _tiny_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerBase:
+def _tiny_tokenizer(extra_words: tuple[str, ...] = (), max_length: int = TINY_MAX_LENGTH) -> PreTrainedTokenizerBase:
     """The tiny word-level tokenizer; `extra_words` extend its vocabulary (the pocket preset adds its world's
-    words)."""
+    words); `max_length` is what prompts are padded to (the real-shape presets pad to the pipeline's 1,024)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
@@ -766,7 +773,7 @@ def _tiny_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerBas
         unk_token="[UNK]",
         pad_token="[PAD]",
         padding_side="left",
-        model_max_length=TINY_MAX_LENGTH,
+        model_max_length=max_length,
     )
 
 

@@ -39,8 +39,9 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="LTX-2 weights: a diffusers-format directory, a hub id already in the local cache, or 'tiny' "
-        "(built-in random-init test model). Default: $AVCTL_MODEL, else Lightricks/LTX-2.",
+        help="LTX-2 weights: a diffusers-format directory, a hub id already in the local cache, 'pocket' (small "
+        "pretrained CPU model), 'tiny' (random test model), or 'shape' / 'shape:L' (LTX-2's real configs with "
+        "random weights; L transformer and text-encoder blocks). Default: $AVCTL_MODEL, else Lightricks/LTX-2.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
