@@ -80,18 +80,18 @@ def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
 
 
-def _load_backbone(model: str | None) -> Any:
-    """Load the backbone for a command. The tiny and pocket models' ops are too small to gain from threads — on 2
-    shared cores extra threads made tiny's steps ~10× slower — so they run on one unless OMP_NUM_THREADS says
-    otherwise."""
+def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None) -> Any:
+    """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
+    to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
+    unless OMP_NUM_THREADS says otherwise."""
     import torch
 
-    from avctl.backbone import load_backbone
+    from avctl import backbone as bb
 
     name = _model_name(model)
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    return load_backbone(name)
+    return bb.load_backbone(name, dtype=dtype, components=components)
 
 
 def command(
@@ -979,8 +979,8 @@ def bench_cmd(
     plot: Annotated[Path | None, typer.Option(help="Write latency vs downscale as a PNG.")] = None,
     dtype: Annotated[
         str | None,
-        typer.Option(help="Time the transformer in bf16, fp16 or fp32 (default: as loaded, bf16 on a GPU, fp32 on "
-                     "CPU). bf16 on a CPU with AMX runs real widths several times faster than fp32."),
+        typer.Option(help="Load the model in bf16, fp16 or fp32 (default: the model's own: bf16 on a GPU and for "
+                     "shape presets, else fp32 on CPU). bf16 on a CPU with AMX runs real widths ~5x faster."),
     ] = None,
     prepare: Annotated[
         str | None,
@@ -1016,9 +1016,9 @@ def bench_cmd(
         raise BadUsage(f"--dtype {dtype}: use one of {', '.join(dtypes)}")
     name = _model_name(model)
     tiny = name == "tiny"
-    backbone = _load_backbone(name)
-    if dtype is not None:
-        backbone.to(backbone.device, dtypes[dtype])
+    # Only what a step needs: the text encoder for one prompt, the audio VAE's sizes; no video VAE or vocoder.
+    backbone = _load_backbone(name, components={"transformer", "tokenizer", "text_encoder", "connectors", "audio_vae"},
+                              dtype=dtypes.get(dtype))
     # A real-width model at 121 frames takes minutes per step on CPU; 25 frames takes seconds and is still
     # compute-bound.
     full_frames = 121 if backbone.device.type == "cuda" else 25
