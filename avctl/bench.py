@@ -11,9 +11,9 @@ The predicted ratio is a FLOP count of the real forward: one `predict` call per 
 copy of the transformer (same config, no weights, no arithmetic: instant at any size) under torch's
 `FlopCounterMode`, which counts every matmul the model issues — the projections, feed-forwards and AdaLN
 linears per token, the self-attention's T² products, the cross-attentions to the text and the other modality.
-Element-wise work (norms, RoPE, softmax, GELU) is not counted; at real widths it is a small share, on `tiny` it is
-most of the step (tiny is bound by per-op overhead, not FLOPs). The plain token-count ratio is reported beside it
-for contrast.
+Element-wise work (norms, RoPE, softmax, GELU, casts) is not counted: on `tiny` it and per-op overhead are most of
+the step; at real widths it is mostly per token, so it scales as the FLOPs do (docs/bench.md has a CPU profile).
+The plain token-count ratio is reported beside the prediction for contrast.
 """
 
 from __future__ import annotations
