@@ -159,3 +159,15 @@ def test_generate_two_steps_with_a_reference(tmp_path):
     assert full.frames.shape == (9, 64, 64, 3) and full.steps == 2
     assert torch.isfinite(full.final_latents["video"]).all() and torch.isfinite(full.final_latents["audio"]).all()
     assert not torch.allclose(full.final_latents["video"], half.final_latents["video"], atol=1e-5)
+
+
+def test_bench_flop_count_runs_on_an_ltx23_config(data):
+    """bench's meta copy rebuilds the 2.3 options from the config; the gates and prompt AdaLN add FLOPs."""
+    from avctl.bench import forward_flops, meta_copy
+    from tests.tiny import backbone, text
+
+    new, old = ltx23_backbone().transformer, backbone().transformer
+    f_new = forward_flops(meta_copy(new), canvas(new, data, strength=1.0), data["text"])
+    f_old = forward_flops(meta_copy(old), canvas(old, data, strength=1.0), text())
+    assert meta_copy(new).transformer_blocks[0].attn1.to_gate_logits is not None
+    assert f_new["linear"] > f_old["linear"] > 0
