@@ -88,18 +88,19 @@ def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
 
 
-def _load_backbone(model: str | None, vae_tiling: bool = True) -> Any:
-    """Load the backbone for a command. The tiny and pocket models' ops are too small to gain from threads — on 2
-    shared cores extra threads made tiny's steps ~10× slower — so they run on one unless OMP_NUM_THREADS says
-    otherwise."""
+def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
+                   vae_tiling: bool = True) -> Any:
+    """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
+    to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
+    unless OMP_NUM_THREADS says otherwise."""
     import torch
 
-    from avctl.backbone import load_backbone
+    from avctl import backbone as bb
 
     name = _model_name(model)
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    return load_backbone(name, vae_tiling=vae_tiling)
+    return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
 
 
 def command(
@@ -218,7 +219,7 @@ def prepare_cmd(
                           progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
                           options={"speakers": speakers, "line_width": line_width})
         if encode and summary.rows:
-            backbone = _load_backbone(model, vae_tiling)
+            backbone = _load_backbone(model, vae_tiling=vae_tiling)
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, backbone,
                                     progress=lambda d, t: progress.update(encoding, completed=d, total=t))
@@ -341,7 +342,7 @@ def train_cmd(
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
     ranks = Ranks()
-    backbone = _load_backbone(cfg.model, vae_tiling)
+    backbone = _load_backbone(cfg.model, vae_tiling=vae_tiling)
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         if not ranks.main:
@@ -1036,7 +1037,7 @@ def generate_cmd(
 
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
-        backbone = _load_backbone(model, vae_tiling)
+        backbone = _load_backbone(model, vae_tiling=vae_tiling)
         _load_two_stage(backbone, settings)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
@@ -1052,7 +1053,7 @@ def generate_cmd(
         return
 
     rows = _batch_rows(batch, flags)
-    backbone = _load_backbone(model, vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
+    backbone = _load_backbone(model, vae_tiling=vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
     if backbone is not None:
         _load_two_stage(backbone, settings)
     results: list[dict[str, Any]] = []
@@ -1180,7 +1181,9 @@ def bench_cmd(
     model: ModelOpt = None,
     downscale: Annotated[str, typer.Option(help="Reference downscales to compare, e.g. 1,2,4.")] = "1,2,4",
     strength: Annotated[str, typer.Option(help="Strengths to compare, e.g. 1,0.5.")] = "1,0.5",
-    frames: Annotated[int | None, typer.Option(help="Frames. Default: 17 on tiny, 121 otherwise.")] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames. Default: 17 on tiny; otherwise 121 on a GPU, 25 on CPU.")
+    ] = None,
     width: Annotated[int | None, typer.Option(help="Width. Default: 256 on tiny, 768 otherwise.")] = None,
     height: Annotated[int | None, typer.Option(help="Height. Default: 256 on tiny, 512 otherwise.")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per setting, round-robin (median reported).")] = 10,
@@ -1190,6 +1193,11 @@ def bench_cmd(
         bool, typer.Option(help="Also time diffusers' LTX2InContextPipeline attention path at strength 1 and 0.")
     ] = True,
     plot: Annotated[Path | None, typer.Option(help="Write latency vs downscale as a PNG.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="Load the model in bf16, fp16 or fp32 (default: the model's own: bf16 on a GPU and for "
+                     "shape presets, else fp32 on CPU). bf16 on a CPU with AMX runs real widths ~5x faster."),
+    ] = None,
     prepare: Annotated[
         str | None,
         typer.Option(help="Instead: time MODALITY's prepare extractor on 512×512 frames (frames/s); no model needed."),
@@ -1197,7 +1205,8 @@ def bench_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Time one denoising step per reference downscale and strength (all in one process, so ratios are fair), with
-    peak memory, the strength bias size, and the ratio predicted from token counts."""
+    peak memory, the strength bias size, and the step ratio predicted by a FLOP count of the real forward (on a
+    meta-device copy), beside the plain token-count ratio."""
     import platform
 
     import torch
@@ -1218,10 +1227,18 @@ def bench_cmd(
             out.print(f"prepare {prepare}: {fps_rate:.1f} frames/s at {result['size']}×{result['size']} "
                       f"({result['machine']})")
         return
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if dtype is not None and dtype not in dtypes:
+        raise BadUsage(f"--dtype {dtype}: use one of {', '.join(dtypes)}")
     name = _model_name(model)
     tiny = name == "tiny"
-    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else 121)
-    backbone = _load_backbone(name)
+    # Only what a step needs: the text encoder for one prompt, the audio VAE's sizes; no video VAE or vocoder.
+    backbone = _load_backbone(name, components={"transformer", "tokenizer", "text_encoder", "connectors", "audio_vae"},
+                              dtype=dtypes.get(dtype))
+    # A real-width model at 121 frames takes minutes per step on CPU; 25 frames takes seconds and is still
+    # compute-bound.
+    full_frames = 121 if backbone.device.type == "cuda" else 25
+    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else full_frames)
     with _progress(json_out) as progress:
         task = progress.add_task("bench", total=None, info="")
         rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
@@ -1230,15 +1247,17 @@ def bench_cmd(
     device = str(backbone.device)
     if device.startswith("cuda"):
         device = torch.cuda.get_device_name()
-    header = f"{backbone.model_id} {w}x{h}x{f}, {device}, {torch.get_num_threads()} threads, {platform.machine()}"
+    dtype = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
+    header = (f"{backbone.model_id} {w}x{h}x{f}, {dtype}, {device}, {torch.get_num_threads()} threads, "
+              f"{platform.machine()}")
     if plot is not None:
         plot_bench(rows, plot, header)
     if json_out:
         _emit({"setup": header, "rows": rows_to_dicts(rows)})
         return
     table = Table(title=f"avctl bench — {header}")
-    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "vs no-ref",
-                "vs 1×", "predicted vs 1×", "avctl/diffusers"):
+    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "GFLOP", "vs no-ref",
+                "vs 1×", "FLOPs vs 1×", "tokens vs 1×", "avctl/diffusers"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -1247,8 +1266,10 @@ def bench_cmd(
             "-" if r.strength is None else f"{r.strength:g}",
             str(r.tokens), f"{r.step_latency_s * 1000:.1f}",
             "-" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.0f}", str(r.bias_bytes),
+            f"{r.predicted_flops / 1e9:.1f}",
             f"{r.ratio_vs_noref:.2f}", "-" if r.ratio_vs_1x is None else f"{r.ratio_vs_1x:.2f}",
             "-" if r.predicted_ratio_vs_1x is None else f"{r.predicted_ratio_vs_1x:.2f}",
+            "-" if r.token_ratio_vs_1x is None else f"{r.token_ratio_vs_1x:.2f}",
             "-" if r.avctl_over_diffusers is None else f"{r.avctl_over_diffusers:.2f}",
         )
     out.print(table)

@@ -147,7 +147,7 @@ def plan_strength(canvas: Canvas) -> dict[tuple[str, str], list[RowBlock] | None
 
 class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
     """diffusers' LTX-2 attention processor plus the strength bias. With no plan it defers to the stock
-    processor, so the fast path is the stock computation.
+    processor, so the fast path is the stock computation. Gated attention (`to_gate_logits`, LTX-2.3) is honoured.
 
     Spatio-temporal guidance (STG): on `perturbed_attn` models the STG blocks hand their self-attentions a
     `perturbation_mask` (0 = perturbed sample); as in diffusers' `LTX2PerturbedAttnProcessor` a perturbed sample's
@@ -190,9 +190,8 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
             raise RuntimeError("the strength plan is for another canvas; call set_strength() before this forward")
         if blocks is None or attention_mask is not None:
             # No strength work (or someone passed diffusers' own mask, which we leave to the stock path).
-            return super().__call__(
-                attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb
-            )
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                    key_rotary_emb)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
         query = attn.norm_q(attn.to_q(hidden_states))
@@ -222,6 +221,10 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
                 )
             )
         out = torch.cat(outputs, dim=1).flatten(2, 3).to(query.dtype)  # [B, Tq, H·D]
+        return self._output(attn, out, gate_logits)
+
+    @staticmethod
+    def _output(attn: torch.nn.Module, out: torch.Tensor, gate_logits: torch.Tensor | None) -> torch.Tensor:
         if gate_logits is not None:
             gates = 2.0 * torch.sigmoid(gate_logits)  # [B, Tq, H], as the stock processor
             out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
