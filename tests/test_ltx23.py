@@ -162,12 +162,15 @@ def test_generate_two_steps_with_a_reference(tmp_path):
 
 
 def test_bench_flop_count_runs_on_an_ltx23_config(data):
-    """bench's meta copy rebuilds the 2.3 options from the config; the gates and prompt AdaLN add FLOPs."""
+    """bench's meta copy rebuilds the 2.3 options from the config; the attention gates add FLOPs over the same
+    transformer without them."""
     from avctl.bench import forward_flops, meta_copy
-    from tests.tiny import backbone, text
 
-    new, old = ltx23_backbone().transformer, backbone().transformer
+    new = ltx23_backbone().transformer
+    base = {k: v for k, v in new.config.items() if not k.startswith("_")}
+    off = {"gated_attn": False, "audio_gated_attn": False}
+    old = type(new)(**{**base, **off}).eval()
     f_new = forward_flops(meta_copy(new), canvas(new, data, strength=1.0), data["text"])
-    f_old = forward_flops(meta_copy(old), canvas(old, data, strength=1.0), text())
+    f_old = forward_flops(meta_copy(old), canvas(old, data, strength=1.0), data["text"])
     assert meta_copy(new).transformer_blocks[0].attn1.to_gate_logits is not None
     assert f_new["linear"] > f_old["linear"] > 0
