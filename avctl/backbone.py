@@ -73,6 +73,37 @@ class TextEmbeddings:
     mask: torch.Tensor  # [B, L] 0/1 encoder_attention_mask (also used as audio_encoder_attention_mask)
 
 
+@dataclass(frozen=True)
+class VaeTiling:
+    """How encode_video and decode_video split a video for the VAE: spatial tiles of `tile_px` square stepping
+    `stride_px`, temporal windows of `tile_frames` (+1) frames stepping `stride_frames`, blended where they overlap.
+    Sizes are rounded down to the VAE's grid (32 px / 8 frames on LTX-2); a video no larger than a tile takes one
+    untiled pass, and `enabled=False` is the untiled VAE exactly.
+
+    Defaults, for the real VAE at 768x512x121: 512-px tiles with a 64-px overlap are diffusers' own; they cut that
+    frame into a 512x512 and a 320x512 tile (the rows need no split). 32-frame windows (33 frames, 5 latent frames)
+    stepping 24 (an 8-frame cross-fade; 5 windows over 121 frames) hold 33 of the clip's 121 frames, so a tile's
+    activations are about 18% of the untiled decode's, while each latent frame is decoded about 5/3 times (16/8 would
+    decode each three times)."""
+
+    enabled: bool = True
+    tile_px: int = 512
+    stride_px: int = 448
+    tile_frames: int = 32
+    stride_frames: int = 24
+
+    def __post_init__(self) -> None:
+        for name in ("tile_px", "stride_px", "tile_frames", "stride_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadUsage(f"VAE tiling {name} must be a positive integer, got {value!r}")
+        if self.stride_px > self.tile_px or self.stride_frames > self.tile_frames:
+            raise BadUsage(
+                f"VAE tiling strides ({self.stride_px} px, {self.stride_frames} frames) must not exceed the tiles "
+                f"({self.tile_px} px, {self.tile_frames} frames)"
+            )
+
+
 @dataclass
 class Backbone:
     """The LTX-2 components avctl uses. Parts not asked for at load time are None; methods that need them raise
@@ -90,6 +121,7 @@ class Backbone:
     dtype: torch.dtype
     # Canonical config of every component the source has (loaded or not), so the hash does not depend on `components`.
     configs: dict[str, Any] = field(default_factory=dict, repr=False)
+    vae_tiling: VaeTiling = field(default_factory=VaeTiling)
 
     # ---- sizes, read from the loaded configs (the transformer's config stands in where it records the same value)
 
@@ -218,6 +250,7 @@ class Backbone:
         self.latent_grid(num_frames, height, width)
         pixels = frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [B, 3, F, H, W] in [-1, 1]
         with torch.no_grad():
+            self._configure_vae(vae, num_frames, height // self.vae_spatial, width // self.vae_spatial, encode=True)
             latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()  # [B, C, F', H', W']
             latents = LTX2Pipeline._normalize_latents(
                 latents.float(), vae.latents_mean, vae.latents_std, vae.config.scaling_factor
@@ -244,9 +277,80 @@ class Backbone:
             )
             # The pipeline's default decode_timestep is 0 (and then no decode noise is mixed in).
             timestep = torch.zeros(z.shape[0], device=self.device) if vae.config.timestep_conditioning else None
-            video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
-        frames = ((video.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+            video = self._decode_windows(vae, z.to(vae.dtype), timestep)  # [B, 3, F, H, W] in [-1, 1]
+        # In place: at LTX-2 sizes a float copy of the clip is hundreds of MB.
+        frames = video.float().clamp_(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8)
         return frames.permute(0, 2, 3, 4, 1).contiguous()  # [B, F, H, W, 3]
+
+    def set_vae_tiling(self, tiling: VaeTiling | bool = True) -> Backbone:
+        """Tile (True, or a VaeTiling with its sizes) or not (False: the untiled VAE) every later encode_video and
+        decode_video; returns self."""
+        if isinstance(tiling, bool):
+            tiling = VaeTiling(enabled=tiling)
+        if not isinstance(tiling, VaeTiling):
+            raise BadUsage(f"vae_tiling takes True, False or a VaeTiling, got {type(tiling).__name__}")
+        self.vae_tiling = tiling
+        return self
+
+    def _vae_tile_cells(self) -> tuple[int, int, int, int]:
+        """(tile, stride) in latent cells and (tile, stride) in latent frames: the tiling rounded down to the VAE's
+        grid, at least one cell, strides no larger than tiles."""
+        t, s = self.vae_temporal, self.vae_spatial
+        tiling = self.vae_tiling
+        tile, tile_t = max(1, tiling.tile_px // s), max(1, tiling.tile_frames // t)
+        return tile, min(tile, max(1, tiling.stride_px // s)), tile_t, min(tile_t, max(1, tiling.stride_frames // t))
+
+    def _configure_vae(self, vae: AutoencoderKLLTX2Video, frames: int, height: int, width: int, encode: bool) -> None:
+        """Set diffusers' tiling attributes for one call on `frames` pixel frames (encode) of height × width latent
+        cells. diffusers cuts the spatial tiles, and the temporal windows when encoding (decode_video steps those
+        itself, see _decode_windows)."""
+        enabled = self.vae_tiling.enabled
+        tile, stride, tile_t, stride_t = self._vae_tile_cells()
+        s, t = self.vae_spatial, self.vae_temporal
+        padding = vae.config.encoder_spatial_padding_mode if encode else vae.config.decoder_spatial_padding_mode
+        vae.use_tiling = enabled
+        vae.use_slicing = enabled and encode  # one clip at a time (diffusers' decode slicing drops a decode timestep)
+        # diffusers' _encode reads use_framewise_decoding to cut temporal windows of tile + 1 frames; a clip of one
+        # window is encoded whole.
+        vae.use_framewise_encoding = vae.use_framewise_decoding = enabled and encode and frames > tile_t * t + 1
+        vae.tile_sample_min_height = vae.tile_sample_min_width = tile * s
+        vae.tile_sample_stride_height = _axis_stride(height, tile, stride, padding == "reflect") * s
+        vae.tile_sample_stride_width = _axis_stride(width, tile, stride, padding == "reflect") * s
+        vae.tile_sample_min_num_frames = tile_t * t
+        vae.tile_sample_stride_num_frames = stride_t * t
+
+    def _decode_windows(
+        self, vae: AutoencoderKLLTX2Video, z: torch.Tensor, timestep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Raw latents [B, C, F', H', W'] → [B, 3, F, H, W]: overlapping windows of tile + 1 latent frames, each decoded
+        by diffusers (spatially tiled there) and cross-faded. avctl steps the windows itself because diffusers 0.42's
+        framewise decoding keeps its first window one frame longer than the rest and so shows every later frame one
+        frame late. A window's first frame decodes its first latent frame as a lone first frame; it gets weight 0."""
+        _, _, latent_frames, height, width = z.shape
+        self._configure_vae(vae, 0, height, width, encode=False)
+        _, _, tile_t, stride_t = self._vae_tile_cells()
+        window = tile_t + 1
+        if not self.vae_tiling.enabled or latent_frames <= window:
+            return vae.decode(z, timestep, return_dict=False)[0]
+        t = self.vae_temporal
+        starts = [*range(0, latent_frames - window, stride_t), latent_frames - window]
+        total: torch.Tensor | None = None  # Σ weight · frames, [B, 3, F, H, W] float32
+        weight = torch.zeros((latent_frames - 1) * t + 1, device=z.device)
+        for k, start in enumerate(starts):
+            piece = vae.decode(z[:, :, start : start + window], timestep, return_dict=False)[0].float()
+            ramp = torch.ones(piece.shape[2], device=z.device)  # pixel frames start·t … (start + tile_t)·t
+            if k > 0:  # fade in over the overlap with the window before
+                n = (starts[k - 1] + tile_t - start) * t + 1
+                ramp[:n] = torch.arange(n, device=z.device) / n
+            if k + 1 < len(starts):  # fade out over the overlap with the next
+                n = (start + tile_t - starts[k + 1]) * t + 1
+                ramp[-n:] = torch.minimum(ramp[-n:], 1 - torch.arange(n, device=z.device) / n)
+            if total is None:
+                total = piece.new_zeros((*piece.shape[:2], weight.numel(), *piece.shape[3:]))
+            frames = slice(start * t, start * t + piece.shape[2])
+            total[:, :, frames].addcmul_(piece, ramp[:, None, None])
+            weight[frames] += ramp
+        return total.div_(weight[:, None, None])
 
     # ---- audio
 
@@ -401,12 +505,14 @@ def load_backbone(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     components: set[str] | None = None,
+    vae_tiling: VaeTiling | bool = True,
 ) -> Backbone:
     """Load LTX-2's components. `model`: None → $AVCTL_MODEL → Lightricks/LTX-2; "tiny" → the built-in test preset;
     "pocket" → the CPU-sized model pretrained on the procedural world (weights in the package); a directory → a
     diffusers-format LTX-2 folder; otherwise a hub id, read from the local HF cache only (never
     downloaded); "shape" / "shape:L" → LTX-2's real configs with seeded random weights (L transformer and text
-    encoder blocks), see avctl.presets. `components` limits what is loaded (the rest stays None); default all."""
+    encoder blocks), see avctl.presets. `components` limits what is loaded (the rest stays None); default all.
+    `vae_tiling`: tiled video encode and decode (VaeTiling's defaults), False for the untiled VAE, or a VaeTiling."""
     from avctl import presets
 
     wanted = _resolve_components(components)
@@ -436,11 +542,26 @@ def load_backbone(
         configs=configs,
         **{c: parts.get(c) for c in COMPONENTS},
     )
+    backbone.set_vae_tiling(vae_tiling)
     _check_fit(backbone)
     backbone.to(target_device, target_dtype)
     for module in backbone._modules().values():
         module.eval()
     return backbone
+
+
+def _axis_stride(cells: int, tile: int, stride: int, reflect: bool) -> int:
+    """The stride in latent cells along one axis of `cells`: a whole tile where one tile spans the axis (diffusers
+    splits both axes once either exceeds a tile), else the stride nearest the asked one whose last tile is at least
+    2 cells wide: reflect padding cannot pad a 1-cell tile, and diffusers 0.42 decodes one and fails."""
+    if cells <= tile:
+        return tile
+    if not reflect:
+        return stride
+    for k in sorted(range(1, tile + 1), key=lambda k: (k == tile, abs(k - stride), -k)):
+        if (cells - 1) % k:
+            return k
+    raise BadUsage(f"VAE tiles of {tile} latent cells cannot split {cells} cells; use larger tiles or --no-vae-tiling")
 
 
 @contextlib.contextmanager

@@ -7,12 +7,18 @@ loaded model instead of re-importing and re-loading it). The analytic size of th
 it: avctl's per-key bias is B·T_keys floats per row block, where diffusers' `video_self_attention_mask` path
 materialises B·heads·T² (the mask is repeated per head).
 
-The predicted ratio uses cost ∝ T·(6d + T) per block (projections + FF ∝ T·d, attention ∝ T²), with d the video
-width: a first-order model for comparing the measured ratios against.
+The predicted ratio is a FLOP count of the real forward: one `predict` call per setting, run on a `meta`-device
+copy of the transformer (same config, no weights, no arithmetic: instant at any size) under torch's
+`FlopCounterMode`, which counts every matmul the model issues — the projections, feed-forwards and AdaLN
+linears per token, the self-attention's T² products, the cross-attentions to the text and the other modality.
+Element-wise work (norms, RoPE, softmax, GELU, casts) is not counted: on `tiny` it and per-op overhead are most of
+the step; at real widths it is mostly per token, so it scales as the FLOPs do (docs/bench.md has a CPU profile).
+The plain token-count ratio is reported beside the prediction for contrast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import statistics
@@ -21,8 +27,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from avctl.canvas import Canvas, Reference, build_stream
+from avctl.canvas import Canvas, Reference, StreamCanvas, build_stream
 from avctl.errors import BadUsage
 from avctl.forward import predict
 from avctl.strength import clear_strength
@@ -39,12 +46,49 @@ class BenchRow:
     step_latency_s: float
     peak_mem_bytes: int | None
     bias_bytes: int  # analytic size of the strength bias/mask per attention call
+    predicted_flops: int = 0  # matmul FLOPs of one predict call at this setting (`forward_flops`)
     ratio_vs_noref: float = 1.0
     ratio_vs_1x: float | None = None
-    predicted_ratio_vs_1x: float | None = None
+    predicted_ratio_vs_1x: float | None = None  # FLOP ratio
+    token_ratio_vs_1x: float | None = None  # video token-count ratio, for contrast
     avctl_over_diffusers: float | None = None  # on diffusers rows: avctl's latency at the same setting / this one
 
 
+# ------------------------------------------------------------------------------------------------ FLOP model
+LINEAR_OPS = frozenset({"aten.mm", "aten.addmm"})  # nn.Linear (any leading dims) lowers to these
+
+
+def meta_copy(transformer: torch.nn.Module) -> torch.nn.Module:
+    """The same architecture built from `transformer.config` on the meta device: no memory, no weights, instant
+    even for the full model. Only for counting."""
+    config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        return type(transformer)(**config).eval()
+
+
+def _meta_stream(sc: StreamCanvas | None) -> StreamCanvas | None:
+    if sc is None:
+        return None
+    meta = {f: getattr(sc, f).to("meta") for f in ("tokens", "coords", "timestep", "loss_mask")}
+    if sc.sigma is not None:
+        meta["sigma"] = sc.sigma.to("meta")
+    return dataclasses.replace(sc, **meta)
+
+
+def forward_flops(meta_transformer: torch.nn.Module, canvas: Canvas, text: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """Matmul FLOPs of one `predict` on `canvas` (shapes only), counted on a `meta_copy`: {"total", "linear" (every
+    nn.Linear: projections, feed-forwards, AdaLN), "attention" (the QKᵀ and AV products)}."""
+    meta_canvas = Canvas(_meta_stream(canvas.video), _meta_stream(canvas.audio), canvas.direction)
+    meta_text = tuple(t.to("meta") for t in text)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        predict(meta_transformer, meta_canvas, *meta_text)
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    linear = sum(n for op, n in by_op.items() if op in LINEAR_OPS)
+    total = int(counter.get_total_flops())
+    return {"total": total, "linear": linear, "attention": total - linear}
+
+
+# ------------------------------------------------------------------------------------------------ timing
 def _inputs(backbone: Any, width: int, height: int, frames: int, seed: int = 0) -> dict[str, Any]:
     tr = backbone.transformer
     grid = backbone.latent_grid(frames, height, width)
@@ -152,7 +196,8 @@ def run_bench(
     device = backbone.device
     inputs = _inputs(backbone, width, height, frames)
     heads = tr.config.num_attention_heads
-    d = heads * tr.config.attention_head_dim
+    meta_tr = meta_copy(tr)
+    flops: dict[int | None, int] = {}  # per downscale: strength changes no matmul shape
     settings: list[tuple[str, int | None, float | None]] = [("avctl", None, None)]
     settings += [("avctl", s, w) for s in downscales for w in strengths]
     if compare_diffusers:
@@ -170,6 +215,8 @@ def run_bench(
                     predict(tr, c, *inputs["text"])
         else:
             step = _diffusers_step(backbone, canvas, inputs, w)
+        if s not in flops:
+            flops[s] = forward_flops(meta_tr, canvas, inputs["text"])["total"]
         prepared.append((path, s, w, canvas, step))
     # CPU memory first, from a parent that has run nothing yet: each setting runs once in a forked child.
     cpu_peaks = {}
@@ -195,7 +242,7 @@ def run_bench(
         v = canvas.video
         rows.append(BenchRow(path, s, w, v.tokens.shape[1], v.target_len, v.tokens.shape[1] - v.target_len,
                              statistics.median(times[i]), peak,
-                             _bias_bytes(canvas, 1.0 if w is None else w, heads, path)))
+                             _bias_bytes(canvas, 1.0 if w is None else w, heads, path), flops[s]))
     base = rows[0]
     for row in rows:
         row.ratio_vs_noref = row.step_latency_s / base.step_latency_s
@@ -203,7 +250,8 @@ def run_bench(
                      None)
         if one_x is not None and row.downscale is not None:
             row.ratio_vs_1x = row.step_latency_s / one_x.step_latency_s
-            row.predicted_ratio_vs_1x = (row.tokens * (6 * d + row.tokens)) / (one_x.tokens * (6 * d + one_x.tokens))
+            row.predicted_ratio_vs_1x = row.predicted_flops / one_x.predicted_flops
+            row.token_ratio_vs_1x = row.tokens / one_x.tokens
         if row.path == "diffusers":
             ours = next(r for r in rows if r.path == "avctl" and r.downscale == 1 and r.strength == row.strength)
             row.avctl_over_diffusers = ours.step_latency_s / row.step_latency_s

@@ -137,6 +137,10 @@ class StreamCanvas:
     loss_mask: torch.Tensor  # [B, T] bool: True where the loss counts
     segments: list[Segment] = field(default_factory=list)
     grid: tuple[int, ...] = ()  # target latent grid: (F, H, W) video or (T,) audio
+    # [B] the sample's σ·1000 (0 when the target is clean context): the model's `sigma` / `audio_sigma`, which
+    # LTX-2.3-style configs use for the prompt modulation. Per sample, so reference tokens at timestep 0 and
+    # clean first-frame tokens do not change it.
+    sigma: torch.Tensor | None = None
 
     @property
     def target_len(self) -> int:
@@ -241,6 +245,7 @@ def build_stream(
         loss_mask=torch.cat(masks, dim=1),
         segments=segments,
         grid=grid,
+        sigma=(sigma.to(torch.float32) * 1000.0 if noisy else torch.zeros(b, device=device)),
     )
 
 

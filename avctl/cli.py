@@ -45,6 +45,14 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+VaeTilingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--vae-tiling/--no-vae-tiling",
+        help="Encode and decode video in overlapping tiles of 512 px and 32 frames, blended (lower VAE memory; "
+        "see docs/vae_tiling.md). --no-vae-tiling runs the VAE on the whole clip.",
+    ),
+]
 
 
 def _progress(json_mode: bool) -> Progress:
@@ -80,7 +88,8 @@ def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
 
 
-def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None) -> Any:
+def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
+                   vae_tiling: bool = True) -> Any:
     """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
     to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
     unless OMP_NUM_THREADS says otherwise."""
@@ -91,7 +100,7 @@ def _load_backbone(model: str | None, components: set[str] | None = None, dtype:
     name = _model_name(model)
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-    return bb.load_backbone(name, dtype=dtype, components=components)
+    return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
 
 
 def command(
@@ -183,6 +192,7 @@ def prepare_cmd(
                      "encoders are loaded, and only when an entry is missing; fresh entries are kept."),
     ] = False,
     model: ModelOpt = None,
+    vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
@@ -212,7 +222,7 @@ def prepare_cmd(
         if encode and summary.rows:
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, _load_backbone(model, components=set()),
-                                    lambda parts: _load_backbone(model, components=set(parts)),
+                                    lambda parts: _load_backbone(model, components=set(parts), vae_tiling=vae_tiling),
                                     progress=lambda d, t: progress.update(encoding, completed=d, total=t))
     data = summary.to_dict()
     if encode:
@@ -310,6 +320,7 @@ def train_cmd(
     prefetch_factor: Annotated[
         int | None, typer.Option(help="Samples each loader process reads ahead. Default 2.")
     ] = None,
+    vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -355,7 +366,7 @@ def train_cmd(
         if not ranks.main:
             ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
         cached = precompute(backbone, cfg.data, info, rows,
-                            lambda parts: _load_backbone(cfg.model, components=set(parts)),
+                            lambda parts: _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling),
                             prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t))
         if ranks.main:
             ranks.barrier()
@@ -376,7 +387,7 @@ def train_cmd(
                 backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
                 text=cached_prompt(cached.index, backbone, prompts[0]),
                 load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
-                                                     dtype=base_dtype))
+                                                     dtype=base_dtype, vae_tiling=vae_tiling))
         result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,
                        validate=validator, ranks=ranks)
     if not ranks.main:
@@ -386,6 +397,87 @@ def train_cmd(
     else:
         err.print(f"LoRA: {result.lora_path}  (steps {result.resumed_from}→{result.steps}, "
                   f"loss {result.to_dict()['first_loss']:.4f} → {result.to_dict()['last_loss']:.4f})")
+
+
+# ------------------------------------------------------------------------------------------------ plan
+def _visible_gpu_gib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+
+
+def print_plan(plan: Any) -> None:
+    """The plan as two tables (training step, precompute) and a verdict with advice, on stderr."""
+    tokens = plan.tokens
+    table = Table(title=f"avctl plan — {plan.request['modality']} on {plan.model}, bucket {plan.request['bucket']}, "
+                  f"{tokens['video']} video + {tokens['audio']} audio tokens per sample", show_header=True)
+    table.add_column("phase")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for phase, parts, peak in (("training step", plan.parts, plan.peak_gib),
+                               ("precompute", plan.precompute, plan.precompute_peak_gib)):
+        for name, gib in parts.items():
+            table.add_row(phase, name, f"{gib:.2f}")
+        table.add_row(phase, "[bold]peak[/bold]", f"[bold]{peak:.2f}[/bold]")
+    err.print(table)
+    ckpt = "on" if plan.gradient_checkpointing else "off"
+    err.print(f"LoRA {plan.lora_parameters / 1e6:.1f}M parameters, gradient checkpointing {ckpt}")
+    if plan.fits is None:
+        err.print("no GPU memory to compare with (no GPU visible); pass --gpu-memory GIB")
+    elif plan.fits:
+        err.print(f"fits in {plan.gpu_memory_gib:g} GiB")
+    else:
+        advice = f"; to fit, try: {plan.advice[0]}" if plan.advice else "; nothing avctl can change makes it fit"
+        err.print(f"does NOT fit in {plan.gpu_memory_gib:g} GiB{advice}")
+
+
+@command("plan")
+def plan_cmd(
+    modality: Annotated[str, typer.Argument(help="Modality name (see `avctl modalities`).")],
+    model: ModelOpt = None,
+    bucket: Annotated[str, typer.Option(help="Training clip size WIDTHxHEIGHTxFRAMES.")] = "768x512x121",
+    fps: Annotated[float, typer.Option(help="Clip frame rate (sets the audio token count).")] = 24.0,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank. Default: the modality's.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per step per GPU.")] = 1,
+    quantize: Annotated[str, typer.Option(help="Frozen base: none, int8 or fp8.")] = "none",
+    text_encoder_8bit: Annotated[bool, typer.Option(help="Plan the 8-bit text encoder for precompute.")] = False,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option(help="Default: on for any model larger than pocket.")
+    ] = None,
+    world_size: Annotated[int, typer.Option(help="GPUs training together.")] = 1,
+    strategy: Annotated[str, typer.Option(help="ddp (each GPU holds the model) or fsdp (sharded).")] = "ddp",
+    dtype: Annotated[str, typer.Option(help="Frozen base dtype: bf16 or fp32.")] = "bf16",
+    optimizer: Annotated[str, typer.Option(help="adamw or adamw8bit.")] = "adamw",
+    device: Annotated[str, typer.Option(help="cuda (plan for a GPU) or cpu (what a CPU run holds).")] = "cuda",
+    gpu_memory: Annotated[
+        float | None, typer.Option(help="GiB to fit in. Default: the visible GPU's memory.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Per-GPU peak memory of a training run, part by part, from the model's configs on `meta` (nothing is loaded)
+    and per-token activation costs measured at LTX-2's real width; whether it fits, and flags that would make it."""
+    from avctl.plan import PlanRequest, make_plan, parse_bucket
+
+    choices = {"quantize": (quantize, ("none", "int8", "fp8")), "strategy": (strategy, ("ddp", "fsdp")),
+               "dtype": (dtype, ("bf16", "fp32")), "optimizer": (optimizer, ("adamw", "adamw8bit")),
+               "device": (device, ("cuda", "cpu"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise BadUsage(f"--{flag} {value!r}: choose one of {', '.join(allowed)}")
+    request = PlanRequest(
+        modality=modality, model=_model_name(model), bucket=parse_bucket(bucket), fps=fps, rank=rank,
+        batch_size=batch_size, quantize=quantize, text_encoder_8bit=text_encoder_8bit,  # type: ignore[arg-type]
+        gradient_checkpointing=gradient_checkpointing, world_size=world_size, strategy=strategy,  # type: ignore[arg-type]
+        dtype=dtype, optimizer=optimizer, device=device,  # type: ignore[arg-type]
+        gpu_memory_gib=gpu_memory if gpu_memory is not None else _visible_gpu_gib(),
+    )
+    plan = make_plan(request)
+    if json_out:
+        _emit(plan.to_dict())
+    else:
+        print_plan(plan)
 
 
 # ------------------------------------------------------------------------------------------------ generate
@@ -581,6 +673,59 @@ def _camera_control(backbone: Any, plan: dict[str, Any], f: int) -> tuple[int, A
     return k, control, trajectory
 
 
+GUIDANCE_FLAGS = {  # CLI flag → sample.Guidance field
+    "guidance_scale": "cfg", "audio_guidance_scale": "audio_cfg", "stg_scale": "stg", "audio_stg_scale": "audio_stg",
+    "modality_scale": "modality", "audio_modality_scale": "audio_modality", "guidance_rescale": "rescale",
+    "audio_guidance_rescale": "audio_rescale", "stg_blocks": "stg_blocks", "cross_timestep": "cross_timestep",
+}
+
+
+def _parse_blocks(text: str | None) -> tuple[int, ...] | None:
+    """--stg-blocks "28" or "28,29" (or "" for none)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(b) for b in text.replace(" ", "").split(",") if b)
+    except ValueError:
+        raise BadUsage(f"--stg-blocks {text!r}: give block indices separated by commas, e.g. 28 or 28,29") from None
+
+
+def _check_guidance_flags(settings: dict[str, Any]) -> None:
+    """Refuse bad guidance values before the model loads."""
+    from avctl.sample import PRESET_CHOICES, resolve_schedule
+
+    resolve_schedule(settings["schedule"])  # a misspelt --schedule is refused before anything loads
+    if settings["preset"] not in PRESET_CHOICES:
+        raise BadUsage(f"--preset {settings['preset']!r}: use one of {', '.join(PRESET_CHOICES)}")
+    g = settings["guidance"]
+    for flag in ("guidance_rescale", "audio_guidance_rescale"):
+        if g.get(flag) is not None and not 0.0 <= g[flag] <= 1.0:
+            raise BadUsage(f"--{flag.replace('_', '-')} {g[flag]}: must lie in [0, 1]")
+    if any(b < 0 for b in g.get("stg_blocks") or ()):
+        raise BadUsage("--stg-blocks: block indices start at 0")
+
+
+def _resolve_guidance(backbone: Any, settings: dict[str, Any]) -> tuple[Any, Any]:
+    """The preset (--preset, or the model's own) and its guidance with the explicit flags laid over it."""
+    from dataclasses import replace
+
+    from avctl.sample import resolve_preset
+
+    preset = resolve_preset(settings["preset"], backbone)
+    overrides = {GUIDANCE_FLAGS[k]: v for k, v in settings["guidance"].items() if v is not None}
+    return preset, replace(preset.guidance, **overrides)
+
+
+def _load_two_stage(backbone: Any, settings: dict[str, Any]) -> None:
+    """Replace settings["two_stage"] (upsampler folder, (LoRA file, weight)) by a loaded sample.TwoStage."""
+    from avctl.sample import TwoStage, load_upsampler
+
+    if settings.get("two_stage") is None:
+        return
+    folder, (lora, scale) = settings["two_stage"]
+    settings["two_stage"] = TwoStage(load_upsampler(folder, backbone.device), lora, scale)
+
+
 def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any], json_out: bool,
                     warn: Callable[[str], None], label: str = "generate") -> dict[str, Any]:
     """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
@@ -644,17 +789,25 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         from avctl.sample import read_keep_audio
 
         keep_audio = read_keep_audio(Path(opts["keep_audio"]), backbone, f / rate)
+    _, guidance = _resolve_guidance(backbone, settings)
     with _progress(json_out) as progress:
         task = progress.add_task(label, total=None, info="")
         result = generate(
             backbone, opts["prompt"], uses, width=w, height=h, frames=f, fps=rate, strength=opts["strength"],
             strength_map=plan["strength_map"], strength_ramp=_parse_ramp(opts["strength_ramp"]),
-            steps=settings["steps"], cfg=settings["cfg"], seed=opts["seed"], composite=settings["composite"],
+            steps=settings["steps"], seed=opts["seed"], composite=settings["composite"],
             first_frame=plan["image"], schedule=settings["schedule"], warn=warn,
-            keep_video=keep_video, keep_audio=keep_audio,
+            keep_video=keep_video, keep_audio=keep_audio, preset=settings["preset"], guidance=guidance,
+            negative_prompt=settings["negative_prompt"], two_stage=settings.get("two_stage"),
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
+    if settings.get("save_latents") is not None:
+        from safetensors.torch import save_file
+
+        from avctl.sample import pipeline_latents
+
+        save_file(pipeline_latents(backbone, result.final_latents), str(settings["save_latents"]))
     sidecar: dict[str, Any] = {
         "video": str(out_path),
         "prompt": opts["prompt"],
@@ -676,7 +829,9 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         "seed": opts["seed"],
         "steps": result.steps,
         "schedule": result.schedule,
-        "cfg": settings["cfg"],
+        "cfg": result.settings["guidance"]["cfg"],
+        "sampler": result.settings,
+        "latents": str(settings["save_latents"]) if settings.get("save_latents") is not None else None,
         "model": backbone.model_id,
         "size": {"width": w, "height": h, "frames": f, "fps": rate},
         "audio_sample_rate": result.sample_rate,
@@ -806,11 +961,50 @@ def generate_cmd(
     ] = None,
     schedule: Annotated[
         str,
-        typer.Option(help="σ schedule: auto (distilled when the model's folder name or id contains 'distilled', "
-                     "else shifted), shifted (LoRA-training shift by target token count) or distilled (LTX-2's "
-                     "fixed 8-step list)."),
+        typer.Option(help="σ schedule: auto (the preset's), official (the model's scheduler config as "
+                     "LTX2Pipeline uses it: shift by target token count, stretched to its terminal σ), shifted "
+                     "(LoRA-training shift, no stretch) or distilled (LTX-2's fixed 8-step list)."),
     ] = "auto",
-    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 = off, the paper's setting).")] = 1.0,
+    preset: Annotated[
+        str,
+        typer.Option(help="Sampling preset: auto (the model's own, read from its files: distilled when its scheduler "
+                     "config turns dynamic shifting off, ltx2.3 for an LTX-2.3 transformer, else ltx2), ltx2 / ltx2.3 "
+                     "(LTX2Pipeline's schedule and guidance: 30 steps, CFG 3/7, STG 1, modality 3, rescale 0.7), "
+                     "distilled (8 fixed sigmas, CFG 1: the paper's), plain (avctl's training shift, no guidance: "
+                     "one pass per step). Explicit flags override it. See docs/sampler.md."),
+    ] = "auto",
+    guidance_scale: Annotated[float | None, typer.Option(help="Video CFG scale (1 = off).")] = None,
+    audio_guidance_scale: Annotated[float | None, typer.Option(help="Audio CFG scale. Default: the preset's.")] = None,
+    stg_scale: Annotated[float | None, typer.Option(help="Video spatio-temporal guidance scale (0 = off).")] = None,
+    audio_stg_scale: Annotated[float | None, typer.Option(help="Audio STG scale (0 = off).")] = None,
+    modality_scale: Annotated[
+        float | None, typer.Option(help="Video modality-isolation guidance scale (1 = off).")] = None,
+    audio_modality_scale: Annotated[float | None, typer.Option(help="Audio modality guidance scale (1 = off).")] = None,
+    guidance_rescale: Annotated[float | None, typer.Option(help="Video guidance rescale, 0–1 (0 = off).")] = None,
+    audio_guidance_rescale: Annotated[float | None, typer.Option(help="Audio guidance rescale, 0–1.")] = None,
+    stg_blocks: Annotated[
+        str | None, typer.Option(help="Transformer blocks STG perturbs, e.g. 29 or 28,29 (the model's needs "
+                                 "perturbed_attn: true). Default: the preset's, at the same relative depth.")] = None,
+    cross_timestep: Annotated[
+        bool | None, typer.Option("--cross-timestep/--no-cross-timestep",
+                                  help="Modulate audio↔video attention by the other stream's σ (LTX-2.3). Default: "
+                                  "the preset's (ltx2.3 on), else the model's.")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt for CFG (LTX2Pipeline's default: empty).")] = "",
+    cfg: Annotated[
+        float | None, typer.Option(help="CFG scale for video and audio together (sets both guidance scales).")
+    ] = None,
+    two_stage: Annotated[
+        bool, typer.Option(help="LTX-2's two-stage generation: the preset's sampling at half width and height, the "
+                           "latent upsampler (x2), then 3 distilled steps with --distilled-lora, no guidance.")
+    ] = False,
+    upsampler: Annotated[
+        Path | None, typer.Option(help="Latent upsampler folder for --two-stage (diffusers' LTX2LatentUpsamplerModel; "
+                                  "a model folder with latent_upsampler/ works too).")] = None,
+    distilled_lora: Annotated[
+        str | None, typer.Option(help="PATH[@WEIGHT]: the distilled LoRA stage 2 adds (--two-stage).")] = None,
+    save_latents: Annotated[
+        Path | None, typer.Option(help="Also write the final latents as safetensors (keys video, audio; unpacked and "
+                                  "denormalised, as LTX2Pipeline's output_type='latent').")] = None,
     width: Annotated[int | None, typer.Option(help="Output width. Default: the control's.")] = None,
     height: Annotated[int | None, typer.Option(help="Output height. Default: the control's.")] = None,
     frames: Annotated[
@@ -831,12 +1025,10 @@ def generate_cmd(
                      "The model loads once; a bad row is reported and the rest go on (exit 1 if any failed)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
-    from avctl.sample import resolve_schedule
-
-    resolve_schedule(schedule, "")  # a misspelt --schedule is refused before anything loads
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
         "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
@@ -844,7 +1036,27 @@ def generate_cmd(
         "strength_map": strength_map, "strength_ramp": strength_ramp,
         "seed": seed, "width": width, "height": height, "frames": frames, "fps": fps, "out": out_path,
     }
-    settings = {"steps": steps, "cfg": cfg, "composite": composite, "schedule": schedule, "preview": preview}
+    guidance = {"guidance_scale": guidance_scale if guidance_scale is not None else cfg,
+                "audio_guidance_scale": audio_guidance_scale if audio_guidance_scale is not None else cfg,
+                "stg_scale": stg_scale, "audio_stg_scale": audio_stg_scale, "modality_scale": modality_scale,
+                "audio_modality_scale": audio_modality_scale, "guidance_rescale": guidance_rescale,
+                "audio_guidance_rescale": audio_guidance_rescale, "stg_blocks": _parse_blocks(stg_blocks),
+                "cross_timestep": cross_timestep}
+    settings = {"steps": steps, "composite": composite, "schedule": schedule, "preview": preview, "preset": preset,
+                "guidance": guidance, "negative_prompt": negative_prompt, "save_latents": save_latents}
+    _check_guidance_flags(settings)
+    if two_stage and (upsampler is None or distilled_lora is None):
+        raise BadUsage("--two-stage needs --upsampler DIR and --distilled-lora FILE")
+    if not two_stage and (upsampler is not None or distilled_lora is not None):
+        raise BadUsage("--upsampler and --distilled-lora are for --two-stage; add it")
+    if two_stage:
+        from avctl.sample import open_lora
+
+        if not Path(upsampler).is_dir():
+            raise BadInput(f"--upsampler {upsampler}: not a folder")
+        settings["two_stage"] = (upsampler, open_lora(distilled_lora))
+    if save_latents is not None and batch is not None:
+        raise BadUsage("--save-latents names one file; it cannot be used with --batch")
 
     def warner(prefix: str) -> Callable[[str], None]:
         return lambda msg: err.print(f"avctl generate: {prefix}warning: {msg}", highlight=False, markup=False,
@@ -852,7 +1064,8 @@ def generate_cmd(
 
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
-        backbone = _load_backbone(model)
+        backbone = _load_backbone(model, vae_tiling=vae_tiling)
+        _load_two_stage(backbone, settings)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -860,13 +1073,16 @@ def generate_cmd(
             size = sidecar["size"]
             err.print(f"video: {sidecar['video']}  ({size['frames']} frames {size['width']}x{size['height']} @ "
                       f"{size['fps']:g} fps, audio {sidecar['audio_sample_rate']} Hz, {sidecar['steps']} steps "
-                      f"{sidecar['schedule']}, {sidecar['timings']['total_s']:.1f} s)")
+                      f"{sidecar['schedule']}, preset {sidecar['sampler']['preset']}, "
+                      f"{sidecar['timings']['total_s']:.1f} s)")
             if preview:
                 err.print(f"preview: {sidecar['preview']}  sheet: {sidecar['sheet']}")
         return
 
     rows = _batch_rows(batch, flags)
-    backbone = _load_backbone(model) if any(isinstance(r, dict) for _, r in rows) else None
+    backbone = _load_backbone(model, vae_tiling=vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
+    if backbone is not None:
+        _load_two_stage(backbone, settings)
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:
@@ -992,7 +1208,9 @@ def bench_cmd(
     model: ModelOpt = None,
     downscale: Annotated[str, typer.Option(help="Reference downscales to compare, e.g. 1,2,4.")] = "1,2,4",
     strength: Annotated[str, typer.Option(help="Strengths to compare, e.g. 1,0.5.")] = "1,0.5",
-    frames: Annotated[int | None, typer.Option(help="Frames. Default: 17 on tiny, 121 otherwise.")] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames. Default: 17 on tiny; otherwise 121 on a GPU, 25 on CPU.")
+    ] = None,
     width: Annotated[int | None, typer.Option(help="Width. Default: 256 on tiny, 768 otherwise.")] = None,
     height: Annotated[int | None, typer.Option(help="Height. Default: 256 on tiny, 512 otherwise.")] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per setting, round-robin (median reported).")] = 10,
@@ -1002,6 +1220,11 @@ def bench_cmd(
         bool, typer.Option(help="Also time diffusers' LTX2InContextPipeline attention path at strength 1 and 0.")
     ] = True,
     plot: Annotated[Path | None, typer.Option(help="Write latency vs downscale as a PNG.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="Load the model in bf16, fp16 or fp32 (default: the model's own: bf16 on a GPU and for "
+                     "shape presets, else fp32 on CPU). bf16 on a CPU with AMX runs real widths ~5x faster."),
+    ] = None,
     prepare: Annotated[
         str | None,
         typer.Option(help="Instead: time MODALITY's prepare extractor on 512×512 frames (frames/s); no model needed."),
@@ -1009,7 +1232,8 @@ def bench_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Time one denoising step per reference downscale and strength (all in one process, so ratios are fair), with
-    peak memory, the strength bias size, and the ratio predicted from token counts."""
+    peak memory, the strength bias size, and the step ratio predicted by a FLOP count of the real forward (on a
+    meta-device copy), beside the plain token-count ratio."""
     import platform
 
     import torch
@@ -1030,10 +1254,18 @@ def bench_cmd(
             out.print(f"prepare {prepare}: {fps_rate:.1f} frames/s at {result['size']}×{result['size']} "
                       f"({result['machine']})")
         return
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if dtype is not None and dtype not in dtypes:
+        raise BadUsage(f"--dtype {dtype}: use one of {', '.join(dtypes)}")
     name = _model_name(model)
     tiny = name == "tiny"
-    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else 121)
-    backbone = _load_backbone(name)
+    # Only what a step needs: the text encoder for one prompt, the audio VAE's sizes; no video VAE or vocoder.
+    backbone = _load_backbone(name, components={"transformer", "tokenizer", "text_encoder", "connectors", "audio_vae"},
+                              dtype=dtypes.get(dtype))
+    # A real-width model at 121 frames takes minutes per step on CPU; 25 frames takes seconds and is still
+    # compute-bound.
+    full_frames = 121 if backbone.device.type == "cuda" else 25
+    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else full_frames)
     with _progress(json_out) as progress:
         task = progress.add_task("bench", total=None, info="")
         rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
@@ -1042,15 +1274,17 @@ def bench_cmd(
     device = str(backbone.device)
     if device.startswith("cuda"):
         device = torch.cuda.get_device_name()
-    header = f"{backbone.model_id} {w}x{h}x{f}, {device}, {torch.get_num_threads()} threads, {platform.machine()}"
+    dtype = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
+    header = (f"{backbone.model_id} {w}x{h}x{f}, {dtype}, {device}, {torch.get_num_threads()} threads, "
+              f"{platform.machine()}")
     if plot is not None:
         plot_bench(rows, plot, header)
     if json_out:
         _emit({"setup": header, "rows": rows_to_dicts(rows)})
         return
     table = Table(title=f"avctl bench — {header}")
-    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "vs no-ref",
-                "vs 1×", "predicted vs 1×", "avctl/diffusers"):
+    for col in ("path", "downscale", "strength", "tokens", "step ms", "peak MiB", "bias bytes", "GFLOP", "vs no-ref",
+                "vs 1×", "FLOPs vs 1×", "tokens vs 1×", "avctl/diffusers"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -1059,8 +1293,10 @@ def bench_cmd(
             "-" if r.strength is None else f"{r.strength:g}",
             str(r.tokens), f"{r.step_latency_s * 1000:.1f}",
             "-" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.0f}", str(r.bias_bytes),
+            f"{r.predicted_flops / 1e9:.1f}",
             f"{r.ratio_vs_noref:.2f}", "-" if r.ratio_vs_1x is None else f"{r.ratio_vs_1x:.2f}",
             "-" if r.predicted_ratio_vs_1x is None else f"{r.predicted_ratio_vs_1x:.2f}",
+            "-" if r.token_ratio_vs_1x is None else f"{r.token_ratio_vs_1x:.2f}",
             "-" if r.avctl_over_diffusers is None else f"{r.avctl_over_diffusers:.2f}",
         )
     out.print(table)

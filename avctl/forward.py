@@ -10,7 +10,7 @@ from avctl.strength import set_strength
 
 def _absent_stream_token(
     transformer: torch.nn.Module, stream: str, batch: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One zero token for an absent stream. The model cannot take an empty sequence, so an absent stream gets a
     single token and audio↔video attention is switched off (`isolate_modalities`): the present stream then cannot
     see it at all."""
@@ -20,7 +20,7 @@ def _absent_stream_token(
     else:
         tokens = torch.zeros(batch, 1, transformer.config.audio_in_channels, device=device, dtype=dtype)
         coords = audio_coords(transformer, batch, 1, device)
-    return tokens, coords, torch.zeros(batch, 1, device=device)
+    return tokens, coords, torch.zeros(batch, 1, device=device), torch.zeros(batch, device=device)
 
 
 def predict(
@@ -29,9 +29,23 @@ def predict(
     text_video: torch.Tensor,
     text_audio: torch.Tensor,
     text_mask: torch.Tensor,
+    *,
+    sigma: torch.Tensor | None = None,
+    audio_sigma: torch.Tensor | None = None,
+    cross_timestep: bool | None = None,
+    stg_blocks: list[int] | None = None,
+    isolate_modalities: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The model's velocity prediction on every token of each present stream ([B, T, C]); None for an absent one.
-    Strength biases from the canvas apply inside (and stay set for a checkpointed backward)."""
+    Strength biases from the canvas apply inside (and stay set for a checkpointed backward).
+
+    sigma / audio_sigma [B]: each stream's noise level as a timestep (σ·1000; 0 for clean context), what LTX-2.3's
+    prompt modulation and the cross-timestep modulation read. Default: the canvas's own per-sample σ (so training and
+    sampling pass the same), else the stream's largest per-token timestep.
+    cross_timestep: modulate each audio↔video cross-attention by the OTHER stream's sigma (`use_cross_timestep`,
+    LTX-2.3's behaviour); None = on exactly for LTX-2.3-style (`cross_attn_mod`) transformers. stg_blocks: blocks
+    whose self-attention is skipped (spatio-temporal guidance's perturbed pass). isolate_modalities: no
+    audio↔video attention (modality guidance's pass)."""
     present = canvas.video if canvas.video is not None else canvas.audio
     if present is None:
         raise ValueError("a canvas needs at least one stream")
@@ -41,10 +55,18 @@ def predict(
     def stream_inputs(sc, name):
         if sc is None:
             return _absent_stream_token(transformer, name, batch, device, dtype)
-        return sc.tokens.to(dtype), sc.coords, sc.timestep
+        # A canvas built without build_stream has no σ: its highest per-token timestep is the noisy target's.
+        sigma = sc.sigma if sc.sigma is not None else sc.timestep.amax(dim=1)
+        return sc.tokens.to(dtype), sc.coords, sc.timestep, sigma
 
-    v_tokens, v_coords, v_t = stream_inputs(canvas.video, "video")
-    a_tokens, a_coords, a_t = stream_inputs(canvas.audio, "audio")
+    v_tokens, v_coords, v_t, v_sigma = stream_inputs(canvas.video, "video")
+    a_tokens, a_coords, a_t, a_sigma = stream_inputs(canvas.audio, "audio")
+    if sigma is None:
+        sigma = v_sigma
+    if audio_sigma is None:
+        audio_sigma = a_sigma
+    if cross_timestep is None:
+        cross_timestep = bool(getattr(transformer.config, "cross_attn_mod", False))
     set_strength(transformer, canvas)
     video_out, audio_out = transformer(
         hidden_states=v_tokens,
@@ -57,7 +79,11 @@ def predict(
         audio_encoder_attention_mask=text_mask,
         video_coords=v_coords,
         audio_coords=a_coords,
-        isolate_modalities=canvas.video is None or canvas.audio is None,
+        sigma=sigma,
+        audio_sigma=audio_sigma,
+        use_cross_timestep=cross_timestep,
+        spatio_temporal_guidance_blocks=stg_blocks,
+        isolate_modalities=isolate_modalities or canvas.video is None or canvas.audio is None,
         return_dict=False,
     )
     return (video_out if canvas.video is not None else None, audio_out if canvas.audio is not None else None)

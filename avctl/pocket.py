@@ -85,6 +85,7 @@ def build_pocket(seed: int = 0) -> dict[str, Any]:
                 caption_channels=32,
                 rope_type="split",
                 vae_scale_factors=(4, 8, 8),  # RoPE positions in pixels follow the VAE's factors
+                perturbed_attn=True,  # STG's perturbed pass (changes no weights)
             ),
             "vae": classes["vae"](
                 latent_channels=16,
@@ -107,6 +108,20 @@ def build_pocket(seed: int = 0) -> dict[str, Any]:
             "audio_vae": tiny_audio_vae(classes["audio_vae"]),
             "vocoder": tiny_vocoder(classes["vocoder"], dilations=(1, 3)),
         }
+
+
+def write_pipeline_files(directory: Path) -> None:
+    """model_index.json and scheduler/scheduler_config.json (LTX-2's, from the shipped pocket folder) beside the
+    component folders Backbone.save_pretrained wrote, so `LTX2Pipeline.from_pretrained(directory)` loads it."""
+    import shutil
+
+    from avctl.backbone import POCKET_DIR
+
+    directory = Path(directory)
+    for name in ("model_index.json", "scheduler/scheduler_config.json"):
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        if (POCKET_DIR / name).resolve() != (directory / name).resolve():
+            shutil.copyfile(POCKET_DIR / name, directory / name)
 
 
 def backbone_from_parts(parts: dict[str, Any], model_id: str = "pocket (training)") -> Any:

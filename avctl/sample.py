@@ -25,9 +25,9 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,8 +48,7 @@ from avctl.errors import AvctlError, BadInput, BadUsage
 from avctl.forward import predict
 from avctl.lora import LoraFile, load_lora, read_lora
 
-Schedule = Literal["auto", "shifted", "distilled"]
-SCHEDULES: tuple[str, ...] = ("auto", "shifted", "distilled")
+SCHEDULES: tuple[str, ...] = ("auto", "official", "shifted", "distilled")
 DEFAULT_STEPS = 30
 COMPOSITE_THRESHOLD = 16  # a control pixel counts as drawn (non-black) when any channel is above this
 ADAPTER_PREFIX = "avctl_gen_"
@@ -124,34 +123,182 @@ def strength_tokens(
     return torch.from_numpy(values.reshape(1, -1))
 
 
+# ------------------------------------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class Guidance:
+    """LTX-2's guidance, per stream, as `LTX2Pipeline` applies it (on x0 predictions, delta form):
+    x0 = x0_cond + (cfg − 1)(x0_cond − x0_negative) + stg (x0_cond − x0_stg) + (modality − 1)(x0_cond − x0_isolated),
+    then rescaled towards x0_cond's standard deviation by `rescale` (diffusers' `rescale_noise_cfg`).
+    Each term costs one more model pass per step and is skipped when it is neutral (cfg 1, stg 0, modality 1).
+    `cross_timestep` None = the model's own (on for LTX-2.3-style transformers)."""
+
+    cfg: float = 1.0
+    audio_cfg: float = 1.0
+    stg: float = 0.0
+    audio_stg: float = 0.0
+    modality: float = 1.0
+    audio_modality: float = 1.0
+    rescale: float = 0.0
+    audio_rescale: float = 0.0
+    stg_blocks: tuple[int, ...] = ()
+    cross_timestep: bool | None = None
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg != 1.0 or self.audio_cfg != 1.0
+
+    @property
+    def uses_stg(self) -> bool:
+        return (self.stg != 0.0 or self.audio_stg != 0.0) and bool(self.stg_blocks)
+
+    @property
+    def uses_modality(self) -> bool:
+        return self.modality != 1.0 or self.audio_modality != 1.0
+
+    @property
+    def in_x0(self) -> bool:
+        """Whether anything beyond plain CFG is on (then the combination runs on x0, as the pipeline's)."""
+        return self.uses_stg or self.uses_modality or self.rescale > 0 or self.audio_rescale > 0 or self.uses_cfg
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sampling defaults for one kind of model: σ schedule, steps, guidance. `stg_blocks` are LTX-2's block
+    indices (48 blocks); a smaller model gets the block at the same relative depth."""
+
+    name: str
+    schedule: str
+    steps: int
+    guidance: Guidance
+    about: str
+
+
+# From diffusers' LTX2Pipeline (0.42): its call defaults (30 steps, CFG 3 video / 7 audio, STG 1, modality 3,
+# rescale 0.7) and its docstrings (STG block 29 for LTX-2.0, 28 for LTX-2.3; use_cross_timestep True is the
+# LTX-2.3 behaviour, False the LTX-2.0 one). distilled: DISTILLED_SIGMA_VALUES with no guidance at all (CFG 1),
+# the setting of the paper's results.
+_OFFICIAL = {"cfg": 3.0, "audio_cfg": 7.0, "stg": 1.0, "audio_stg": 1.0, "modality": 3.0, "audio_modality": 3.0,
+             "rescale": 0.7, "audio_rescale": 0.7}
+PRESETS: dict[str, Preset] = {
+    "ltx2": Preset("ltx2", "official", 30, Guidance(**_OFFICIAL, stg_blocks=(29,), cross_timestep=False),
+                   "LTX-2.0 with LTX2Pipeline's guidance"),
+    "ltx2.3": Preset("ltx2.3", "official", 30, Guidance(**_OFFICIAL, stg_blocks=(28,), cross_timestep=True),
+                     "LTX-2.3 with LTX2Pipeline's guidance"),
+    "distilled": Preset("distilled", "distilled", 8, Guidance(),
+                        "the distilled checkpoints' 8 fixed sigmas, no guidance (CFG 1): the paper's setting"),
+    "plain": Preset("plain", "shifted", 30, Guidance(),
+                    "avctl's LoRA-training σ shift (no terminal stretch), no guidance: one model pass per step"),
+}
+PRESET_CHOICES: tuple[str, ...] = ("auto", *PRESETS)
+LTX2_BLOCKS = 48
+
+# LTX-2's scheduler/scheduler_config.json (Lightricks/LTX-2 on the hub, as diffusers' conversion writes it): also
+# shipped in avctl/weights/pocket/scheduler/. Used for a model that has no scheduler config of its own (tiny).
+LTX2_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05,
+    "base_image_seq_len": 1024, "max_image_seq_len": 4096, "shift_terminal": 0.1, "time_shift_type": "exponential",
+    "invert_sigmas": False, "stochastic_sampling": False,
+}
+
+
+def model_directory(model_id: str) -> Path | None:
+    """The diffusers-format folder a backbone was loaded from (None for `tiny` or an unknown name)."""
+    from avctl.backbone import POCKET, POCKET_DIR, TINY
+
+    if model_id == TINY:
+        return None
+    if model_id == POCKET:
+        return POCKET_DIR
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from avctl.backbone import _locate
+
+        return _locate(model_id)[0]
+    except AvctlError:
+        return None
+
+
+def scheduler_config(backbone: Any) -> tuple[dict[str, Any], str]:
+    """(the model's scheduler config, where it came from): its scheduler/scheduler_config.json, else LTX-2's."""
+    folder = model_directory(str(backbone.model_id))
+    file = folder / "scheduler" / "scheduler_config.json" if folder is not None else None
+    if file is not None and file.is_file():
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {file}: {exc}") from exc
+        return {k: v for k, v in data.items() if not k.startswith("_")}, str(file)
+    return dict(LTX2_SCHEDULER_CONFIG), "LTX-2's scheduler config (the model has none)"
+
+
+def detect_preset(backbone: Any) -> str:
+    """The preset the model's own files call for: "distilled" when its scheduler config turns dynamic shifting off
+    (the distilled checkpoints' config does; diffusers' docs turn it back on to run the full model), "ltx2.3" for
+    an LTX-2.3-style transformer (`cross_attn_mod`), else "ltx2". Never the folder name."""
+    config, _ = scheduler_config(backbone)
+    if not config.get("use_dynamic_shifting", True):
+        return "distilled"
+    if getattr(backbone.transformer.config, "cross_attn_mod", False):
+        return "ltx2.3"
+    return "ltx2"
+
+
+def resolve_preset(preset: str, backbone: Any) -> Preset:
+    if preset not in PRESET_CHOICES:
+        raise BadUsage(f"--preset {preset!r}: use one of {', '.join(PRESET_CHOICES)}")
+    return PRESETS[detect_preset(backbone) if preset == "auto" else preset]
+
+
+def scale_stg_blocks(blocks: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """A preset's LTX-2 block indices (of 48) for a model with `num_layers` blocks: the same relative depth."""
+    if num_layers >= LTX2_BLOCKS:
+        return blocks
+    return tuple(sorted({min(num_layers - 1, b * num_layers // LTX2_BLOCKS) for b in blocks}))
+
+
 # ------------------------------------------------------------------------------------------------ schedules
-def resolve_schedule(schedule: str, model_id: str) -> Literal["shifted", "distilled"]:
-    """"auto" → "distilled" when the model's folder name or hub id contains "distilled", else "shifted"."""
+def resolve_schedule(schedule: str, default: str = "shifted") -> str:
+    """"auto" → `default` (the preset's schedule); otherwise the named one, checked."""
     if schedule not in SCHEDULES:
         raise BadUsage(f"--schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-    if schedule == "auto":
-        name = str(model_id).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-        return "distilled" if "distilled" in name.lower() else "shifted"
-    return "distilled" if schedule == "distilled" else "shifted"
+    return default if schedule == "auto" else schedule
 
 
-def sigma_schedule(schedule: Literal["shifted", "distilled"], steps: int | None, target_tokens: int) -> torch.Tensor:
+def sigma_schedule(schedule: str, steps: int | None, target_tokens: int,
+                   config: dict[str, Any] | None = None) -> torch.Tensor:
     """σ values [steps + 1], from 1 down to 0.
 
-    shifted: linear 1 → 0 in `steps` (default 30) steps, then LTX-2's exponential shift at μ from the TARGET token
-    count (as in training). distilled: the distilled LTX-2 checkpoint's fixed list (diffusers'
-    `DISTILLED_SIGMA_VALUES`, from ltx-pipelines) with the terminal 0 appended, used as is (no shift): 8 steps."""
+    official: LTX2Pipeline's: linspace(1, 1/steps, steps) through diffusers' FlowMatchEulerDiscreteScheduler with the
+    model's scheduler `config` (dynamic exponential shift at μ from the TARGET token count, then the stretch to its
+    `shift_terminal`), then 0. shifted: linear 1 → 0 in `steps` steps, LTX-2's exponential shift at μ from the
+    TARGET token count (as in LoRA training), no terminal stretch. distilled: the distilled LTX-2 checkpoint's fixed
+    list (diffusers' `DISTILLED_SIGMA_VALUES`, from ltx-pipelines) with the terminal 0 appended: 8 steps."""
     if schedule == "distilled":
         from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
         n = len(DISTILLED_SIGMA_VALUES)
         if steps is not None and steps != n:
             raise BadUsage(f"--steps {steps}: the distilled schedule has exactly {n} steps; drop --steps or pass "
-                           "--schedule shifted")
+                           "--schedule official")
         return torch.tensor([*DISTILLED_SIGMA_VALUES, 0.0], dtype=torch.float32)
     steps = DEFAULT_STEPS if steps is None else steps
     if steps < 1:
         raise BadUsage("--steps must be at least 1")
+    if schedule == "official" and steps == 1:
+        return torch.tensor([1.0, 0.0])  # the terminal stretch is 0/0 for one step (NaN in diffusers' scheduler)
+    if schedule == "official":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
+
+        config = dict(LTX2_SCHEDULER_CONFIG if config is None else config)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        mu = calculate_shift(target_tokens, config.get("base_image_seq_len", 1024),
+                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.95),
+                             config.get("max_shift", 2.05))
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device="cpu")
+        return scheduler.sigmas.to(torch.float32)
     return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift_mu(target_tokens))
 
 
@@ -281,6 +428,51 @@ def control_from_video(
     return video, None if wav is None else wav.astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------------------ two stages
+@dataclass
+class TwoStage:
+    """LTX-2's two-stage generation, as diffusers' LTX-2 docs run it: stage 1 samples at half the width and height
+    (the preset's schedule and guidance); its video latents go through the latent upsampler (×2, on denormalised
+    latents, as `LTX2LatentUpsamplePipeline`); stage 2 re-noises them and the stage-1 audio to σ = 0.909375
+    (`noise_scale`, noise drawn in packed token shape from a fresh generator seeded with the seed, as
+    `LTX2Pipeline.prepare_latents`) and denoises over `STAGE_2_DISTILLED_SIGMA_VALUES` (3 steps) with the distilled
+    LoRA added to the user's and no guidance. References are re-encoded at each stage's size."""
+
+    upsampler: Any  # diffusers' LTX2LatentUpsamplerModel
+    distilled_lora: LoraFile
+    distilled_scale: float = 1.0
+
+
+def load_upsampler(path: Path, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """diffusers' LTX2LatentUpsamplerModel from a folder holding its config.json, or a model folder with a
+    latent_upsampler/ subfolder (Lightricks/LTX-2's layout)."""
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file() and (folder / "latent_upsampler" / "config.json").is_file():
+        folder = folder / "latent_upsampler"
+    if not (folder / "config.json").is_file():
+        raise BadInput(f"--upsampler {path}: no config.json there or in its latent_upsampler/ folder")
+    try:
+        model = LTX2LatentUpsamplerModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise BadInput(f"--upsampler {path}: cannot load it ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+    return model.to(device).eval()
+
+
+def upsample_latents(backbone: Any, upsampler: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised video latents [B, C, F, H, W] → normalised latents at twice the height and width: denormalised
+    for the upsampler (it works on the VAE's own latents), normalised again for stage 2."""
+    from diffusers import LTX2Pipeline
+
+    vae = backbone.vae
+    with torch.no_grad():
+        z = LTX2Pipeline._denormalize_latents(latents.float(), vae.latents_mean, vae.latents_std,
+                                              vae.config.scaling_factor)
+        up = upsampler(z.to(upsampler.dtype)).float()
+        return LTX2Pipeline._normalize_latents(up, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+
+
 # ------------------------------------------------------------------------------------------------ generation
 @dataclass
 class Generation:
@@ -293,6 +485,8 @@ class Generation:
     schedule: str = "shifted"
     steps: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Every sampling choice as resolved (preset, σ list, guidance, cross timestep, negative prompt), for the sidecar.
+    settings: dict[str, Any] = field(default_factory=dict)
     # The video control as fed to the model (the first video LoRA's, or the composite), at reference size: the
     # left half of a preview. None without a video reference.
     control: np.ndarray | None = None  # [F, h, w, 3] uint8
@@ -380,13 +574,19 @@ def generate(
     warn: Callable[[str], None] | None = None,
     keep_video: np.ndarray | None = None,
     keep_audio: np.ndarray | None = None,
+    preset: str | None = None,
+    guidance: Guidance | None = None,
+    two_stage: TwoStage | None = None,
 ) -> Generation:
     """Generate video + audio from a prompt with control LoRAs (video and audio ones, in one joint pass).
 
     `use_references=False` runs the same LoRAs with no reference tokens at all (what strength 0 must equal).
     `composite=True` merges the video LoRAs' controls into one reference group (`composite_controls`).
     `first_frame` [H, W, 3] uint8 conditions the first frame (kept clean at timestep 0 throughout).
-    `schedule`: "auto" | "shifted" | "distilled" (`resolve_schedule`); `steps` None = the schedule's default.
+    `preset` ("auto" = the model's own, `detect_preset`; or a name in PRESETS) sets the schedule, steps and
+    guidance; None keeps avctl's plain sampler with `cfg` on both streams. `guidance` overrides the preset's.
+    `schedule`: "auto" (the preset's) | "official" | "shifted" | "distilled"; `steps` None = the preset's.
+    `two_stage` (TwoStage): the preset's sampling at half size, the latent upsampler, then 3 distilled steps.
     `warn` receives one-line notes (a control cut to length, a LoRA made for another model); they are also kept
     in `Generation.warnings`.
     `keep_video` [F, H, W, 3] uint8 (any size; fitted to width×height like a bucket, cut to `frames`): a given video
@@ -412,13 +612,45 @@ def generate(
         raise BadUsage("--keep-video and --keep-audio together leave nothing to generate; drop one")
     if keep_video is not None and first_frame is not None:
         raise BadUsage("--image conditions a generated video; with --keep-video the video is given, drop --image")
+    # Stage 1 of a two-stage generation runs at half size: everything size-bound below is checked at it.
+    size = (height // 2, width // 2) if two_stage is not None else (height, width)
+    if two_stage is not None:
+        if keep_video is not None or keep_audio is not None:
+            raise BadUsage("--two-stage generates both streams; drop --keep-video / --keep-audio")
+        if height % (2 * backbone.vae_spatial) or width % (2 * backbone.vae_spatial):
+            raise BadUsage(f"--two-stage: width and height must be multiples of {2 * backbone.vae_spatial} (stage 1 "
+                           "runs at half size)")
+        if int(two_stage.upsampler.config.in_channels) != int(transformer.config.in_channels):
+            raise BadInput(f"the latent upsampler takes {two_stage.upsampler.config.in_channels} channels, the model's "
+                           f"latents have {transformer.config.in_channels}")
+    stage_grid = backbone.latent_grid(frames, *size)
     kept_video = _prepare_keep_video(keep_video, width, height, frames) if keep_video is not None else None
     kept_audio = (_prepare_keep_audio(keep_audio, round(duration * backbone.audio_sample_rate), backbone)
                   if keep_audio is not None else None)
-    kind = resolve_schedule(schedule, backbone.model_id)
+    if preset is None:
+        chosen = PRESETS["plain"]
+        guidance = guidance if guidance is not None else Guidance(cfg=cfg, audio_cfg=cfg)
+    else:
+        chosen = resolve_preset(preset, backbone)
+        guidance = guidance if guidance is not None else chosen.guidance
+    guidance = _check_guidance(guidance, chosen, transformer, note)
+    kind = resolve_schedule(schedule, chosen.schedule)
+    if steps is None and kind != "distilled":
+        steps = chosen.steps
+    sched_config, sched_source = scheduler_config(backbone) if kind == "official" else (None, None)
     # The shift follows the generated stream's token count, as training's `schedule_tokens` does.
-    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(grid))
+    sigmas = sigma_schedule(kind, steps, audio_frames if kept_video is not None else math.prod(stage_grid),
+                            sched_config)
     n_steps = len(sigmas) - 1
+    settings = {
+        "preset": chosen.name,
+        "preset_requested": preset,
+        "schedule": kind,
+        "scheduler_config": sched_source,
+        "sigmas": [round(float(x), 6) for x in sigmas],
+        "guidance": {**asdict(guidance), "stg_blocks": list(guidance.stg_blocks)},
+        "negative_prompt": negative_prompt,
+    }
 
     # Everything that can be refused is checked before any adapter is attached.
     if composite and use_references:
@@ -432,10 +664,11 @@ def generate(
         if use.stream == "video":
             if use.control is None:
                 raise BadUsage(f"{use.name}: needs a --control video (or --from-video)")
-            if height % (s * backbone.vae_spatial) or width % (s * backbone.vae_spatial):
+            if size[0] % (s * backbone.vae_spatial) or size[1] % (s * backbone.vae_spatial):
+                need = s * backbone.vae_spatial * (2 if two_stage is not None else 1)
                 raise BadUsage(
-                    f"{use.name} has reference downscale {s}: width and height must be multiples of "
-                    f"{s * backbone.vae_spatial}"
+                    f"{use.name} has reference downscale {s}: width and height must be multiples of {need}"
+                    + (" with --two-stage" if two_stage is not None else "")
                 )
             have = use.control.shape[0]
             if have < frames:
@@ -470,7 +703,24 @@ def generate(
         if use.lora.avctl.get("context") == "clean" and not given:
             note(f"{use.name} was trained with the {other} given as clean context; pass --keep-{other} to use it as "
                  f"trained (this joint generation makes the {other} too)")
-    image = _prepare_image(first_frame, width, height) if first_frame is not None else None
+    image = _prepare_image(first_frame, size[1], size[0]) if first_frame is not None else None
+    if two_stage is not None:
+        from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
+
+        stage2_sigmas = torch.tensor([*STAGE_2_DISTILLED_SIGMA_VALUES, 0.0], dtype=torch.float32)
+        settings["two_stage"] = {
+            "upsampler": str(getattr(two_stage.upsampler.config, "_name_or_path", "") or "given"),
+            "stage1_size": [size[1], size[0]],
+            "distilled_lora": str(two_stage.distilled_lora.path),
+            "distilled_scale": two_stage.distilled_scale,
+            "stage2_sigmas": [round(float(x), 6) for x in stage2_sigmas],
+            "stage2_noise_scale": float(stage2_sigmas[0]),
+            "stage2_guidance": "none (CFG 1, STG 0, modality 1, rescale 0)",
+        }
+        n_steps += len(stage2_sigmas) - 1
+    sample_args = dict(strength=strength, strength_map=strength_map, strength_ramp=strength_ramp, seed=seed,
+                       negative_prompt=negative_prompt, use_references=use_references, composite=composite,
+                       progress=progress, frames=frames, fps=fps, audio_frames=audio_frames)
 
     names: list[str] = []
     try:
@@ -485,11 +735,25 @@ def generate(
         if names:
             transformer.set_adapters(names, weights=[u.scale for u in loras])
         result = _sample(
-            backbone, prompt, loras, grid=grid, audio_frames=audio_frames, height=height, width=width,
-            frames=frames, fps=fps, strength=strength, strength_map=strength_map, strength_ramp=strength_ramp,
-            sigmas=sigmas, cfg=cfg, seed=seed, negative_prompt=negative_prompt, use_references=use_references,
-            composite=composite, image=image, progress=progress, kept_video=kept_video, kept_audio=kept_audio,
+            backbone, prompt, loras, grid=stage_grid, height=size[0], width=size[1], sigmas=sigmas,
+            guidance=guidance, image=image, kept_video=kept_video, kept_audio=kept_audio,
+            decode=two_stage is None, **sample_args,
         )
+        if two_stage is not None:
+            _, _, first, _, t_prep, _ = result
+            name = f"{ADAPTER_PREFIX}distilled"
+            load_lora(transformer, two_stage.distilled_lora, name)
+            names.append(name)
+            transformer.set_adapters(names, weights=[u.scale for u in loras] + [two_stage.distilled_scale])
+            init = (upsample_latents(backbone, two_stage.upsampler, first["video"].to(backbone.device)),
+                    first["audio"].to(backbone.device))
+            image = _prepare_image(first_frame, width, height) if first_frame is not None else None
+            result = _sample(
+                backbone, prompt, loras, grid=grid, height=height, width=width, sigmas=stage2_sigmas,
+                guidance=Guidance(cross_timestep=guidance.cross_timestep), image=image, init=init,
+                noise_scale=float(stage2_sigmas[0]), **sample_args,
+            )
+            result = (*result[:4], t_prep, result[5])
     finally:
         if names:
             transformer.delete_adapters(names)
@@ -519,6 +783,7 @@ def generate(
         steps=n_steps,
         warnings=notes,
         control=control,
+        settings=settings,
     )
 
 
@@ -537,7 +802,7 @@ def _sample(
     strength_map: np.ndarray | None,
     strength_ramp: tuple[float, float] | None,
     sigmas: torch.Tensor,
-    cfg: float,
+    guidance: Guidance,
     seed: int,
     negative_prompt: str,
     use_references: bool,
@@ -546,8 +811,13 @@ def _sample(
     progress: Any,
     kept_video: np.ndarray | None = None,
     kept_audio: np.ndarray | None = None,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    noise_scale: float = 1.0,
+    decode: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, torch.Tensor], np.ndarray | None, float, float]:
-    """The sampler proper, with the adapters attached: references → Euler steps → decode."""
+    """The sampler proper, with the adapters attached: references → Euler steps → decode. `init` (normalised video
+    and audio latents) starts from noise_scale·noise + (1 − noise_scale)·init instead of pure noise, with the noise
+    drawn in packed token shape as `LTX2Pipeline._create_noised_state` draws it; `decode=False` skips the VAEs."""
     device = backbone.device
     transformer = backbone.transformer
     duration = frames / fps
@@ -594,7 +864,7 @@ def _sample(
                 audio_refs.append(Reference(lat, 1, w, group))
 
     text = backbone.encode_text([prompt])
-    negative = backbone.encode_text([negative_prompt]) if cfg != 1.0 else None
+    negative = backbone.encode_text([negative_prompt]) if guidance.uses_cfg else None
     directions = {u.lora.avctl.get("strength_direction", "target") for u in loras}
     direction = "symmetric" if "symmetric" in directions else "target"
 
@@ -606,6 +876,13 @@ def _sample(
     x_audio = torch.randn((1, backbone.audio_latent_channels, audio_frames, mel_per_token), generator=gen).to(
         device, dtype
     )
+    if init is not None:  # re-noise given latents (two-stage's stage 2): fresh draws, packed shape, video first
+        gen = torch.Generator().manual_seed(seed)
+        v0, a0 = pack_video(init[0].to(device, dtype)), pack_audio(init[1].to(device, dtype))
+        v_noise = torch.randn(v0.shape, generator=gen).to(device, dtype)
+        a_noise = torch.randn(a0.shape, generator=gen).to(device, dtype)
+        x_video = unpack_video(noise_scale * v_noise + (1 - noise_scale) * v0, grid)
+        x_audio = unpack_audio(noise_scale * a_noise + (1 - noise_scale) * a0, backbone.audio_latent_channels)
     # First-frame conditioning: the image's latent is the target's first latent frame (the causal VAE encodes
     # pixel frame 0 alone into it), clean: its tokens — the first H'·W' in (f, h, w) order — carry timestep 0
     # and are written back after every step, so the sampler never moves them.
@@ -635,12 +912,27 @@ def _sample(
             )
             if n_clean:
                 canvas.video.timestep[:, :n_clean] = 0.0
-            v_pred, a_pred = predict(transformer, canvas, text.video, text.audio, text.mask)
-            v_pred, a_pred = canvas.video.target(v_pred), canvas.audio.target(a_pred)
-            if negative is not None:
-                v_neg, a_neg = predict(transformer, canvas, negative.video, negative.audio, negative.mask)
-                v_pred = canvas.video.target(v_neg) + cfg * (v_pred - canvas.video.target(v_neg))
-                a_pred = canvas.audio.target(a_neg) + cfg * (a_pred - canvas.audio.target(a_neg))
+            # Each stream's noise level as the model's `sigma` (the pipeline passes σ·1000; clean context 0).
+            s_video = sigma * 1000.0 if video_noisy else torch.zeros_like(sigma)
+            s_audio = sigma * 1000.0 if audio_noisy else torch.zeros_like(sigma)
+
+            def run(t: Any, canvas: Canvas = canvas, s_video: torch.Tensor = s_video,
+                    s_audio: torch.Tensor = s_audio, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                v, a = predict(transformer, canvas, t.video, t.audio, t.mask, sigma=s_video, audio_sigma=s_audio,
+                               cross_timestep=guidance.cross_timestep, **kw)
+                return canvas.video.target(v).float(), canvas.audio.target(a).float()
+
+            v_pred, a_pred = run(text)
+            if guidance.in_x0:
+                passes = [(v_pred, a_pred),
+                          run(negative) if guidance.uses_cfg else (None, None),
+                          run(text, stg_blocks=list(guidance.stg_blocks)) if guidance.uses_stg else (None, None),
+                          run(text, isolate_modalities=True) if guidance.uses_modality else (None, None)]
+                s_i = sigmas[i].to(device)
+                v_pred = _guide(pack_video(x_video).float(), s_i, *(p[0] for p in passes), guidance.cfg,
+                                guidance.stg, guidance.modality, guidance.rescale)
+                a_pred = _guide(pack_audio(x_audio).float(), s_i, *(p[1] for p in passes), guidance.audio_cfg,
+                                guidance.audio_stg, guidance.audio_modality, guidance.audio_rescale)
             dt = float(sigmas[i + 1] - sigmas[i])
             if video_noisy:
                 x_video = unpack_video(pack_video(x_video) + dt * v_pred.float(), grid)
@@ -653,9 +945,79 @@ def _sample(
     t_denoise = time.perf_counter()
 
     with torch.no_grad():  # a kept stream is returned as given by the caller, so it is not decoded
-        video = backbone.decode_video(x_video)[0].cpu().numpy() if video_noisy else None
-        wav_out = backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy() if audio_noisy else None
+        video = backbone.decode_video(x_video)[0].cpu().numpy() if video_noisy and decode else None
+        wav_out = (backbone.vocode(backbone.decode_audio(x_audio))[0].float().cpu().numpy()
+                   if audio_noisy and decode else None)
     return video, wav_out, {"video": x_video.cpu(), "audio": x_audio.cpu()}, shown, t_prep, t_denoise
+
+
+def _guide(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+           perturbed: torch.Tensor | None, isolated: torch.Tensor | None, cfg: float, stg: float, modality: float,
+           rescale: float) -> torch.Tensor:
+    """LTX2Pipeline's guidance for one stream's target tokens [B, T, C]: velocities → x0 (x − σ·v), the delta terms,
+    the rescale, and back to a velocity, in the pipeline's order of operations."""
+    from diffusers.pipelines.ltx2.pipeline_ltx2 import rescale_noise_cfg
+
+    def x0(v: torch.Tensor) -> torch.Tensor:
+        return x - v * sigma
+
+    x0_cond = x0(cond)
+    cfg_delta = (cfg - 1) * (x0_cond - x0(uncond)) if uncond is not None else 0
+    stg_delta = stg * (x0_cond - x0(perturbed)) if perturbed is not None else 0
+    modality_delta = (modality - 1) * (x0_cond - x0(isolated)) if isolated is not None else 0
+    guided = x0_cond + cfg_delta + stg_delta + modality_delta
+    if rescale > 0:
+        guided = rescale_noise_cfg(guided, x0_cond, guidance_rescale=rescale)
+    return (x - guided) / sigma
+
+
+def _check_guidance(guidance: Guidance, preset: Preset, transformer: Any, note: Callable[[str], None]) -> Guidance:
+    """Validate the STG blocks against the model and resolve what the model decides: a preset's own STG blocks move
+    to the same relative depth of a smaller model; STG on a model without `perturbed_attn` does nothing in LTX-2
+    (the pipeline's pass equals the plain one), so it is dropped with a note; cross_timestep None → the model's."""
+    layers = int(transformer.config.num_layers)
+    blocks = tuple(int(b) for b in guidance.stg_blocks)
+    if any(b < 0 or b >= layers for b in blocks):
+        if blocks != preset.guidance.stg_blocks:
+            raise BadUsage(f"--stg-blocks {','.join(map(str, blocks))}: this model has blocks 0-{layers - 1}")
+        scaled = scale_stg_blocks(blocks, layers)
+        if guidance.stg or guidance.audio_stg:
+            note(f"preset {preset.name}: STG block {','.join(map(str, blocks))} of LTX-2's {LTX2_BLOCKS} is block "
+                 f"{','.join(map(str, scaled))} of this model's {layers} (same relative depth); pass --stg-blocks "
+                 "to choose")
+        blocks = scaled
+    guidance = replace(guidance, stg_blocks=blocks)
+    if (guidance.stg or guidance.audio_stg) and not blocks:
+        raise BadUsage("STG needs --stg-blocks (the blocks whose self-attention its extra pass skips)")
+    if guidance.uses_stg and not getattr(transformer.config, "perturbed_attn", False):
+        note("this model's transformer config has perturbed_attn false, so STG has no effect in LTX-2; its pass is "
+             "skipped (set perturbed_attn: true in transformer/config.json to use STG; no weights change)")
+        guidance = replace(guidance, stg=0.0, audio_stg=0.0)
+    if guidance.cross_timestep is None:
+        guidance = replace(guidance, cross_timestep=bool(getattr(transformer.config, "cross_attn_mod", False)))
+    return guidance
+
+
+def pipeline_latents(backbone: Any, latents: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """avctl's normalised final latents → what `LTX2Pipeline(output_type="latent")` returns: video [B, C, F, H, W]
+    and audio [B, C, T, M], unpacked and denormalised (with the pipeline's own helpers)."""
+    from diffusers import LTX2Pipeline
+
+    vae, audio_vae = backbone.vae, backbone.audio_vae
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if "video" in latents:
+            out["video"] = LTX2Pipeline._denormalize_latents(
+                latents["video"].float().cpu(), vae.latents_mean.cpu(), vae.latents_std.cpu(), vae.config.scaling_factor
+            ).contiguous()
+        if "audio" in latents:
+            lat = latents["audio"].float().cpu()
+            tokens = LTX2Pipeline._denormalize_audio_latents(
+                LTX2Pipeline._pack_audio_latents(lat), audio_vae.latents_mean.cpu(), audio_vae.latents_std.cpu()
+            )
+            out["audio"] = LTX2Pipeline._unpack_audio_latents(tokens, lat.shape[2], num_mel_bins=lat.shape[3])
+            out["audio"] = out["audio"].contiguous()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ previews

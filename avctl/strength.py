@@ -30,6 +30,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx2 import (
     LTX2AudioVideoAttnProcessor,
+    LTX2PerturbedAttnProcessor,
     apply_interleaved_rotary_emb,
     apply_split_rotary_emb,
 )
@@ -146,12 +147,17 @@ def plan_strength(canvas: Canvas) -> dict[tuple[str, str], list[RowBlock] | None
 
 class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
     """diffusers' LTX-2 attention processor plus the strength bias. With no plan it defers to the stock
-    processor, so the fast path is the stock computation."""
+    processor, so the fast path is the stock computation. Gated attention (`to_gate_logits`, LTX-2.3) is honoured.
+
+    Spatio-temporal guidance (STG): on `perturbed_attn` models the STG blocks hand their self-attentions a
+    `perturbation_mask` (0 = perturbed sample); as in diffusers' `LTX2PerturbedAttnProcessor` a perturbed sample's
+    attention output is its value projection (attention skipped), so strength has nothing to act on there."""
 
     def __init__(self, state: StrengthState, query_stream: str, key_stream: str) -> None:
         super().__init__()
         self.state = state
         self.pair = (query_stream, key_stream)
+        self._perturbed = LTX2PerturbedAttnProcessor()
 
     def __call__(
         self,
@@ -161,15 +167,31 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
         attention_mask: torch.Tensor | None = None,
         query_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         key_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        perturbation_mask: torch.Tensor | None = None,
+        all_perturbed: bool | torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if perturbation_mask is not None:
+            if all_perturbed is None:
+                all_perturbed = bool(torch.all(perturbation_mask == 0))
+            if all_perturbed or self.state.plans.get(self.pair) is None or attention_mask is not None:
+                self._perturbed._attention_backend = self._attention_backend
+                self._perturbed._parallel_config = self._parallel_config
+                return self._perturbed(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                       key_rotary_emb, perturbation_mask, all_perturbed)
+            # Some samples perturbed, some not, with strength biases: attend with strength, then blend in the
+            # value projection where perturbed. The output projection is affine, so blending after it equals the
+            # perturbed processor's blend before it.
+            out = self(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb)
+            skipped = self._perturbed(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                      key_rotary_emb, torch.zeros_like(perturbation_mask), True)
+            return torch.lerp(skipped, out, perturbation_mask.to(out.dtype))
         blocks = self.state.plans.get(self.pair)
         if blocks is not None and blocks[-1].end != hidden_states.shape[1]:
             raise RuntimeError("the strength plan is for another canvas; call set_strength() before this forward")
         if blocks is None or attention_mask is not None:
             # No strength work (or someone passed diffusers' own mask, which we leave to the stock path).
-            return super().__call__(
-                attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb
-            )
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb,
+                                    key_rotary_emb)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         gate_logits = attn.to_gate_logits(hidden_states) if attn.to_gate_logits is not None else None
         query = attn.norm_q(attn.to_q(hidden_states))
@@ -199,6 +221,10 @@ class StrengthAttnProcessor(LTX2AudioVideoAttnProcessor):
                 )
             )
         out = torch.cat(outputs, dim=1).flatten(2, 3).to(query.dtype)  # [B, Tq, H·D]
+        return self._output(attn, out, gate_logits)
+
+    @staticmethod
+    def _output(attn: torch.nn.Module, out: torch.Tensor, gate_logits: torch.Tensor | None) -> torch.Tensor:
         if gate_logits is not None:
             gates = 2.0 * torch.sigmoid(gate_logits)  # [B, Tq, H], as the stock processor
             out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)

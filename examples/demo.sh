@@ -61,9 +61,11 @@ for part in (0, 1):
                 f.write(json.dumps(row) + "\n")
 PY
 # 20 denoising steps, as the claims table (examples/pocket_claims.py) samples: a third less time than the default 30.
+# --preset plain (one model pass per step, no guidance: the paper's CFG 1) as the claims were measured; --preset ltx2
+# (LTX2Pipeline's guidance) costs four passes per step and would push the demo past 15 minutes (docs/sampler.md).
 generate() {
   avctl generate --model "$MODEL" --lora "$DEMO/runs/canny/lora.safetensors" --width 64 --height 64 --frames 17 \
-    --steps 20 --batch "$1" --overwrite
+    --steps 20 --preset plain --batch "$1" --overwrite
 }
 SECOND=
 if [ -s "$DEMO/outputs/jobs-2.jsonl" ]; then  # empty with DEMO_HELDOUT=1

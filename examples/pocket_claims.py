@@ -89,7 +89,7 @@ def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argpar
 
 
 def score(backbone: Any, clips: list[WorldClip], lora_path: Path | None, downscale: int, strength: float,
-          steps: int, keep: dict | None = None, line_width: int = 1) -> tuple[float, float]:
+          steps: int, keep: dict | None = None, line_width: int = 1, preset: str = "plain") -> tuple[float, float]:
     """Mean edge F1 over the held-out clips (output vs the clip's plain 1-px Canny control at the LoRA's reference
     size, whatever line width the LoRA was given) and the mean generation time."""
     from avctl.lora import read_lora
@@ -102,7 +102,7 @@ def score(backbone: Any, clips: list[WorldClip], lora_path: Path | None, downsca
         t0 = time.perf_counter()
         out = generate(backbone, clip.caption, uses, width=clip.frames.shape[2], height=clip.frames.shape[1],
                        frames=len(clip.frames), fps=clip.fps, strength=strength, steps=steps, seed=1000 + i,
-                       schedule="shifted")
+                       preset=preset)
         seconds.append(time.perf_counter() - t0)
         f1s.append(edge_f1(control_for(clip, downscale), out.frames))
         if keep is not None and i < 2:
@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--preset", default="plain", choices=("plain", "ltx2", "ltx2.3", "distilled", "auto"),
+                    help="sampling preset (docs/sampler.md); plain = one pass per step, as the claims were measured")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="folder for claims.json and LoRAs (default: a temp dir)")
     ap.add_argument("--plot", type=Path, default=Path("docs/pocket_claims.png"))
@@ -146,6 +148,10 @@ def main() -> None:
     width = results.setdefault("line_width", args.line_width)
     if width != args.line_width:
         raise SystemExit(f"error: {previous} was made with --line-width {width}; use that or another --out")
+    # Runs from before presets sampled as plain.
+    if results.setdefault("sample_preset", "plain" if previous.is_file() else args.preset) != args.preset:
+        raise SystemExit(f"error: {previous} was sampled with --preset {results['sample_preset']}; use that or "
+                         "another --out")
 
     encoded: list[Sample] = []  # the training clips' video, audio and caption, encoded once for all variants
 
@@ -167,7 +173,7 @@ def main() -> None:
         recon.append(edge_f1(control_for(clip, 2), rec))
     results["vae_reconstruction_f1"] = float(np.mean(recon))
     if "base" not in results:
-        base_f1, base_s = score(backbone, held, None, 2, 1.0, args.sample_steps)
+        base_f1, base_s = score(backbone, held, None, 2, 1.0, args.sample_steps, preset=args.preset)
         results["base"] = {"f1": base_f1, "gen_s": base_s}
     log(f"VAE-reconstruction edge F1 {results['vae_reconstruction_f1']:.3f}; base (no LoRA) "
         f"{results['base']['f1']:.3f}")
@@ -179,28 +185,31 @@ def main() -> None:
         sweep = {}
         for s in STRENGTHS if "strength" in claims else (0.0, 1.0):
             sweep[s], _ = score(backbone, held, main_lora["path"], 2, s, args.sample_steps, keep=kept,
-                                line_width=width)
+                                line_width=width, preset=args.preset)
             log(f"parallel 2× strength {s}: edge F1 {sweep[s]:.3f}")
         results["strength"] = {str(k): v for k, v in sweep.items()}
     if "layout" in claims:
         for layout in ("parallel", "side-by-side"):
             v = variant(layout, 1, args.compare_steps, width)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps, line_width=width)
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps, line_width=width,
+                                            preset=args.preset)
             log(f"{layout} 1×, {width}-px lines, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
     if "downscale" in claims:
         results["compare_steps"] = args.compare_steps
         for s in (1, 2, 4):
             v = variant("parallel", s, args.compare_steps, width)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps, line_width=width)
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps, line_width=width,
+                                            preset=args.preset)
             log(f"parallel {s}×: edge F1 {v['f1']:.3f}, train {v['step_s']:.2f} s/step, generate {v['gen_s']:.1f} s")
     if "lines" in claims:
         results["compare_steps"] = args.compare_steps
         for w in (1, 3):
             v = variant("parallel", 2, args.compare_steps, w)
             if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 2, 1.0, args.sample_steps, line_width=w)
+                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 2, 1.0, args.sample_steps, line_width=w,
+                                            preset=args.preset)
             log(f"parallel 2×, {w}-px lines: edge F1 {v['f1']:.3f} (against 1-px Canny)")
 
     for v in results.values():

@@ -86,6 +86,7 @@ def main() -> None:
     train_seconds = sum(pocket.stage_seconds(args.work, s) for s in ("vae", "audio_vae", "vocoder", "transformer"))
 
     backbone.save_pretrained(args.out)
+    pocket.write_pipeline_files(args.out)
     log(f"saved {args.out}")
     if args.no_report:
         return

@@ -224,19 +224,20 @@ def test_first_frame_image_is_kept_clean(files, control):
 def test_schedules():
     from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
-    assert resolve_schedule("auto", "/models/LTX-2-Distilled") == "distilled"
-    assert resolve_schedule("auto", "Lightricks/ltx-2-19b-distilled") == "distilled"
-    assert resolve_schedule("auto", "/data/distilled/ltx-2") == "shifted"  # only the model's own name counts
-    assert resolve_schedule("auto", "tiny") == "shifted"
-    assert resolve_schedule("distilled", "tiny") == "distilled"
-    with pytest.raises(BadUsage, match="auto, shifted, distilled"):
-        resolve_schedule("fast", "tiny")
+    # "auto" is the preset's schedule (the preset comes from the model's files: tests/test_sampler.py).
+    assert resolve_schedule("auto", "official") == "official"
+    assert resolve_schedule("auto") == "shifted"
+    assert resolve_schedule("distilled", "official") == "distilled"
+    with pytest.raises(BadUsage, match="auto, official, shifted, distilled"):
+        resolve_schedule("fast")
     sig = sigma_schedule("distilled", None, 4096)
     assert sig.tolist() == pytest.approx([*DISTILLED_SIGMA_VALUES, 0.0])
     with pytest.raises(BadUsage, match="exactly 8 steps"):
         sigma_schedule("distilled", 30, 4096)
     shifted = sigma_schedule("shifted", None, 4096)
     assert len(shifted) == 31 and float(shifted[0]) == pytest.approx(1.0) and float(shifted[-1]) == 0.0
+    official = sigma_schedule("official", 30, 4096)  # LTX-2's scheduler: the same shift, stretched to σ 0.1
+    assert len(official) == 31 and float(official[-2]) == pytest.approx(0.1) and float(official[-1]) == 0.0
 
 
 def test_cli_distilled_schedule_runs_eight_steps(tmp_path):

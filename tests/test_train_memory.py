@@ -208,11 +208,11 @@ class _Loads:
         self.alive_at_load: list[int] = []  # how many of those were still alive when each load began
         real = avctl.backbone.load_backbone
 
-        def load(name=None, device=None, dtype=None, components=None):
+        def load(name=None, device=None, dtype=None, components=None, **kw):
             gc.collect()
             wanted = frozenset(components) if components is not None else frozenset(avctl.backbone.COMPONENTS)
             self.alive_at_load.append(sum(r() is not None for r in self.modules))
-            bb = real(name, device=device, dtype=dtype, components=components)
+            bb = real(name, device=device, dtype=dtype, components=components, **kw)
             self.calls.append(wanted)
             self.modules += [weakref.ref(getattr(bb, c)) for c in ("vae", "audio_vae", "text_encoder", "connectors",
                                                                     "vocoder") if getattr(bb, c) is not None]
