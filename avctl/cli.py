@@ -360,7 +360,7 @@ def train_cmd(
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
     backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype)
-    prompts = (rows[0].get("caption", ""),) if cfg.validate_every and rows else ()
+    prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         if not ranks.main:
@@ -385,7 +385,7 @@ def train_cmd(
         if cfg.validate_every:
             validator = make_validator(
                 backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
-                text=cached_prompt(cached.index, backbone, prompts[0]),
+                texts={p: cached_prompt(cached.index, backbone, p) for p in prompts},
                 load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
                                                      dtype=base_dtype, vae_tiling=vae_tiling))
         result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,

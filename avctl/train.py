@@ -695,16 +695,16 @@ def make_validator(
     out: Path,
     seed: int,
     steps: int = 20,
-    text: dict[str, torch.Tensor] | None = None,
+    texts: dict[str, dict[str, torch.Tensor]] | None = None,
     load_decoders: Callable[[], Any] | None = None,
 ) -> Callable[[int], None]:
     """A validation hook: generate through the sampler with the LoRA as it is now, from a manifest row's prompt and
     control, with its own seed, and write OUT/samples/step_XXXXX.mp4 + a control | output contact sheet PNG.
 
-    For training memory: `text` (the row caption's cached embeddings, `cache.cached_prompt`) stands in for the text
-    encoder, and `load_decoders()` (a backbone holding the VAEs and vocoder) is called for each validation and
-    released after it, so neither stays resident between validations. Without them `backbone` must hold every
-    part."""
+    For training memory: `texts` (prompt → cached embeddings, `cache.cached_prompt`: the caption and the empty
+    negative prompt) stand in for the text encoder, and `load_decoders()` (a backbone holding the VAEs and vocoder)
+    is called for each validation and released after it, so neither stays resident between validations. Without
+    them `backbone` must hold every part."""
     from avctl import media
     from avctl.backbone import TextEmbeddings
     from avctl.errors import AvctlError
@@ -721,9 +721,9 @@ def make_validator(
     caption = row.get("caption", "")
 
     def cached_text(prompts: list[str]) -> TextEmbeddings:
-        if text is None or prompts != [caption]:
-            raise AvctlError(f"validation has only its prompt's text embeddings cached, not {prompts!r}")
-        return TextEmbeddings(*(text[k].to(backbone.device) for k in ("video", "audio", "mask")))
+        if texts is None or len(prompts) != 1 or prompts[0] not in texts:
+            raise AvctlError(f"validation has only {sorted(texts or {})!r} text-encoded, not {prompts!r}")
+        return TextEmbeddings(*(texts[prompts[0]][k].to(backbone.device) for k in ("video", "audio", "mask")))
 
     def validate(step: int) -> None:
         tr = backbone.transformer
@@ -732,7 +732,7 @@ def make_validator(
             parts = load_decoders()
             bb = dataclasses.replace(backbone, vae=parts.vae, audio_vae=parts.audio_vae, vocoder=parts.vocoder)
             del parts
-        if text is not None:
+        if texts is not None:
             bb = dataclasses.replace(bb)
             bb.encode_text = cached_text  # an instance attribute: the sampler's encode_text call lands here
         live = LoraFile(
