@@ -525,10 +525,10 @@ def train(
                 f"{state_dir}: saved state is from a different configuration; pass --no-resume to start over "
                 "or --out to train elsewhere"
             )
-        if meta.get("base_dtype", "torch.float32") != str(base_dtype):
+        if meta.get("base_dtype", str(base_dtype)) != str(base_dtype):  # states from before it was recorded pass
             raise BadUsage(
-                f"{state_dir}: saved over a {meta.get('base_dtype', 'torch.float32')} base, now {base_dtype}; "
-                "pass the same --dtype, or --no-resume"
+                f"{state_dir}: saved over a {meta['base_dtype']} base, now {base_dtype}; pass the same --dtype, "
+                "or --no-resume"
             )
         if meta["torch_threads"] != torch.get_num_threads():
             raise BadUsage(
