@@ -175,6 +175,7 @@ def test_training_rss_does_not_grow_with_the_dataset(tmp_path):
         p.write_bytes(paths[0].read_bytes())
     assert paths[0].stat().st_size >= 20e6
     small = _run_rss(paths[:8], 3, tmp_path / "r8", [])
+    assert 56 * paths[0].stat().st_size > 0.10 * small["peak"]  # 56 more samples held in RAM would fail the bound
     large = _run_rss(paths, 3, tmp_path / "r64", [])
     print(f"peak RSS: 8 samples {small['peak'] / 2**20:.0f} MiB, 64 samples {large['peak'] / 2**20:.0f} MiB")
     assert large["peak"] <= 1.10 * small["peak"], (small, large)
@@ -255,6 +256,18 @@ def test_prepare_precompute_leaves_train_nothing_to_encode(dataset, monkeypatch)
                 "--precompute", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["encoded"] == 2
+    # The two passes (text encoder, then VAEs) write what one pass with every encoder loaded writes.
+    from avctl.cache import encode_sample
+    from avctl.dataset import load_manifest
+    from tests.tiny import backbone
+
+    _, rows = load_manifest(data)
+    files = sorted((data / ".precomputed").rglob("*.safetensors"))
+    assert len(files) == 2 and not any(f.name.startswith(".") for f in files)  # no part file left
+    for row in rows:
+        one = encode_sample(backbone(), data, row)
+        cached = load_file(str(next(f for f in files if f.stem == Path(row["video"]).stem)))
+        assert cached.keys() == one.keys() and all(torch.equal(cached[k], one[k]) for k in one)
     loads = _Loads(monkeypatch)
     r = _invoke("train", "canny", "--data", data, "--out", dataset / "run", "--model", "tiny", "--steps", "1",
                 "--rank", "4")
