@@ -221,7 +221,7 @@ def prepare_cmd(
                           options={"speakers": speakers, "line_width": line_width})
         if encode and summary.rows:
             encoding = progress.add_task("encode", total=summary.rows, info="")
-            counts = encode_dataset(target, _load_backbone(model, components=set()),
+            counts = encode_dataset(target, _load_backbone(model, components=set(), vae_tiling=vae_tiling),
                                     lambda parts: _load_backbone(model, components=set(parts), vae_tiling=vae_tiling),
                                     progress=lambda d, t: progress.update(encoding, completed=d, total=t))
     data = summary.to_dict()
@@ -359,7 +359,7 @@ def train_cmd(
     ranks = Ranks()
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
-    backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype)
+    backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
     prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
