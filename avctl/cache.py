@@ -49,9 +49,12 @@ def encoder_fingerprint(backbone: Any) -> str:
             continue
         h.update(name.encode())
         for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            flat = tensor.detach().reshape(-1)
+            # A quantized weight (--text-encoder-8bit) hashes its class and dequantized values, so 8-bit and full
+            # encoders never share a cache entry; plain tensors hash as before.
+            kind = "" if type(tensor) in (torch.Tensor, torch.nn.Parameter) else type(tensor).__name__
+            flat = (tensor.dequantize() if kind else tensor).detach().reshape(-1)
             picked = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
-            h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}{kind}".encode())
             h.update(picked.numpy().tobytes())
     return h.hexdigest()[:16]
 

@@ -44,6 +44,17 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option(help="Quantize the frozen transformer's block Linear layers, weight-only: none (default), int8 or "
+                 "fp8 (torchao; patchify, adaLN, norms and projections in/out stay as they are; a LoRA still "
+                 "trains in fp32). See docs/quantization.md."),
+]
+TextEncoder8bitOpt = Annotated[
+    bool,
+    typer.Option("--text-encoder-8bit",
+                 help="Run the Gemma text encoder's decoder layers in int8 (weight-only, about half its memory)."),
+]
 
 
 def _progress(json_mode: bool) -> Progress:
@@ -91,6 +102,15 @@ def _load_backbone(model: str | None) -> Any:
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return load_backbone(name)
+
+
+def _quantize(backbone: Any, quantize: str | None, text_encoder_8bit: bool, quiet: bool) -> None:
+    """`--quantize` / `--text-encoder-8bit` on a freshly loaded backbone (one line each on stderr)."""
+    from avctl.quantize import quantize_backbone
+
+    for report in quantize_backbone(backbone, quantize, text_encoder_8bit):
+        if not quiet:
+            err.print(f"quantized {report.summary()}", highlight=False, markup=False, soft_wrap=True)
 
 
 def command(
@@ -295,6 +315,8 @@ def train_cmd(
                      "loraplus_lr_ratio). Default 1 = plain AdamW, the paper's recipe."),
     ] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs tensorboard).")] = False,
+    quantize: QuantizeOpt = None,
+    text_encoder_8bit: TextEncoder8bitOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -303,6 +325,7 @@ def train_cmd(
 
     from avctl.cache import load_samples
     from avctl.dataset import check_dataset, load_manifest
+    from avctl.quantize import check_quantize_args
     from avctl.train import Ranks, TrainConfig, make_validator, train
     from modalities.base import get_modality
 
@@ -314,6 +337,7 @@ def train_cmd(
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
         "loraplus_lr_ratio": loraplus_lr_ratio,
         "tensorboard": tensorboard or None,
+        "quantize": quantize, "text_encoder_8bit": text_encoder_8bit or None,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
     try:
@@ -326,11 +350,14 @@ def train_cmd(
     cfg.data = cfg.data or Path("datasets") / mod.name
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
+    check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
 
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
     ranks = Ranks()
     backbone = _load_backbone(cfg.model)
+    # --- quantization (avctl.quantize): after the backbone's dtype cast, before train() adds the LoRA.
+    _quantize(backbone, cfg.quantize, cfg.text_encoder_8bit, json_out or not ranks.main)
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         if not ranks.main:
@@ -803,12 +830,16 @@ def generate_cmd(
                      "The model loads once; a bad row is reported and the rest go on (exit 1 if any failed)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quantize: QuantizeOpt = None,
+    text_encoder_8bit: TextEncoder8bitOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
+    from avctl.quantize import check_quantize_args
     from avctl.sample import resolve_schedule
 
     resolve_schedule(schedule, "")  # a misspelt --schedule is refused before anything loads
+    check_quantize_args(quantize, text_encoder_8bit)
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
         "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
@@ -825,6 +856,7 @@ def generate_cmd(
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
         backbone = _load_backbone(model)
+        _quantize(backbone, quantize, text_encoder_8bit, json_out)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -839,6 +871,8 @@ def generate_cmd(
 
     rows = _batch_rows(batch, flags)
     backbone = _load_backbone(model) if any(isinstance(r, dict) for _, r in rows) else None
+    if backbone is not None:
+        _quantize(backbone, quantize, text_encoder_8bit, json_out)
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:
