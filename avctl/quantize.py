@@ -15,6 +15,7 @@ adapter is added (PEFT picks its torchao LoRA layer when the adapter is injected
 from __future__ import annotations
 
 import fnmatch
+import types
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -168,6 +169,30 @@ def is_quantized(weight: torch.Tensor) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ quantizing
+class _FrozenQuantizedLinear(torch.autograd.Function):
+    """y = x·Wᵀ + b over a frozen quantized W that keeps the QUANTIZED weight for the backward pass. torchao's linear
+    runs above autograd and casts W up before its matmul, so autograd would hold a full-precision copy of every
+    quantized weight until backward: more memory than the unquantized base when training without gradient
+    checkpointing. Here the copy lives only inside each layer's forward and backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.x_dtype = x.dtype
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
+        (weight,) = ctx.saved_tensors
+        grad_x = grad @ weight.dequantize().to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        return (grad_x.to(ctx.x_dtype) if grad_x is not None else None), None, grad_bias
+
+
+def _frozen_quantized_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _FrozenQuantizedLinear.apply(x, self.weight, self.bias)
+
+
 def _quantize_named(module: torch.nn.Module, names: list[str], mode: QuantMode) -> QuantReport:
     quantize_ = _torchao()
     if any(".lora_" in n for n, _ in module.named_parameters()):
@@ -177,6 +202,8 @@ def _quantize_named(module: torch.nn.Module, names: list[str], mode: QuantMode) 
     modules = dict(module.named_modules())
     before = sum(tensor_bytes(modules[n].weight) for n in names)
     quantize_(module, _config(mode), filter_fn=lambda m, fqn: fqn in wanted)
+    for n in names:  # the module keeps its class; only this instance's forward changes
+        modules[n].forward = types.MethodType(_frozen_quantized_forward, modules[n])
     after = sum(tensor_bytes(modules[n].weight) for n in names)
     return QuantReport(mode, len(names), before, after, before_total, module_bytes(module))
 

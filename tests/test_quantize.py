@@ -160,6 +160,48 @@ def test_fp32_adapters_over_a_bf16_int8_base_take_small_steps():
     assert changed.float().mean() >= 0.99
 
 
+def _saved_for_backward(tr, batch, noise):
+    """One training step: bytes autograd keeps for backward beyond the model's own tensors, and the LoRA grads."""
+    own = {p.data_ptr() for p in tr.parameters() if not is_quantized(p)}
+    seen: set[int] = set()
+
+    def pack(t):
+        if not is_quantized(t) and t.data_ptr() not in own and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            pack.bytes += t.numel() * t.element_size()
+        return t
+
+    pack.bytes = 0
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = step_loss(CANNY, tr, batch, torch.tensor([0.4, 0.7]), noise)
+    loss.backward()
+    return pack.bytes, {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_backward_keeps_no_dequantized_weight_copies(mode):
+    """torchao's linear casts the weight up above autograd, which would keep a full-precision copy of every quantized
+    weight until backward; the quantized base must keep no more for backward than the unquantized one."""
+    batch = collate(make_samples(2), torch.device("cpu"))
+    noise = draw_noise(torch.Generator().manual_seed(0), batch)
+    models = {}
+    for name in ("plain", "quantized", "torchao autograd"):
+        tr = fresh_transformer()
+        if name != "plain":
+            quantize_transformer(tr, mode)
+        if name == "torchao autograd":
+            for m in tr.modules():
+                m.__dict__.pop("forward", None)  # torchao's own linear under autograd, for reference
+        torch.manual_seed(0)
+        add_lora(tr, CANNY.targets, 4)
+        models[name] = _saved_for_backward(tr, batch, noise)
+    (plain, _), (quantized, grads), (reference, ref_grads) = models.values()
+    assert quantized == plain < reference  # tiny's block weights: ~150 kB of copies without the custom backward
+    assert grads.keys() == ref_grads.keys() and len(grads) == 16  # canny: V.SA in 2 blocks, A and B
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6)
+
+
 def test_text_encoder_8bit_gives_close_embeddings():
     bb = copy.copy(backbone())  # a shallow copy: its own text_encoder attribute, shared everything else
     prompts = ["a red ball rolls on the grass", "two cats"]
