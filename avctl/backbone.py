@@ -122,6 +122,8 @@ class Backbone:
     # Canonical config of every component the source has (loaded or not), so the hash does not depend on `components`.
     configs: dict[str, Any] = field(default_factory=dict, repr=False)
     vae_tiling: VaeTiling = field(default_factory=VaeTiling)
+    # Set when the text encoder runs in 8 bits (--text-encoder-8bit): its embeddings differ, so the cache keys on it.
+    text_encoder_8bit: bool = False
 
     # ---- sizes, read from the loaded configs (the transformer's config stands in where it records the same value)
 

@@ -114,11 +114,12 @@ def weights_fingerprint(model_id: str) -> str:
 
 def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str, weights: str) -> str:
     """The cache key of one row: format, model config, encoder weights (`weights_fingerprint`, computed once per
-    dataset by the caller), the VAE tiling (tiled and untiled encodes differ slightly), bucket, caption and the
-    media bytes."""
+    dataset by the caller), how the encoders run (VAE tiling, an 8-bit text encoder: both change the outputs a
+    little), bucket, caption and the media bytes."""
     h = hashlib.sha256()
-    tiling = repr(getattr(backbone, "vae_tiling", ""))
-    for part in (CACHE_FORMAT, backbone.config_hash(), weights, tiling, bucket, caption,
+    tiling, te8 = getattr(backbone, "vae_tiling", ""), getattr(backbone, "text_encoder_8bit", False)
+    encoding = f"{tiling!r} text_encoder_8bit={te8}"
+    for part in (CACHE_FORMAT, backbone.config_hash(), weights, encoding, bucket, caption,
                  *[_file_digest(p) for p in media]):
         h.update(part.encode())
         h.update(b"\0")

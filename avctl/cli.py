@@ -53,6 +53,17 @@ VaeTilingOpt = Annotated[
         "see docs/vae_tiling.md). --no-vae-tiling runs the VAE on the whole clip.",
     ),
 ]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option(help="Quantize the frozen transformer's block Linear layers, weight-only: none (default), int8 or "
+                 "fp8 (torchao; patchify, adaLN, norms and projections in/out stay as they are; a LoRA still "
+                 "trains in fp32). See docs/quantization.md."),
+]
+TextEncoder8bitOpt = Annotated[
+    bool,
+    typer.Option("--text-encoder-8bit",
+                 help="Run the Gemma text encoder's decoder layers in int8 (weight-only, about half its memory)."),
+]
 
 
 def _progress(json_mode: bool) -> Progress:
@@ -101,6 +112,15 @@ def _load_backbone(model: str | None, components: set[str] | None = None, dtype:
     if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
+
+
+def _quantize(backbone: Any, quantize: str | None, text_encoder_8bit: bool, quiet: bool) -> None:
+    """`--quantize` / `--text-encoder-8bit` on a freshly loaded backbone (one line each on stderr)."""
+    from avctl.quantize import quantize_backbone
+
+    for report in quantize_backbone(backbone, quantize, text_encoder_8bit):
+        if not quiet:
+            err.print(f"quantized {report.summary()}", highlight=False, markup=False, soft_wrap=True)
 
 
 def command(
@@ -321,6 +341,8 @@ def train_cmd(
         int | None, typer.Option(help="Samples each loader process reads ahead. Default 2.")
     ] = None,
     vae_tiling: VaeTilingOpt = True,
+    quantize: QuantizeOpt = None,
+    text_encoder_8bit: TextEncoder8bitOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -329,6 +351,7 @@ def train_cmd(
 
     from avctl.cache import cached_prompt, precompute
     from avctl.dataset import check_dataset, load_manifest
+    from avctl.quantize import check_quantize_args
     from avctl.train import BASE_DTYPES, Ranks, TrainConfig, make_validator, train
     from modalities.base import get_modality
 
@@ -341,6 +364,7 @@ def train_cmd(
         "loraplus_lr_ratio": loraplus_lr_ratio,
         "tensorboard": tensorboard or None, "dtype": dtype, "loader_workers": loader_workers,
         "prefetch_factor": prefetch_factor,
+        "quantize": quantize, "text_encoder_8bit": text_encoder_8bit or None,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
     try:
@@ -353,6 +377,7 @@ def train_cmd(
     cfg.data = cfg.data or Path("datasets") / mod.name
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
+    check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
 
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
@@ -360,18 +385,28 @@ def train_cmd(
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
     backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
+    backbone.text_encoder_8bit = cfg.text_encoder_8bit
+    quiet = json_out or not ranks.main
+
+    def load_encoders(parts: frozenset[str]) -> Any:
+        encoders = _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling)
+        _quantize(encoders, None, cfg.text_encoder_8bit, quiet)
+        return encoders
+
     prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
         if not ranks.main:
             ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
-        cached = precompute(backbone, cfg.data, info, rows,
-                            lambda parts: _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling),
+        cached = precompute(backbone, cfg.data, info, rows, load_encoders,
                             prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t))
         if ranks.main:
             ranks.barrier()
         # The encoders are released by now; the transformer alone is loaded for training.
-        backbone.transformer = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype).transformer
+        trained = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype)
+        # Quantized after the dtype cast and before train() adds the LoRA (PEFT picks its layer type then).
+        _quantize(trained, cfg.quantize, False, quiet)
+        backbone.transformer = trained.transformer
         samples = cached.index.samples()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")
@@ -1026,9 +1061,14 @@ def generate_cmd(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     vae_tiling: VaeTilingOpt = True,
+    quantize: QuantizeOpt = None,
+    text_encoder_8bit: TextEncoder8bitOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
+    from avctl.quantize import check_quantize_args
+
+    check_quantize_args(quantize, text_encoder_8bit)
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
         "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
@@ -1066,6 +1106,7 @@ def generate_cmd(
         plan = _plan_generation(flags, overwrite, preview)
         backbone = _load_backbone(model, vae_tiling=vae_tiling)
         _load_two_stage(backbone, settings)
+        _quantize(backbone, quantize, text_encoder_8bit, json_out)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -1083,6 +1124,7 @@ def generate_cmd(
     backbone = _load_backbone(model, vae_tiling=vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
     if backbone is not None:
         _load_two_stage(backbone, settings)
+        _quantize(backbone, quantize, text_encoder_8bit, json_out)
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:

@@ -67,6 +67,10 @@ class TrainConfig(BaseModel):
     loraplus_lr_ratio: float = Field(default=1.0, ge=1.0)
     validate_every: int | None = Field(default=None, gt=0)  # steps between validation samples (None = off)
     tensorboard: bool = False
+    # Frozen base quantized weight-only (avctl.quantize): the transformer blocks' Linear layers, and Gemma's decoder
+    # in int8 while the text embeddings are precomputed. The LoRA still trains in fp32.
+    quantize: Literal["none", "int8", "fp8"] = "none"
+    text_encoder_8bit: bool = False
 
     def fingerprint(self) -> str:
         """What must match for a resume: everything but the step target, output and data location."""
@@ -79,6 +83,9 @@ class TrainConfig(BaseModel):
             del d["targets"]  # so runs from before the option existed still resume
         if d["loraplus_lr_ratio"] == 1.0:
             del d["loraplus_lr_ratio"]  # likewise
+        for key, default in (("quantize", "none"), ("text_encoder_8bit", False)):
+            if d[key] == default:
+                del d[key]  # likewise
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
