@@ -343,6 +343,11 @@ def train_cmd(
     vae_tiling: VaeTilingOpt = True,
     quantize: QuantizeOpt = None,
     text_encoder_8bit: TextEncoder8bitOpt = False,
+    memory_check: Annotated[
+        bool,
+        typer.Option(help="On a GPU, refuse a run that `avctl plan` says will not fit, before loading anything "
+                     "(the plan is printed either way)."),
+    ] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -378,10 +383,15 @@ def train_cmd(
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
     check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
+    if cfg.targets:
+        from avctl.lora import target_modules
+
+        target_modules(cfg.targets)  # an unknown group stops here, before the plan or anything else
 
     info, rows = load_manifest(cfg.data)
-    check_dataset(info, mod)
+    bucket = check_dataset(info, mod)
     ranks = Ranks()
+    _check_memory(cfg, bucket, ranks.world, memory_check, quiet=json_out or not ranks.main)
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
     backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
@@ -432,6 +442,27 @@ def train_cmd(
     else:
         err.print(f"LoRA: {result.lora_path}  (steps {result.resumed_from}→{result.steps}, "
                   f"loss {result.to_dict()['first_loss']:.4f} → {result.to_dict()['last_loss']:.4f})")
+
+
+def _check_memory(cfg: Any, bucket: Any, world: int, enforce: bool, quiet: bool) -> None:
+    """Print the run's memory plan (before anything loads); on a GPU refuse one that will not fit."""
+    import torch
+
+    from avctl.plan import training_plan
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib())
+    if not quiet:
+        parts = ", ".join(f"{name} {gib:.2f}" for name, gib in plan.parts.items())
+        verdict = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit") + \
+            f" in {plan.gpu_memory_gib:.0f} GiB"
+        err.print(f"plan: {max(plan.peak_gib, plan.precompute_peak_gib):.2f} GiB per {device} device ({parts}; "
+                  f"precompute {plan.precompute_peak_gib:.2f}){verdict}; `avctl plan` for details",
+                  highlight=False, markup=False, soft_wrap=True)
+    if device == "cuda" and enforce and plan.fits is False:
+        advice = f"; try {plan.advice[0]}" if plan.advice else ""
+        raise BadUsage(f"this run needs about {max(plan.peak_gib, plan.precompute_peak_gib):.1f} GiB per GPU, more "
+                       f"than the {plan.gpu_memory_gib:.0f} GiB visible{advice} (or --no-memory-check to try anyway)")
 
 
 # ------------------------------------------------------------------------------------------------ plan

@@ -52,6 +52,7 @@ class PlanRequest:
     bucket: tuple[int, int, int] = (768, 512, 121)  # width, height, frames
     fps: float = 24.0
     rank: int | None = None
+    targets: tuple[str, ...] | None = None  # LoRA target groups; default: the modality's
     batch_size: int = 1
     quantize: Literal["none", "int8", "fp8"] = "none"
     text_encoder_8bit: bool = False
@@ -253,6 +254,8 @@ def make_plan(request: PlanRequest) -> Plan:
     if request.quantize == "fp8" and request.device != "cuda":
         raise BadUsage("--quantize fp8 needs a CUDA GPU; use int8 on a CPU")
     modality = get_modality(request.modality)
+    if request.targets:
+        modality = replace(modality, targets=tuple(request.targets))
     rank = request.rank or modality.rank
     model = _model_shape(request.model)
     tr = model.transformer
@@ -335,6 +338,7 @@ def _fits(peak: float, precompute: float, gpu: float) -> bool:
 def _request_dict(request: PlanRequest) -> dict[str, Any]:
     d = asdict(request)
     d["bucket"] = "x".join(map(str, request.bucket))
+    d["targets"] = list(request.targets) if request.targets else None
     return d
 
 
@@ -458,3 +462,18 @@ def measure_saved_bytes(transformer: torch.nn.Module, video_tokens: tuple[int, i
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         predict(transformer, canvas, text, text, torch.ones(1, text_length))
     return sum(kept.values())
+
+
+def training_plan(config: Any, bucket: tuple[int, int, int], world_size: int, device: Literal["cuda", "cpu"],
+                  gpu_memory_gib: float | None, strategy: Literal["ddp", "fsdp"] = "ddp") -> Plan:
+    """The plan of the run a `train` config describes, as `train` prints it before loading anything."""
+    from avctl import presets
+
+    dtype = config.dtype or ("bf16" if device == "cuda" or presets.is_shape(config.model) else "fp32")
+    return make_plan(PlanRequest(
+        modality=config.modality, model=config.model, bucket=bucket, rank=config.rank,
+        targets=tuple(config.targets) if config.targets else None,
+        batch_size=config.batch_size, quantize=config.quantize, text_encoder_8bit=config.text_encoder_8bit,
+        gradient_checkpointing=config.gradient_checkpointing, world_size=world_size, strategy=strategy,
+        dtype=dtype, optimizer=config.optimizer, device=device, gpu_memory_gib=gpu_memory_gib,
+    ))
