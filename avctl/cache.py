@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from avctl.io import contained
 from avctl.lora import atomic_save_safetensors
 from avctl.train import Sample
 
@@ -162,7 +163,8 @@ def load_samples(
     for row in rows:
         media_files = [dataset / row[c] for c in ("video", "reference_video", "reference_audio", "audio") if row.get(c)]
         keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", ""), weights))
-        paths.append(folder / Path(row["video"]).with_suffix(".safetensors"))
+        paths.append(contained(Path(row["video"]).with_suffix(".safetensors"), folder, what="cache file",
+                               hint="name the row's video with a path inside the dataset"))
     cached = [_read_cached(path, key) for path, key in zip(paths, keys, strict=True)]
     stale = [i for i, tensors in enumerate(cached) if tensors is None]
     samples, encoded = [], 0

@@ -45,6 +45,14 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+AllowOutsideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-media",
+        help="Accept manifest media paths that lie outside the dataset folder (absolute, '..' or symlinked out); "
+        "refused by default so a row can never make avctl read or write beside files that are not the dataset's.",
+    ),
+]
 VaeTilingOpt = Annotated[
     bool,
     typer.Option(
@@ -116,6 +124,11 @@ def command(
             except AvctlError as exc:
                 err.print(f"avctl {label or name}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from exc
+            except OSError as exc:  # a disk error outside avctl.io (a library's own write): still one line
+                where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+                err.print(f"avctl {label or name}: error: {where}{exc.strerror or exc}", highlight=False,
+                          markup=False, soft_wrap=True)
+                raise typer.Exit(1) from exc
 
         return (group or app).command(name)(run)
 
@@ -190,6 +203,7 @@ def prepare_cmd(
                      "fresh entries are kept."),
     ] = False,
     model: ModelOpt = None,
+    allow_outside_media: AllowOutsideOpt = False,
     vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
@@ -221,7 +235,8 @@ def prepare_cmd(
             backbone = _load_backbone(model, vae_tiling)
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, backbone,
-                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t))
+                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t),
+                                    allow_outside_media=allow_outside_media)
     data = summary.to_dict()
     if encode:
         data.update(counts)
@@ -305,6 +320,7 @@ def train_cmd(
                      "loraplus_lr_ratio). Default 1 = plain AdamW, the paper's recipe."),
     ] = None,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs tensorboard).")] = False,
+    allow_outside_media: AllowOutsideOpt = False,
     vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
@@ -338,7 +354,7 @@ def train_cmd(
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
 
-    info, rows = load_manifest(cfg.data)
+    info, rows = load_manifest(cfg.data, allow_outside_media)
     check_dataset(info, mod)
     ranks = Ranks()
     backbone = _load_backbone(cfg.model, vae_tiling)
@@ -515,6 +531,9 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
         raise BadInput(f"{out_path}: exists; pass --overwrite or choose another --out")
     if not opts["prompt"]:
         raise BadUsage("give --prompt TEXT (or --batch FILE.jsonl with a prompt per row)")
+    if not 0.0 <= float(opts["strength"]) <= 1.0:
+        raise BadUsage(f"--strength {opts['strength']} is outside [0, 1] (above 1 copies the reference)")
+    _parse_ramp(opts["strength_ramp"])
     uses: list[Any] = []
     aliases: list[set[str]] = []
     for arg in opts["lora"]:
@@ -576,6 +595,11 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     if width is None or height is None or (opts["frames"] is None and size_from is None):
         raise BadUsage("give --width, --height and --frames (or a --control / --from-video to take them from)")
     smap = _read_strength_map(Path(opts["strength_map"])) if opts["strength_map"] else None
+    if smap is not None:
+        map_h, map_w = smap.shape[1:3]
+        if abs(map_w / map_h - int(width) / int(height)) > 0.02 * int(width) / int(height):
+            raise BadInput(f"{opts['strength_map']}: the strength map is {map_w}x{map_h} but the output is "
+                           f"{width}x{height}; it would be stretched, so give a map of the output's aspect ratio")
     return {
         "opts": opts, "uses": uses, "control_paths": control_paths, "source": source, "image": image,
         "keep_video": keep_video,
@@ -659,15 +683,17 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     f = opts["frames"] or max(1, (plan["available"] - 1) // t * t + 1)
     control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
     camera_file = None
+    later: list[Callable[[], Any]] = []  # files kept beside the output, written only once generation succeeded
     rendered = _camera_control(backbone, plan, f)
     if rendered is not None:  # kept next to the output with its trajectory, to evaluate (rotation error) and redo
         from avctl.camera import save_trajectory
 
         k, uses[k].control, trajectory = rendered
         written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
-        media.write_video(written, uses[k].control, rate, lossless=True)
+        later.append(functools.partial(media.write_video, written, uses[k].control, rate, lossless=True))
         control_used[k] = str(written)
-        camera_file = save_trajectory(trajectory, out_path.with_name(f"{out_path.stem}.camera.json"))
+        camera_file = out_path.with_name(f"{out_path.stem}.camera.json")
+        later.append(functools.partial(save_trajectory, trajectory, camera_file))
     src_audio: Any = None
     for k, (use, path) in enumerate(zip(uses, plan["control_paths"], strict=True)):
         if use.control is not None and path is None:
@@ -690,7 +716,7 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             use.control, use.control_audio = video, audio
             if video is not None:  # kept next to the output, so the generation can be evaluated and redone
                 written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
-                media.write_video(written, video, rate, lossless=True)
+                later.append(functools.partial(media.write_video, written, video, rate, lossless=True))
                 control_used[k] = str(written)
             else:
                 control_used[k] = f"{opts['from_video']} (audio)"
@@ -718,6 +744,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             keep_video=keep_video, keep_audio=keep_audio,
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
+    for write in later:
+        write()
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
     sidecar: dict[str, Any] = {
         "video": str(out_path),
@@ -750,10 +778,9 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     if settings["preview"]:
         preview, sheet = write_preview(out_path, result, caption=opts["prompt"])
         sidecar.update(preview=str(preview), sheet=str(sheet))
-    side_path = out_path.with_suffix(".json")
-    tmp = side_path.with_name(f".{side_path.name}.tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2))
-    os.replace(tmp, side_path)
+    from avctl.io import atomic_write
+
+    atomic_write(out_path.with_suffix(".json"), json.dumps(sidecar, indent=2))
     return sidecar
 
 

@@ -47,6 +47,7 @@ from avctl.dataset import (
     write_manifest,
 )
 from avctl.errors import AvctlError, BadInput, BadUsage
+from avctl.io import WriteError, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
 from modalities.base import Clip, Control, Extractor, Modality
 
@@ -379,6 +380,8 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
         if control.audio is not None:
             row["reference_audio"] = f"reference/{job.rel}.wav"
             write_wav(out / row["reference_audio"], control.audio, int(control.sample_rate or 0))
+    except WriteError:
+        raise  # a full or read-only disk stops the run: every later clip would fail the same way
     except (AvctlError, OSError) as exc:
         return {"rel": job.rel, "status": "failed", "reason": f"{source}: could not write the sample: {exc}"}
     row["fps"] = video.fps
@@ -569,14 +572,37 @@ def prepare(
         "audio_sample_rate": AUDIO_SAMPLE_RATE,
         "avctl_version": __version__,
     }
+    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips))
+    extracted: dict[str, Any] = {"frames": 0, "seconds": 0.0}
+    # One run at a time per folder: a second one waits here, then reads the rows the first one wrote.
+    with folder_lock(out, f"avctl prepare {modality.name}"):
+        _prepare_locked(modality, out, info, sources, summary, caption, seed, workers, overwrite, progress, weights,
+                        backend, options, extractor, extracted)
+    if extracted["frames"] and extracted["seconds"] > 0:
+        summary.frames_per_s = round(extracted["frames"] / extracted["seconds"], 2)
+    summary.done.sort()
+    summary.skipped.sort(key=lambda item: item["clip"])
+    summary.failed.sort(key=lambda item: item["clip"])
+    return summary
+
+
+def _prepare_locked(
+    modality: Modality, out: Path, info: dict[str, Any], sources: list[Source], summary: PrepareSummary,
+    caption: str | None, seed: int, workers: int, overwrite: bool, progress: Callable[[int, int], None] | None,
+    weights: Path | None, backend: str | None, options: dict[str, Any] | None, extractor: Extractor | None,
+    extracted: dict[str, Any],
+) -> None:
+    """The part of `prepare` that reads and writes the folder, run while holding its lock."""
+    bucket = Bucket.parse(info["bucket"])
     existing = read_info(out)
     if existing is not None and not overwrite:
         _check_compatible(out, existing, info)
-    out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out, ("video", "reference", "mask"))
-    write_json(out / INFO, info)
-
-    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips))
+    # A new dataset gets avctl.json and its manifest with its first finished sample, so a run that finishes none
+    # leaves nothing that would stand in another run's way.
+    started = existing is not None and not overwrite
+    if started:
+        write_json(out / INFO, info)
     rows: dict[str, dict[str, Any]] = {} if overwrite else {row["video"]: row for row in read_rows(out)}
     jobs: list[_Job] = []
     for source in sources:
@@ -589,13 +615,17 @@ def prepare(
             rows.pop(f"video/{source.rel}.mp4", None)
             jobs.append(_Job(source=str(source.path), rel=source.rel, key=source.key, caption=text,
                              reference_source=str(source.reference) if source.reference is not None else None))
-    write_manifest(out, rows.values())
+    if started:
+        write_manifest(out, rows.values())
 
     settings = _Settings(out=str(out), bucket=bucket, downscale=modality.downscale, seed=seed)
-    extracted = {"frames": 0, "seconds": 0.0}
 
     def record(result: dict[str, Any], completed: int) -> None:
+        nonlocal started
         if result["status"] == "done":
+            if not started:
+                write_json(out / INFO, info)
+                started = True
             rows[result["row"]["video"]] = result["row"]
             write_manifest(out, rows.values())
             summary.done.append(result["rel"])
@@ -618,13 +648,6 @@ def prepare(
             record(_process(job, settings, extractor), completed)
     else:
         _run_pool(modality, settings, jobs, workers, record, weights, backend, options)
-
-    if extracted["frames"] and extracted["seconds"] > 0:
-        summary.frames_per_s = round(extracted["frames"] / extracted["seconds"], 2)
-    summary.done.sort()
-    summary.skipped.sort(key=lambda item: item["clip"])
-    summary.failed.sort(key=lambda item: item["clip"])
-    return summary
 
 
 def _run_pool(
@@ -694,12 +717,13 @@ def prepare_throughput(modality: Modality, frames: int = 17, size: int = 512, we
     return frames / max(time.perf_counter() - started, 1e-9)
 
 
-def encode_dataset(out: Path, backbone: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+def encode_dataset(out: Path, backbone: Any, progress: Callable[[int, int], None] | None = None,
+                   allow_outside_media: bool = False) -> dict[str, int]:
     """Fill `out`'s latent cache for `backbone` now (what `avctl train` would otherwise do first). Returns
     {"encoded": samples encoded now, "cached": samples whose cache entry was already fresh}."""
     from avctl.cache import load_samples
     from avctl.dataset import load_manifest
 
-    info, rows = load_manifest(out)
+    info, rows = load_manifest(out, allow_outside_media)
     _, encoded = load_samples(backbone, Path(out), info, rows, progress=progress)
     return {"encoded": encoded, "cached": len(rows) - encoded}
