@@ -328,3 +328,22 @@ def test_a_strength_map_of_another_aspect_is_refused(chain, tmp_path: Path) -> N
                tmp_path / "wide.png", "--out", tmp_path / "o.mp4")
     assert one_line_error(r) and "stretched" in r.output
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------------ 8. a broken plugin
+def test_a_broken_plugin_is_skipped_with_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_modality.py").write_text("raise ImportError('needs libfoo 2')\n")
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[avctl.modalities]\nbroken = broken_modality:THING\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_synthetic_clip(tmp_path / "in" / "a.mp4", frames=9, width=64, height=64, fps=12.0, audio_channels=None)
+    env = {**_env(), "PYTHONPATH": f"{ROOT}:{tmp_path}"}
+    ok = subprocess.run(cli("prepare", "canny", tmp_path / "in", "--out", tmp_path / "ds", "--bucket", "64x64x9"),
+                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    warnings = [line for line in ok.stderr.splitlines() if "broken-plugin" in line]
+    assert len(warnings) == 1 and "needs libfoo 2" in warnings[0]
+    r = invoke("prepare", "broken", tmp_path / "in", "--out", tmp_path / "ds2")
+    assert one_line_error(r) and "broken-plugin" in r.output
