@@ -1066,6 +1066,8 @@ def eval_cmd(
             table.add_row(name, k, _fmt(v))
         for k, reason in r["not_available"].items():
             table.add_row(name, k, f"not available ({reason})")
+        if "sheet" in r:
+            table.add_row(name, "contact sheet", r["sheet"])
     out.print(table)
     if sheet is not None:
         err.print(f"contact sheet: {sheet}")

@@ -347,3 +347,28 @@ def test_a_broken_plugin_is_skipped_with_one_warning(tmp_path: Path, monkeypatch
     assert len(warnings) == 1 and "needs libfoo 2" in warnings[0]
     r = invoke("prepare", "broken", tmp_path / "in", "--out", tmp_path / "ds2")
     assert one_line_error(r) and "broken-plugin" in r.output
+
+
+# ------------------------------------------------------------------------------- 5. eval --runs with --sheet
+def test_eval_runs_sheet_draws_an_audio_control_and_keeps_going_past_a_bad_run(tmp_path: Path) -> None:
+    from avctl.media import write_wav
+    from avctl.metrics import envelope_frames
+    from tests.conftest import tone
+
+    runs = tmp_path / "runs"
+    for name in "abc":
+        write_synthetic_clip(runs / f"{name}.mp4", frames=9, width=64, height=64, fps=24.0, seed=1)
+    write_synthetic_clip(tmp_path / "edges.mp4", frames=9, width=64, height=64, fps=24.0, audio_channels=None)
+    write_wav(tmp_path / "loud.wav", tone(9 / 24), 48_000)
+    (tmp_path / "bad.mp4").write_bytes(b"\0" * 100)
+    for name, modality, control in (("a", "audio-intensity", "loud.wav"), ("b", "canny", "edges.mp4"),
+                                    ("c", "canny", "bad.mp4")):
+        sidecar = {"modality": [modality], "control": [str(tmp_path / control)], "strength": 1.0}
+        (runs / f"{name}.json").write_text(json.dumps(sidecar))
+    r = invoke("eval", "--runs", runs, "--sheet", tmp_path / "sheet.png", "--json")
+    assert r.exit_code == 0, r.output
+    results = {Path(row["video"]).stem: row for row in json.loads(r.stdout)}
+    assert "audio_envelope_correlation" in results["a"]["metrics"] and "edge_f1" in results["b"]["metrics"]
+    assert "skipped" in results["c"] and (tmp_path / "sheet.png").is_file()
+    envelope = envelope_frames(tmp_path / "loud.wav")
+    assert envelope.shape[0] == 1 and envelope.dtype.name == "uint8" and envelope.max() > 100
