@@ -517,6 +517,27 @@ def _lora_aliases(arg: str, lf: Any) -> set[str]:
     return aliases
 
 
+def _control_modality(path: Path) -> str | None:
+    """The modality a control file was made for, where that is on record: a prepared dataset's reference/ file (its
+    avctl.json) or a control `generate` kept beside its output (OUT.control-N.mp4 and its OUT.json sidecar)."""
+    stem, dot, tail = path.name.partition(".control-")
+    if dot and tail[:1].isdigit():
+        try:
+            recorded = json.loads(path.with_name(f"{stem}.json").read_text()).get("modality") or []
+            k = int(tail.split(".")[0]) - 1
+            return recorded[k] if isinstance(recorded, list) and 0 <= k < len(recorded) else None
+        except (OSError, ValueError, AttributeError):
+            return None
+    for folder in list(path.resolve().parents)[:4]:
+        if folder.name == "reference" and (folder.parent / "avctl.json").is_file():
+            try:
+                found = json.loads((folder.parent / "avctl.json").read_text()).get("modality")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return found if isinstance(found, str) else None
+    return None
+
+
 def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> dict[str, Any]:
     """Everything about one generation that needs no model, so bad input is refused before the model loads: the
     output path, LoRA files, video controls, the --from-video source, the first-frame image, the strength map.
@@ -559,9 +580,14 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
             raise BadUsage(f"--control {item!r}: {uses[k].name} already has a control ({control_paths[k]})")
         control_paths[k] = Path(path_text)
     size_from: Any = None
+    notes: list[str] = []
     for use, path in zip(uses, control_paths, strict=True):
         if path is None:
             continue
+        made_for, wanted = _control_modality(path), use.lora.avctl.get("modality")
+        if made_for and isinstance(wanted, str) and made_for != wanted:
+            notes.append(f"{path} is a {made_for} control but {use.name} is a {wanted} LoRA; the output will not "
+                         f"follow it as trained (give a {wanted} control, or --from-video to extract one)")
         if use.stream == "video":
             clip = media.read_video(path)
             use.control = clip.frames
@@ -605,7 +631,7 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
         "keep_video": keep_video,
         "width": int(width), "height": int(height), "available": len(size_from.frames) if size_from else None,
         "fps": float(opts["fps"] or (size_from.fps if size_from else 24.0)), "strength_map": smap,
-        "out": out_path,
+        "out": out_path, "notes": notes,
     }
 
 
@@ -684,6 +710,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
     camera_file = None
     later: list[Callable[[], Any]] = []  # files kept beside the output, written only once generation succeeded
+    for note in plan.get("notes", []):
+        warn(note)
     rendered = _camera_control(backbone, plan, f)
     if rendered is not None:  # kept next to the output with its trajectory, to evaluate (rotation error) and redo
         from avctl.camera import save_trajectory

@@ -52,6 +52,8 @@ from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video
 from modalities.base import Clip, Control, Extractor, Modality
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+# Media found in an input folder that prepare does not take: listed as skipped, never dropped without a word.
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
 PAIRS_EXTENSIONS = (".jsonl", ".csv")
 # avctl.json's extractor identity for datasets made from a pairs manifest (no extractor runs).
 PAIRS_IDENTITY = {"backend": "pairs-manifest", "version": "1 (source → reference, target → video, same frames)"}
@@ -135,6 +137,7 @@ def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple
     out_abs = Path(os.path.abspath(out)) if out is not None else None
     roots: list[Path] = []
     candidates: list[Path] = []
+    not_videos: list[Path] = []
     for given in inputs:
         path = Path(os.path.abspath(given))
         if not path.exists():
@@ -142,7 +145,11 @@ def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple
         if path.is_dir():
             roots.append(path)
             for found in sorted(path.rglob("*")):
-                if not found.is_file() or found.suffix.lower() not in VIDEO_EXTENSIONS or _is_hidden(found, path):
+                if not found.is_file() or _is_hidden(found, path):
+                    continue
+                if found.suffix.lower() in AUDIO_EXTENSIONS:
+                    not_videos.append(found)
+                if found.suffix.lower() not in VIDEO_EXTENSIONS:
                     continue
                 if out_abs is not None and found.is_relative_to(out_abs):
                     continue  # our own outputs, when --out lies inside an input folder
@@ -152,11 +159,18 @@ def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple
             candidates.append(path)
     if not candidates:
         names = ", ".join(str(p) for p in inputs) or "(no inputs)"
-        raise BadInput(f"no videos found in {names}; looked for {', '.join('*' + e for e in VIDEO_EXTENSIONS)}")
+        audio = f" (found {len(not_videos)} audio files, e.g. {not_videos[0].name}: prepare takes videos)" \
+            if not_videos else ""
+        raise BadInput(f"no videos found in {names}; looked for {', '.join('*' + e for e in VIDEO_EXTENSIONS)}"
+                       f"{audio}")
 
     common = Path(os.path.commonpath([str(root) for root in roots]))
     by_rel: dict[str, Source] = {}
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = [
+        {"clip": found.relative_to(common).as_posix() if found.is_relative_to(common) else str(found),
+         "reason": f"{found}: an audio file; prepare takes videos ({', '.join(VIDEO_EXTENSIONS)}) — give the "
+                   "video it belongs to"}
+        for found in not_videos]
     for path in sorted(set(candidates)):
         relative = path.relative_to(common)
         rel = relative.with_suffix("").as_posix()

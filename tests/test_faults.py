@@ -372,3 +372,28 @@ def test_eval_runs_sheet_draws_an_audio_control_and_keeps_going_past_a_bad_run(t
     assert "skipped" in results["c"] and (tmp_path / "sheet.png").is_file()
     envelope = envelope_frames(tmp_path / "loud.wav")
     assert envelope.shape[0] == 1 and envelope.dtype.name == "uint8" and envelope.max() > 100
+
+
+def test_audio_files_in_an_input_folder_are_listed_as_skipped(tmp_path: Path) -> None:
+    from avctl.media import write_wav
+    from avctl.prepare import find_sources
+    from tests.conftest import tone
+
+    write_synthetic_clip(tmp_path / "in" / "a.mp4", frames=9, width=64, height=64, fps=12.0, audio_channels=None)
+    write_wav(tmp_path / "in" / "voice.wav", tone(0.2), 48_000)
+    sources, skipped = find_sources([tmp_path / "in"])
+    assert [s.rel for s in sources] == ["a"]
+    assert [item["clip"] for item in skipped] == ["voice.wav"] and "audio file" in skipped[0]["reason"]
+
+
+def test_a_control_made_for_another_modality_is_warned_about(chain, tmp_path: Path) -> None:
+    _, data, run = chain
+    other = tmp_path / "tracks_data"
+    shutil.copytree(data, other, ignore=shutil.ignore_patterns(".precomputed"))
+    info = json.loads((other / "avctl.json").read_text())
+    (other / "avctl.json").write_text(json.dumps({**info, "modality": "tracks"}))
+    r = invoke("generate", "--prompt", "x", "--lora", run / "lora.safetensors", "--control",
+               other / "reference" / "c0.mp4", "--model", "tiny", "--width", "128", "--height", "128", "--frames", "9",
+               "--steps", "1", "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 0, r.output
+    assert "is a tracks control but" in r.output and "canny LoRA" in r.output
