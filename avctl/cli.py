@@ -329,7 +329,7 @@ def train_cmd(
     from pydantic import ValidationError
 
     from avctl.cache import load_samples
-    from avctl.dataset import check_dataset, load_manifest
+    from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
     from avctl.train import Ranks, TrainConfig, make_validator, train
     from modalities.base import get_modality
 
@@ -357,6 +357,8 @@ def train_cmd(
     info, rows = load_manifest(cfg.data, allow_outside_media)
     check_dataset(info, mod)
     ranks = Ranks()
+    if ranks.main:  # temp files of a killed run: nothing refers to them
+        remove_stale_temp_files(cfg.out, ("state", "checkpoints", "samples"))
     backbone = _load_backbone(cfg.model, vae_tiling)
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
@@ -772,6 +774,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             keep_video=keep_video, keep_audio=keep_audio,
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
+    for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp.*"):  # a killed run's half-written output
+        stale.unlink(missing_ok=True)
     for write in later:
         write()
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)

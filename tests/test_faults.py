@@ -397,3 +397,93 @@ def test_a_control_made_for_another_modality_is_warned_about(chain, tmp_path: Pa
                "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.exit_code == 0, r.output
     assert "is a tracks control but" in r.output and "canny LoRA" in r.output
+
+
+# ------------------------------------------------------------------------------------------------ kill -9, rerun
+def _kill_when(cmd: list[str], ready, timeout: float = 60.0) -> bool:
+    """Start `cmd`, SIGKILL it as soon as `ready()` is true; True when it was killed (False: it finished first)."""
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                proc.kill()
+                proc.wait()
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if ".tmp" in p.name and ".precomputed" not in p.parts]
+
+
+def _whole(folder: Path) -> None:
+    """Every media, safetensors and JSON file under `folder` reads back."""
+    from safetensors import safe_open
+
+    from avctl.media import probe
+
+    for path in folder.rglob("*"):
+        if ".precomputed" in path.parts or not path.is_file():
+            continue
+        if path.suffix == ".mp4":
+            assert probe(path).has_video, path
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    f.get_tensor(key)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_kill_9_during_prepare_then_rerun(tmp_path: Path) -> None:
+    for i in range(5):
+        write_synthetic_clip(tmp_path / "in" / f"k{i}.mp4", frames=9, width=64, height=64, fps=12.0, seed=i)
+    out = tmp_path / "ds"
+    cmd = cli("prepare", "canny", tmp_path / "in", "--out", out, "--bucket", "64x64x9")
+    assert _kill_when(cmd, lambda: (out / "dataset.jsonl").is_file())
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert sorted(r["video"] for r in rows) == [f"video/k{i}.mp4" for i in range(5)]
+    _whole(out)
+    assert _no_temp_files(out)
+
+
+def test_kill_9_during_train_then_rerun(chain, tmp_path: Path) -> None:
+    _, data, _ = chain
+    out = tmp_path / "run"
+    cmd = cli("train", "canny", "--data", data, "--out", out, "--model", "tiny", "--steps", "12", "--rank", "4",
+              "--save-every", "1")
+    assert _kill_when(cmd, lambda: (out / "state" / "state.json").is_file())
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "state" / "state.json").read_text())["step"] == 12
+    _whole(out)
+    assert _no_temp_files(out)
+
+
+def test_kill_9_during_generate_then_rerun(chain, tmp_path: Path) -> None:
+    _, data, run = chain
+    out = tmp_path / "g.mp4"
+    cmd = cli("generate", "--prompt", "x", "--lora", run / "lora.safetensors", "--control",
+              sorted((data / "reference").glob("*.mp4"))[0], "--model", "tiny", "--width", "128", "--height", "128",
+              "--frames", "17", "--steps", "2", "--out", out, "--overwrite")
+    # killed while the output is being encoded (its temp file exists), or as late as it can be caught
+    assert _kill_when(cmd, lambda: any(tmp_path.glob(".g.*")))
+    assert not out.exists()  # killed before the output took its name
+    done = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    from avctl.media import read_video
+
+    assert read_video(out).frames.shape[0] == 17
+    assert json.loads(out.with_suffix(".json").read_text())["video"] == str(out)
+    _whole(tmp_path)
+    assert _no_temp_files(tmp_path)
