@@ -152,6 +152,34 @@ def _check_little_endian() -> None:
         raise AvctlError("safetensors files can only be written on a little-endian machine")
 
 
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A hidden staging folder beside `path` for the caller to fill; on success it replaces `path` (an old folder is
+    moved aside first, then removed), on failure it is removed and `path` is left as it was."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_MARK, dir=path.parent))
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    try:
+        yield staging
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------------------------- media
 @contextmanager
 def atomic_media(path: str | Path, check: Callable[[Path], None]) -> Iterator[Path]:
