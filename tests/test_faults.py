@@ -487,3 +487,29 @@ def test_kill_9_during_generate_then_rerun(chain, tmp_path: Path) -> None:
     assert json.loads(out.with_suffix(".json").read_text())["video"] == str(out)
     _whole(tmp_path)
     assert _no_temp_files(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------- no pickle
+class _Payload:
+    """Unpickling this creates a marker file: proof that something was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_file_is_never_unpickled(tmp_path: Path) -> None:
+    import pickle
+
+    from avctl.lora import read_lora
+
+    marker = tmp_path / "unpickled"
+    for name in ("lora.pt", "lora.ckpt", "disguised.safetensors"):
+        (tmp_path / name).write_bytes(pickle.dumps(_Payload(marker)))
+        with pytest.raises(BadInput):
+            read_lora(tmp_path / name)
+        r = invoke("lora", "inspect", tmp_path / name)
+        assert r.exit_code != 0
+    assert not marker.exists()
