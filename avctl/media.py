@@ -222,7 +222,7 @@ def _audio_to_int16(audio: np.ndarray, where: Path) -> np.ndarray:
 
 def _write_wav_file(target: Path, audio: np.ndarray, sample_rate: int, where: Path) -> None:
     pcm = _audio_to_int16(audio, where)
-    with wave.open(str(target), "wb") as wav:
+    with open(target, "wb") as handle, wave.open(handle, "wb") as wav:
         wav.setnchannels(pcm.shape[1])
         wav.setsampwidth(2)
         wav.setframerate(int(sample_rate))
