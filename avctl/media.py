@@ -14,6 +14,7 @@ import functools
 import math
 import re
 import subprocess
+import tempfile
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -283,29 +284,34 @@ def _encode(
     target: Path, frames: np.ndarray, fps: float, pix_fmt: str, output_params: list[str], audio_path: str | None,
     where: Path,
 ) -> None:
+    """Pipe RGB frames into ffmpeg (the command line imageio-ffmpeg's `write_frames` builds) and check its exit
+    status, which imageio-ffmpeg does not: a full disk makes ffmpeg fail at the trailer, after every frame went in."""
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(target),
-        (width, height),
-        fps=fps_fraction(fps),
-        codec="libx264",
-        pix_fmt_out=pix_fmt,
-        quality=None,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-        output_params=output_params,
-        audio_path=audio_path,
-        audio_codec="aac" if audio_path else None,
-    )
-    try:
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-    except OSError as exc:
-        raise WriteError(f"cannot write {where}: ffmpeg stopped ({str(exc).strip().splitlines()[0]}); check free "
-                         "disk space and rerun the same command") from exc
-    finally:
-        writer.close()
+    cmd = [_ffmpeg(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24",
+           "-r", str(fps_fraction(fps)), "-i", "-", *(["-i", audio_path] if audio_path else ["-an"]),
+           "-vcodec", "libx264", "-pix_fmt", pix_fmt, "-v", "error", *output_params]
+    if audio_path:
+        cmd += ["-acodec", "aac", "-map", "0:v:0", "-map", "1:a:0"]
+    cmd.append(str(target))
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: ffmpeg never blocks on its own messages
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        assert proc.stdin is not None
+        try:
+            for frame in frames:
+                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early; its exit status and message say why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            code = proc.wait()
+        if code != 0:
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            raise WriteError(f"cannot write {where}: ffmpeg failed ({lines[-1] if lines else f'exit status {code}'}); "
+                             "check free disk space and rerun the same command")
 
 
 # ----------------------------------------------------------------------------------------------------------- buckets

@@ -268,6 +268,29 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_earlier_outputs(chain, 
     assert after == before  # nothing new at a final name, every earlier file byte-identical, no temp file left
 
 
+
+def test_an_encode_cut_short_by_a_full_disk_never_takes_the_final_name(tmp_path: Path) -> None:
+    """ffmpeg writes every frame, then fails writing the mp4 index: only its exit status (or a read-back) shows it."""
+    import numpy as np
+
+    from avctl.io import WriteError
+    from avctl.media import write_video
+
+    folder = tmp_path / "fs"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                                        str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("needs a small tmpfs (root); the full-disk test above covers the rest by injection")
+    try:
+        (folder / "filler").write_bytes(b"\0" * (1024 * 1024 - 96 * 1024))  # ~96 KiB left
+        frames = np.random.default_rng(0).integers(0, 256, (12, 96, 96, 3), dtype=np.uint8)  # noise: ~330 KiB
+        with pytest.raises(WriteError, match="cannot write"):
+            write_video(folder / "x.mp4", frames, 24.0, lossless=True)
+        assert sorted(p.name for p in folder.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 # ------------------------------------------------------------------------------ 7. refused runs leave nothing
 def _mismatched_lora(run: Path, dst: Path) -> Path:
     from safetensors import safe_open
