@@ -774,7 +774,9 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             keep_video=keep_video, keep_audio=keep_audio,
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
-    for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp.*"):  # a killed run's half-written output
+    import glob
+
+    for stale in out_path.parent.glob(f".{glob.escape(out_path.stem)}.*.tmp.*"):  # a killed run's half-written output
         stale.unlink(missing_ok=True)
     for write in later:
         write()
