@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
 from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
+from avctl.io import atomic_write
 from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora, target_modules
 from modalities.base import Modality
 
@@ -291,9 +292,7 @@ def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
 
 # ------------------------------------------------------------------------------------------------ state
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def save_state(
