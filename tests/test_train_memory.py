@@ -257,7 +257,7 @@ def test_prepare_precompute_leaves_train_nothing_to_encode(dataset, monkeypatch)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["encoded"] == 2
     # The two passes (text encoder, then VAEs) write what one pass with every encoder loaded writes.
-    from avctl.cache import encode_sample
+    from avctl.cache import cache_file_name, encode_sample
     from avctl.dataset import load_manifest
     from tests.tiny import backbone
 
@@ -266,7 +266,7 @@ def test_prepare_precompute_leaves_train_nothing_to_encode(dataset, monkeypatch)
     assert len(files) == 2 and not any(f.name.startswith(".") for f in files)  # no part file left
     for row in rows:
         one = encode_sample(backbone(), data, row)
-        cached = load_file(str(next(f for f in files if f.stem == Path(row["video"]).stem)))
+        cached = load_file(str(next(f for f in files if f.name == cache_file_name(row["video"]))))
         assert cached.keys() == one.keys() and all(torch.equal(cached[k], one[k]) for k in one)
     loads = _Loads(monkeypatch)
     r = _invoke("train", "canny", "--data", data, "--out", dataset / "run", "--model", "tiny", "--steps", "1",
