@@ -108,18 +108,13 @@ def _model_shape(model: str | None) -> _ModelShape:
         return _MODEL_CACHE[name]
     text_length = presets.TEXT_MAX_LENGTH
     if presets.is_shape(name):
-        configs = presets.shape_configs(presets.shape_blocks(name))
-        label = name
+        configs, label = presets.shape_configs(presets.shape_blocks(name)), name
+        modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
     elif name == TINY:
         from avctl.backbone import TINY_MAX_LENGTH, _build_tiny
 
-        parts, _ = _build_tiny({"transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder"})
-        counts = {c: sum(p.numel() for p in m.parameters()) for c, m in parts.items()}
-        text = parts["text_encoder"].config.get_text_config()
-        shape = _ModelShape(name, parts["transformer"], counts, TINY_MAX_LENGTH,
-                            _block_linear_params(parts["transformer"]), text.num_hidden_layers + 1, text.hidden_size)
-        _MODEL_CACHE[name] = shape
-        return shape
+        modules, _ = _build_tiny({"transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder"})
+        label, text_length = name, TINY_MAX_LENGTH
     else:
         directory = POCKET_DIR if name == POCKET else _model_directory(name)
         if directory is None:
@@ -131,7 +126,7 @@ def _model_shape(model: str | None) -> _ModelShape:
             if tokenizer_config.is_file():
                 limit = json.loads(tokenizer_config.read_text()).get("model_max_length", text_length)
                 text_length = min(int(limit), presets.TEXT_MAX_LENGTH)
-    modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
+        modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
     counts = {c: sum(p.numel() for p in m.parameters()) for c, m in modules.items()}
     text = modules["text_encoder"].config.get_text_config()
     shape = _ModelShape(label, modules["transformer"], counts, text_length,

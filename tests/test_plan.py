@@ -98,32 +98,15 @@ def test_plan_for_shape_1_on_cpu_is_within_25_percent_of_the_measured_training_p
     import sys
     from pathlib import Path
 
-    import torch
-    from safetensors.torch import save_file
-
-    from avctl.backbone import load_backbone
-    from avctl.cache import CACHE_FORMAT, cache_index, to_stored
-    from avctl.dataset import load_manifest
     from tests.conftest import write_synthetic_clip
+    from tests.shapes import fill_synthetic_cache
 
     for i in range(2):
         write_synthetic_clip(tmp_path / "videos" / f"c{i}.mp4", frames=9, width=64, height=64, seed=i)
     data = tmp_path / "ds"
     r = runner.invoke(app, ["prepare", "canny", str(tmp_path / "videos"), "--out", str(data), "--bucket", "64x64x9"])
     assert r.exit_code == 0, r.output
-    configs_only = load_backbone("shape:1", device="cpu", components=set())
-    info, rows = load_manifest(data)
-    index = cache_index(configs_only, data, info, rows)
-    c = configs_only.configs
-    g = torch.Generator().manual_seed(0)
-    width, latent, audio = c["connectors"]["caption_channels"], c["vae"]["latent_channels"], c["audio_vae"]
-    for path, key in zip(index.paths, index.keys, strict=True):
-        tensors = {"video": torch.randn(latent, 2, 2, 2, generator=g), "reference": torch.randn(latent, 2, 1, 1),
-                   "audio": torch.randn(audio["latent_channels"], 8, audio["mel_bins"] // 4, generator=g),
-                   "text_video": torch.randn(1024, width, generator=g), "text_audio": torch.randn(1024, width),
-                   "text_mask": torch.ones(1024), "fps": torch.tensor(24.0)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(to_stored(tensors), str(path), {"key": key, "format": CACHE_FORMAT})
+    fill_synthetic_cache(data, "shape:1", text_tokens=1024)  # the plan counts the pipeline's 1,024 tokens
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2", "AVCTL_NO_PROGRESS": "1"}
