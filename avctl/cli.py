@@ -320,6 +320,12 @@ def train_cmd(
     prefetch_factor: Annotated[
         int | None, typer.Option(help="Samples each loader process reads ahead. Default 2.")
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Several ranks (torchrun / accelerate launch): ddp (each GPU holds the model, gradients "
+                     "averaged) or fsdp (torch FSDP2: transformer blocks and their LoRA sharded over the ranks). "
+                     "Default: ddp; fsdp under accelerate launch with configs/accelerate/fsdp.yaml."),
+    ] = None,
     vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
@@ -327,9 +333,9 @@ def train_cmd(
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
     from pydantic import ValidationError
 
-    from avctl.cache import cached_prompt, precompute
+    from avctl.cache import cached_prompt, precompute, wait_for_cache
     from avctl.dataset import check_dataset, load_manifest
-    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, make_validator, train
+    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, default_strategy, make_validator, train
     from modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
@@ -340,7 +346,7 @@ def train_cmd(
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
         "loraplus_lr_ratio": loraplus_lr_ratio,
         "tensorboard": tensorboard or None, "dtype": dtype, "loader_workers": loader_workers,
-        "prefetch_factor": prefetch_factor,
+        "prefetch_factor": prefetch_factor, "strategy": strategy,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
     try:
@@ -356,23 +362,29 @@ def train_cmd(
 
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
-    ranks = Ranks()
+    ranks = Ranks(start=False)  # the process group starts once the cache is complete
+    if ranks.world > 1 and (cfg.strategy or default_strategy()) == "fsdp" and cfg.validate_every:
+        raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
+                       "checkpoint with `avctl sample` afterwards")
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
     backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
     prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
-        if not ranks.main:
-            ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
-        cached = precompute(backbone, cfg.data, info, rows,
-                            lambda parts: _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling),
-                            prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t))
+        # Rank 0 fills the latent cache; the others poll its files. No process group exists yet, so no
+        # collective can time out however long the encoding takes.
         if ranks.main:
-            ranks.barrier()
+            index = precompute(
+                backbone, cfg.data, info, rows,
+                lambda parts: _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling),
+                prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t)).index
+        else:
+            index = wait_for_cache(backbone, cfg.data, info, rows)
+        ranks.start()
         # The encoders are released by now; the transformer alone is loaded for training.
         backbone.transformer = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype).transformer
-        samples = cached.index.samples()
+        samples = index.samples()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")
 
@@ -382,10 +394,10 @@ def train_cmd(
         model_meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash(),
                       "extractor_options": info.get("extractor_options")}
         validator = None
-        if cfg.validate_every:
+        if cfg.validate_every and ranks.main:
             validator = make_validator(
                 backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
-                texts={p: cached_prompt(cached.index, backbone, p) for p in prompts},
+                texts={p: cached_prompt(index, backbone, p) for p in prompts},
                 load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
                                                      dtype=base_dtype, vae_tiling=vae_tiling))
         result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,

@@ -1,0 +1,65 @@
+"""One rank of a multi-rank training run for tests/test_train_ddp.py, launched by torchrun: `train()` on the tiny
+model or a real-width `shape:` preset, over in-memory samples or synthetic cache files, with the `stop_after` kill
+hook. Argument: a JSON file {"model", "strategy", "samples" ("tiny" or cache dir), "runs": [{"out", "steps",
+"batch_size", "stop_after", "save_every"}], "report"}. Each rank writes REPORT/rank<R>.json: its share of the
+transformer-block parameters and each run's samples."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from avctl.train import Ranks, TrainConfig, train
+from modalities.base import get_modality
+
+
+def block_parameters(transformer: torch.nn.Module) -> tuple[int, int]:
+    """(held by this rank, whole) parameter counts of the transformer blocks."""
+    from torch.distributed.tensor import DTensor
+
+    held = whole = 0
+    for p in transformer.transformer_blocks.parameters():
+        whole += p.numel()
+        held += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return held, whole
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    ranks = Ranks()
+    canny = get_modality("canny")
+    if spec["samples"] == "tiny":
+        from tests.test_train import make_samples
+
+        samples = make_samples(spec.get("n", 4))
+    else:
+        from avctl.cache import CachedSamples
+
+        samples = CachedSamples(sorted(Path(spec["samples"]).glob("*.safetensors")))
+    report = {"rank": ranks.rank, "runs": []}
+    for run in spec["runs"]:
+        if spec["model"] == "tiny":
+            from tests.tiny import fresh_transformer
+
+            tr = fresh_transformer()
+        else:
+            from avctl.backbone import load_backbone
+
+            tr = load_backbone(spec["model"], device="cpu", dtype=spec.get("dtype"),
+                               components={"transformer"}).transformer
+        cfg = TrainConfig(modality="canny", out=run["out"], steps=run["steps"], rank=4, lr=1e-3, lr_end=1e-4,
+                          save_every=run.get("save_every", run["steps"]), batch_size=run.get("batch_size", 1),
+                          strategy=spec["strategy"], **spec.get("config", {}))
+        result = train(cfg, canny, samples, tr, {}, stop_after=run.get("stop_after"), ranks=ranks)
+        held, whole = block_parameters(tr)
+        report["runs"].append({"steps": result.steps, "held": held, "whole": whole})
+        del tr
+    Path(spec["report"]).mkdir(parents=True, exist_ok=True)
+    (Path(spec["report"]) / f"rank{ranks.rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
