@@ -1,17 +1,20 @@
 """One rank of a multi-rank training run for tests/test_train_ddp.py, launched by torchrun: `train()` on the tiny
 model or a real-width `shape:` preset, over in-memory samples or synthetic cache files, with the `stop_after` kill
 hook. Argument: a JSON file {"model", "strategy", "samples" ("tiny" or cache dir), "runs": [{"out", "steps",
-"batch_size", "stop_after", "save_every"}], "report"}. Each rank writes REPORT/rank<R>.json: its share of the
-transformer-block parameters and each run's samples."""
+"batch_size", "stop_after", "save_every"}], "report"}. Each rank writes REPORT/rank<R>.json: per run, its share of
+the transformer-block parameters and the cache files its loader read."""
 
 from __future__ import annotations
 
+import gc
 import json
+import resource
 import sys
 from pathlib import Path
 
 import torch
 
+from avctl.cache import release
 from avctl.train import Ranks, TrainConfig, train
 from modalities.base import get_modality
 
@@ -38,7 +41,15 @@ def main() -> None:
     else:
         from avctl.cache import CachedSamples
 
-        samples = CachedSamples(sorted(Path(spec["samples"]).glob("*.safetensors")))
+        class Counted(CachedSamples):
+            """Records which samples this rank's loader read from disk."""
+
+            def __getitem__(self, index: int):
+                reads.append(index)
+                return super().__getitem__(index)
+
+        samples = Counted(sorted(Path(spec["samples"]).glob("*.safetensors")))
+    reads: list[int] = []
     report = {"rank": ranks.rank, "runs": []}
     for run in spec["runs"]:
         if spec["model"] == "tiny":
@@ -53,10 +64,14 @@ def main() -> None:
         cfg = TrainConfig(modality="canny", out=run["out"], steps=run["steps"], rank=4, lr=1e-3, lr_end=1e-4,
                           save_every=run.get("save_every", run["steps"]), batch_size=run.get("batch_size", 1),
                           strategy=spec["strategy"], **spec.get("config", {}))
+        reads.clear()
         result = train(cfg, canny, samples, tr, {}, stop_after=run.get("stop_after"), ranks=ranks)
         held, whole = block_parameters(tr)
-        report["runs"].append({"steps": result.steps, "held": held, "whole": whole})
-        del tr
+        report["runs"].append({"steps": result.steps, "held": held, "whole": whole, "read": list(reads)})
+        del tr, result
+        gc.collect()
+        release()  # the next run's model starts from a trimmed heap
+    report["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     Path(spec["report"]).mkdir(parents=True, exist_ok=True)
     (Path(spec["report"]) / f"rank{ranks.rank}.json").write_text(json.dumps(report))
 
