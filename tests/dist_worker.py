@@ -1,8 +1,9 @@
 """One rank of a multi-rank training run for tests/test_train_ddp.py, launched by torchrun: `train()` on the tiny
 model or a real-width `shape:` preset, over in-memory samples or synthetic cache files, with the `stop_after` kill
-hook. Argument: a JSON file {"model", "strategy", "samples" ("tiny" or cache dir), "runs": [{"out", "steps",
-"batch_size", "stop_after", "save_every"}], "report"}. Each rank writes REPORT/rank<R>.json: per run, its share of
-the transformer-block parameters and the cache files its loader read."""
+hook. Argument: a JSON file {"model", "dtype", "strategy", "samples" ("tiny" or a cache folder), "n", "report",
+"runs": [{"out", "steps", "save_every", "stop_after", "strategy", "config": {TrainConfig fields}}]}. Each rank
+writes REPORT/rank<R>.json: per run, its share of the transformer-block parameters and the cache files its loader
+read."""
 
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def main() -> None:
             tr = load_backbone(spec["model"], device="cpu", dtype=spec.get("dtype"),
                                components={"transformer"}).transformer
         cfg = TrainConfig(modality="canny", out=run["out"], steps=run["steps"], rank=4, lr=1e-3, lr_end=1e-4,
-                          save_every=run.get("save_every", run["steps"]), batch_size=run.get("batch_size", 1),
-                          strategy=spec["strategy"], **spec.get("config", {}))
+                          save_every=run.get("save_every", run["steps"]),
+                          strategy=run.get("strategy", spec["strategy"]), **run.get("config", {}))
         reads.clear()
         result = train(cfg, canny, samples, tr, {}, stop_after=run.get("stop_after"), ranks=ranks)
         held, whole = block_parameters(tr)

@@ -105,6 +105,8 @@ def test_fsdp_run_killed_after_a_save_resumes_to_the_uninterrupted_run(tmp_path)
         {"out": b, "steps": 8, "save_every": 4, "stop_after": 6},
         {"out": b, "steps": 8, "save_every": 4},
         {"out": c, "steps": 4, "save_every": 4},
+        *({"out": tmp_path / f"accum_{s}", "steps": 2, "strategy": s, "config": {"grad_accum": 2}}
+          for s in ("ddp", "fsdp")),
     ]})
     assert json.loads((b / "state" / "state.json").read_text())["strategy"] == "fsdp"
     assert [r["step"] for r in rows(b)] == list(range(1, 9))
@@ -117,10 +119,20 @@ def test_fsdp_run_killed_after_a_save_resumes_to_the_uninterrupted_run(tmp_path)
     from tests.tiny import fresh_transformer
 
     torch.set_num_threads(1)  # the state records the ranks' thread count
-    cfg = TrainConfig(modality="canny", out=c, steps=6, rank=4, lr=1e-3, lr_end=1e-4, save_every=4)
+    kw = {"modality": "canny", "rank": 4, "lr": 1e-3, "lr_end": 1e-4}
     with pytest.warns(UserWarning, match="no longer bit-identical"):
-        more = train(cfg, get_modality("canny"), make_samples(5), fresh_transformer(), {})
+        more = train(TrainConfig(out=c, steps=6, save_every=4, **kw), get_modality("canny"), make_samples(5),
+                     fresh_transformer(), {})
     assert more.resumed_from == 4 and more.steps == 6
+
+    # Gradient accumulation (DDP's no_sync, FSDP's deferred reduce-scatter): 2 ranks × batch 1 × 2 micro-steps
+    # train what 1 rank at batch 4 trains — over 5 samples, so step 2 crosses an epoch boundary mid-batch.
+    four = train(TrainConfig(out=tmp_path / "four", steps=2, save_every=2, batch_size=4, **kw),
+                 get_modality("canny"), make_samples(5), fresh_transformer(), {})
+    for s in ("ddp", "fsdp"):
+        assert max_diff(state(tmp_path / f"accum_{s}"), state(four.out)) <= 1e-5, s
+        for got, ref in zip(rows(tmp_path / f"accum_{s}"), rows(four.out), strict=True):
+            assert got["samples"] == [ref["samples"][0][0::2], ref["samples"][0][1::2]]  # slots 0, 2 | 1, 3
 
 
 def _shape1_cache(folder: Path, n: int) -> None:
