@@ -435,14 +435,22 @@ def default_strategy() -> Literal["ddp", "fsdp"]:
 
 def shard(transformer: torch.nn.Module, ranks: Ranks) -> None:
     """FSDP2: each LTX-2 transformer block, then the root (the rest: patchify, norms, projections), fully sharded
-    over the ranks. Called after the LoRA is added, so the LoRA parameters are sharded with their blocks."""
+    over the ranks. Called after the LoRA is added, so the LoRA parameters are sharded with their blocks. Under
+    `accelerate launch` the config's wrap class must be the block's, and its reshard_after_forward is honoured
+    (false: the gathered weights stay until the backward, SHARD_GRAD_OP)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    block_class = type(transformer.transformer_blocks[0]).__name__
+    wrap = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+    if wrap and wrap != block_class:
+        raise BadUsage(f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; avctl shards each "
+                       f"{block_class}: set it to that (configs/accelerate/fsdp.yaml)")
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0", "shard_grad_op")
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
     for block in transformer.transformer_blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(transformer, mesh=mesh)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(transformer, mesh=mesh, reshard_after_forward=reshard)
 
 
 def gather_moments(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, dict[str, Any]]:

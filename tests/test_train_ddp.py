@@ -60,7 +60,8 @@ def worker(tmp_path: Path, spec: dict) -> list[dict]:
 
 
 def test_ddp_and_fsdp_on_two_ranks_train_the_lora_of_one_rank_at_batch_2(tmp_path):
-    """`torchrun ... avctl train` on tiny, 4 steps: DDP and FSDP at batch 1 per rank against one process at batch 2.
+    """`torchrun ... avctl train` on tiny, 4 steps: DDP and FSDP at batch 1 per rank, and FSDP through `accelerate
+    launch --config_file configs/accelerate/fsdp.yaml`, against one process at batch 2.
     The DDP run starts on an empty cache: rank 0 encodes it while rank 1 polls the files (no collective)."""
     for i in range(4):
         write_synthetic_clip(tmp_path / "videos" / f"c{i}.mp4", frames=9, width=64, height=64, fps=24.0, seed=i)
@@ -72,6 +73,13 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_lora_of_one_rank_at_batch_2(tmp_pat
               "--save-every", "4"]
     for strategy in ("ddp", "fsdp"):
         torchrun("-m", "avctl.cli", "train", *common, "--out", tmp_path / strategy, "--strategy", strategy)
+    # The shipped accelerate config launches the same FSDP run (on CPU accelerate starts gloo ranks; avctl reads
+    # ACCELERATE_USE_FSDP and shards with FSDP2 itself).
+    acc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "-m",
+                          "avctl.cli", "train", *map(str, common), "--out", str(tmp_path / "accelerate")],
+                         capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert acc.returncode == 0, acc.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "avctl.cli", "train", *map(str, common), "--out",
                           str(tmp_path / "one"), "--batch-size", "2"], capture_output=True, text=True, env=ENV,
                          cwd=ROOT, timeout=600)
@@ -81,9 +89,8 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_lora_of_one_rank_at_batch_2(tmp_pat
     assert any(float(v.abs().max()) > 0 for k, v in reference.items() if "lora_B" in k)  # the LoRA moved
     one_rows = rows(tmp_path / "one")
     assert all(r["world_size"] == 1 for r in one_rows)
-    for strategy in ("ddp", "fsdp"):
-        run = tmp_path / strategy
-        assert max_diff(state(run), reference) <= 1e-5, strategy
+    for strategy, run in (("ddp", tmp_path / "ddp"), ("fsdp", tmp_path / "fsdp"), ("fsdp", tmp_path / "accelerate")):
+        assert max_diff(state(run), reference) <= 1e-5, run
         got = rows(run)
         assert [r["step"] for r in got] == [1, 2, 3, 4]  # one writer: each step logged once
         assert all(r["world_size"] == 2 and r["strategy"] == strategy for r in got)
