@@ -382,8 +382,15 @@ def train_cmd(
         else:
             index = wait_for_cache(backbone, cfg.data, info, rows)
         ranks.start()
-        # The encoders are released by now; the transformer alone is loaded for training.
-        backbone.transformer = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype).transformer
+        # The encoders are released by now; the transformer alone is loaded for training. Under FSDP only rank 0
+        # reads it: the others build it on `meta` and receive their shards from rank 0 (train()).
+        if ranks.world > 1 and (cfg.strategy or default_strategy()) == "fsdp" and not ranks.main:
+            from avctl.presets import build_module
+
+            backbone.transformer = build_module("transformer", backbone.configs["transformer"])
+        else:
+            backbone.transformer = _load_backbone(cfg.model, components={"transformer"},
+                                                  dtype=base_dtype).transformer
         samples = index.samples()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")

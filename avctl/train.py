@@ -569,13 +569,24 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     total = config.steps or modality.steps
     rank = config.rank or modality.rank
-    device = next(transformer.parameters()).device
     strategy = (config.strategy or default_strategy()) if ranks.world > 1 else "single"
+    on_meta = next(transformer.parameters()).device.type == "meta"
+    device = ranks.device if ranks.world > 1 else next(transformer.parameters()).device
     if len(samples) == 0:
         raise BadInput(f"{config.data}: the dataset has no samples")
     if strategy == "fsdp" and config.validate_every:
         raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
                        "checkpoint with `avctl sample` afterwards")
+    # FSDP with the weights read by rank 0 alone: the other ranks pass the transformer built on `meta`, and receive
+    # their shards from rank 0 once it is sharded.
+    from_rank0 = strategy == "fsdp" and any(ranks.gather(on_meta))
+    if on_meta and not from_rank0:
+        raise BadUsage("a transformer on the meta device trains only under --strategy fsdp on several ranks")
+    if from_rank0 and not ranks.main:
+        rank0_dtype = ranks.gather(None)[0]
+        transformer.to(rank0_dtype)
+    elif from_rank0:
+        ranks.gather(BASE_DTYPES[config.dtype] if config.dtype else next(transformer.parameters()).dtype)
     if config.dtype is not None and next(transformer.parameters()).dtype != BASE_DTYPES[config.dtype]:
         from avctl.backbone import _quiet_empty_fp32_warning
 
@@ -596,7 +607,16 @@ def train(
     transformer.train()
     model: torch.nn.Module = transformer  # what the forward is called through
     if strategy == "fsdp":
+        whole = transformer.state_dict() if from_rank0 and ranks.main else {}
         shard(transformer, ranks)
+        if from_rank0:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            if on_meta:
+                transformer.to_empty(device=device)
+            set_model_state_dict(transformer, whole, options=StateDictOptions(full_state_dict=True,
+                                                                               broadcast_from_rank0=True))
+        del whole
     elif strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

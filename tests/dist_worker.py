@@ -1,9 +1,9 @@
 """One rank of a multi-rank training run for tests/test_train_ddp.py, launched by torchrun: `train()` on the tiny
 model or a real-width `shape:` preset, over in-memory samples or synthetic cache files, with the `stop_after` kill
 hook. Argument: a JSON file {"model", "dtype", "strategy", "samples" ("tiny" or a cache folder), "n", "report",
-"runs": [{"out", "steps", "save_every", "stop_after", "strategy", "config": {TrainConfig fields}}]}. Each rank
-writes REPORT/rank<R>.json: per run, its share of the transformer-block parameters and the cache files its loader
-read."""
+"from_rank0" (ranks > 0 build the transformer on meta, as `avctl train` does under FSDP), "runs": [{"out", "steps",
+"save_every", "stop_after", "strategy", "config": {TrainConfig fields}}]}. Each rank writes REPORT/rank<R>.json:
+per run, its share of the transformer-block parameters and the cache files its loader read; its peak RSS."""
 
 from __future__ import annotations
 
@@ -53,7 +53,12 @@ def main() -> None:
     reads: list[int] = []
     report = {"rank": ranks.rank, "runs": []}
     for run in spec["runs"]:
-        if spec["model"] == "tiny":
+        if spec.get("from_rank0") and not ranks.main:  # rank 0 alone reads the weights; FSDP sends the shards
+            from avctl.backbone import load_backbone
+            from avctl.presets import build_module
+
+            tr = build_module("transformer", load_backbone(spec["model"], components=set()).configs["transformer"])
+        elif spec["model"] == "tiny":
             from tests.tiny import fresh_transformer
 
             tr = fresh_transformer()

@@ -161,12 +161,13 @@ def _shape1_cache(folder: Path, n: int) -> None:
 
 
 def test_fsdp_shards_shape_1_and_resumes_it_exactly(tmp_path):
-    """shape:1 (LTX-2's real widths, one block) in bf16 under FSDP on 2 ranks, over synthetic cache files: each
-    rank holds about half the transformer-block parameters (base and LoRA), and a run abandoned after its step-1
-    save and resumed ends exactly where the uninterrupted 2-step run ends. (About 4.6 GiB peak RSS per rank.)"""
+    """shape:1 (LTX-2's real widths, one block) in bf16 under FSDP on 2 ranks, over synthetic cache files, as
+    `avctl train` runs it: rank 0 alone loads the weights, rank 1 builds the model on `meta` and receives its
+    shards. Each rank holds about half the transformer-block parameters (base and LoRA), and a run abandoned after
+    its step-1 save and resumed ends exactly where the uninterrupted 2-step run ends."""
     _shape1_cache(tmp_path / "cache", 4)
     a, b = tmp_path / "a", tmp_path / "b"
-    reports = worker(tmp_path, {"model": "shape:1", "dtype": "bf16", "strategy": "fsdp",
+    reports = worker(tmp_path, {"model": "shape:1", "dtype": "bf16", "strategy": "fsdp", "from_rank0": True,
                                 "samples": tmp_path / "cache", "runs": [
                                     {"out": a, "steps": 2, "save_every": 1},
                                     {"out": b, "steps": 2, "save_every": 1, "stop_after": 1},
@@ -180,6 +181,7 @@ def test_fsdp_shards_shape_1_and_resumes_it_exactly(tmp_path):
     # of the 4 cache files once, on one rank.
     read0, read1 = (r["runs"][0]["read"] for r in reports)
     assert len(read0) == len(read1) == 2 and sorted(read0 + read1) == [0, 1, 2, 3]
+    print("peak RSS per rank (GiB):", [round(r["max_rss_gib"], 2) for r in reports])
     meta = json.loads((b / "state" / "state.json").read_text())
     assert meta["strategy"] == "fsdp" and meta["base_dtype"] == "torch.bfloat16"
     sa, sb = state(a), state(b)
