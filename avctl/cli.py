@@ -335,7 +335,7 @@ def train_cmd(
 
     from avctl.cache import cached_prompt, precompute, wait_for_cache
     from avctl.dataset import check_dataset, load_manifest
-    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, default_strategy, make_validator, train
+    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, check_strategy, default_strategy, make_validator, train
     from modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
@@ -363,9 +363,7 @@ def train_cmd(
     info, rows = load_manifest(cfg.data)
     check_dataset(info, mod)
     ranks = Ranks(start=False)  # the process group starts once the cache is complete
-    if ranks.world > 1 and (cfg.strategy or default_strategy()) == "fsdp" and cfg.validate_every:
-        raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
-                       "checkpoint with `avctl sample` afterwards")
+    check_strategy(cfg, ranks.world)
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
     backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)

@@ -433,6 +433,17 @@ def default_strategy() -> Literal["ddp", "fsdp"]:
     return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
 
 
+def check_strategy(config: TrainConfig, world: int) -> None:
+    """What FSDP cannot run, refused before anything loads."""
+    if world == 1 or (config.strategy or default_strategy()) != "fsdp":
+        return
+    if config.optimizer == "adamw8bit":
+        raise BadUsage("optimizer adamw8bit does not take FSDP's sharded parameters: use adamw with --strategy fsdp")
+    if config.validate_every:
+        raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
+                       "checkpoint with `avctl sample` afterwards")
+
+
 def shard(transformer: torch.nn.Module, ranks: Ranks) -> None:
     """FSDP2: each LTX-2 transformer block, then the root (the rest: patchify, norms, projections), fully sharded
     over the ranks. Called after the LoRA is added, so the LoRA parameters are sharded with their blocks. Under
@@ -574,9 +585,7 @@ def train(
     device = ranks.device if ranks.world > 1 else next(transformer.parameters()).device
     if len(samples) == 0:
         raise BadInput(f"{config.data}: the dataset has no samples")
-    if strategy == "fsdp" and config.validate_every:
-        raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
-                       "checkpoint with `avctl sample` afterwards")
+    check_strategy(config, ranks.world)
     # FSDP with the weights read by rank 0 alone: the other ranks pass the transformer built on `meta`, and receive
     # their shards from rank 0 once it is sharded.
     from_rank0 = strategy == "fsdp" and any(ranks.gather(on_meta))

@@ -188,3 +188,17 @@ def test_fsdp_shards_shape_1_and_resumes_it_exactly(tmp_path):
     assert all(v.dtype == torch.float32 for v in sa.values())
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_what_fsdp_cannot_run_is_refused_before_loading(monkeypatch):
+    from avctl.errors import BadUsage
+    from avctl.train import check_strategy
+
+    for bad in ({"validate_every": 2}, {"optimizer": "adamw8bit"}):
+        with pytest.raises(BadUsage, match=r"--strategy"):
+            check_strategy(TrainConfig(modality="canny", strategy="fsdp", **bad), 2)
+        check_strategy(TrainConfig(modality="canny", strategy="fsdp", **bad), 1)  # one rank: nothing is sharded
+        check_strategy(TrainConfig(modality="canny", strategy="ddp", **bad), 2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch with configs/accelerate/fsdp.yaml
+    with pytest.raises(BadUsage, match="validate-every"):
+        check_strategy(TrainConfig(modality="canny", validate_every=2), 2)
