@@ -629,9 +629,11 @@ def train(
     elif strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        # Every rank built the same base and seeded LoRA: no start-up broadcast of the frozen weights.
+        # Every rank built the same base and seeded LoRA: no start-up broadcast of the frozen weights. Some LoRA
+        # modules may not reach the loss (e.g. --targets A.FF on a video-only loss: the last block's audio path),
+        # so DDP looks for unused parameters rather than wait for their gradients.
         model = DistributedDataParallel(transformer, device_ids=[device.index] if device.type == "cuda" else None,
-                                        init_sync=False)
+                                        init_sync=False, find_unused_parameters=True)
     optimizer, names = make_optimizer(transformer, config)  # after sharding: FSDP2 replaces the parameters
     params = [p for group in optimizer.param_groups for p in group["params"]]
     generator = torch.Generator().manual_seed(config.seed)
