@@ -25,7 +25,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
+from avctl.errors import BadInput, BadUsage, MissingWeights
+from avctl.io import atomic_folder
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
@@ -122,6 +122,8 @@ class Backbone:
     # Canonical config of every component the source has (loaded or not), so the hash does not depend on `components`.
     configs: dict[str, Any] = field(default_factory=dict, repr=False)
     vae_tiling: VaeTiling = field(default_factory=VaeTiling)
+    # Set when the text encoder runs in 8 bits (--text-encoder-8bit): its embeddings differ, so the cache keys on it.
+    text_encoder_8bit: bool = False
 
     # ---- sizes, read from the loaded configs (the transformer's config stands in where it records the same value)
 
@@ -458,27 +460,9 @@ class Backbone:
                 f"{target} holds {', '.join(dropped)}, which this backbone did not load; saving would drop them, "
                 "so save to a new path"
             )
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        except OSError as e:
-            raise AvctlError(f"cannot write {target}: {e}") from e
-        try:
+        with atomic_folder(target) as staging:
             for name, part in parts.items():
                 part.save_pretrained(staging / name)
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-                os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except OSError as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise AvctlError(f"cannot write {target}: {e}") from e
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     # ---- internals
 

@@ -305,8 +305,9 @@ def plot(rows: list[BenchRow], path: Any, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
+    from avctl.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 

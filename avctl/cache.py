@@ -115,11 +115,12 @@ def weights_fingerprint(model_id: str) -> str:
 
 def sample_key(backbone: Any, bucket: str, media: list[Path], caption: str, weights: str) -> str:
     """The cache key of one row: format, model config, encoder weights (`weights_fingerprint`, computed once per
-    dataset by the caller), the VAE tiling (tiled and untiled encodes differ slightly), bucket, caption and the
-    media bytes."""
+    dataset by the caller), how the encoders run (VAE tiling, an 8-bit text encoder: both change the outputs a
+    little), bucket, caption and the media bytes."""
     h = hashlib.sha256()
-    tiling = repr(getattr(backbone, "vae_tiling", ""))
-    for part in (CACHE_FORMAT, backbone.config_hash(), weights, tiling, bucket, caption,
+    tiling, te8 = getattr(backbone, "vae_tiling", ""), getattr(backbone, "text_encoder_8bit", False)
+    encoding = f"{tiling!r} text_encoder_8bit={te8}"
+    for part in (CACHE_FORMAT, backbone.config_hash(), weights, encoding, bucket, caption,
                  *[_file_digest(p) for p in media]):
         h.update(part.encode())
         h.update(b"\0")
@@ -257,6 +258,13 @@ class CacheIndex:
         return CachedSamples(self.paths)
 
 
+def cache_file_name(video: str) -> str:
+    """A row's cache file: named by a hash of its video path, so it always lies in the cache folder, whatever the
+    path (absolute, `../` with --allow-outside-media), and never beside the media. Its header's key decides
+    freshness."""
+    return hashlib.sha256(str(video).encode()).hexdigest()[:32] + ".safetensors"
+
+
 def cache_index(backbone: Any, dataset: Path, info: dict[str, Any], rows: list[dict[str, Any]]) -> CacheIndex:
     """Keys and paths of every row and which are stale, from the file headers and the encoder files on disk: no
     encoder is loaded (`backbone` may hold no part at all, only the configs)."""
@@ -267,7 +275,7 @@ def cache_index(backbone: Any, dataset: Path, info: dict[str, Any], rows: list[d
     for row in rows:
         media_files = [dataset / row[c] for c in ("video", "reference_video", "reference_audio", "audio") if row.get(c)]
         keys.append(sample_key(backbone, str(info.get("bucket", "")), media_files, row.get("caption", ""), weights))
-        paths.append(folder / Path(row["video"]).with_suffix(".safetensors"))
+        paths.append(folder / cache_file_name(row["video"]))
     stale = [i for i, (path, key) in enumerate(zip(paths, keys, strict=True)) if _header_key(path) != key]
     return CacheIndex(dataset, list(rows), paths, keys, weights, stale)
 

@@ -45,6 +45,14 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+AllowOutsideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-media",
+        help="Accept manifest media paths that lie outside the dataset folder (absolute, '..' or symlinked out); "
+        "refused by default so a row can never make avctl read or write beside files that are not the dataset's.",
+    ),
+]
 VaeTilingOpt = Annotated[
     bool,
     typer.Option(
@@ -52,6 +60,17 @@ VaeTilingOpt = Annotated[
         help="Encode and decode video in overlapping tiles of 512 px and 32 frames, blended (lower VAE memory; "
         "see docs/vae_tiling.md). --no-vae-tiling runs the VAE on the whole clip.",
     ),
+]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option(help="Quantize the frozen transformer's block Linear layers, weight-only: none (default), int8 or "
+                 "fp8 (torchao; patchify, adaLN, norms and projections in/out stay as they are; a LoRA still "
+                 "trains in fp32). See docs/quantization.md."),
+]
+TextEncoder8bitOpt = Annotated[
+    bool,
+    typer.Option("--text-encoder-8bit",
+                 help="Run the Gemma text encoder's decoder layers in int8 (weight-only, about half its memory)."),
 ]
 
 
@@ -103,6 +122,15 @@ def _load_backbone(model: str | None, components: set[str] | None = None, dtype:
     return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
 
 
+def _quantize(backbone: Any, quantize: str | None, text_encoder_8bit: bool, quiet: bool) -> None:
+    """`--quantize` / `--text-encoder-8bit` on a freshly loaded backbone (one line each on stderr)."""
+    from avctl.quantize import quantize_backbone
+
+    for report in quantize_backbone(backbone, quantize, text_encoder_8bit):
+        if not quiet:
+            err.print(f"quantized {report.summary()}", highlight=False, markup=False, soft_wrap=True)
+
+
 def command(
     name: str, group: typer.Typer | None = None, label: str | None = None
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -117,6 +145,11 @@ def command(
             except AvctlError as exc:
                 err.print(f"avctl {label or name}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from exc
+            except OSError as exc:  # a disk error outside avctl.io (a library's own write): still one line
+                where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+                err.print(f"avctl {label or name}: error: {where}{exc.strerror or exc}", highlight=False,
+                          markup=False, soft_wrap=True)
+                raise typer.Exit(1) from exc
 
         return (group or app).command(name)(run)
 
@@ -192,6 +225,7 @@ def prepare_cmd(
                      "encoders are loaded, and only when an entry is missing; fresh entries are kept."),
     ] = False,
     model: ModelOpt = None,
+    allow_outside_media: AllowOutsideOpt = False,
     vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
@@ -223,7 +257,8 @@ def prepare_cmd(
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, _load_backbone(model, components=set(), vae_tiling=vae_tiling),
                                     lambda parts: _load_backbone(model, components=set(parts), vae_tiling=vae_tiling),
-                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t))
+                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t),
+                                    allow_outside_media=allow_outside_media)
     data = summary.to_dict()
     if encode:
         data.update(counts)
@@ -326,7 +361,15 @@ def train_cmd(
                      "averaged) or fsdp (torch FSDP2: transformer blocks and their LoRA sharded over the ranks). "
                      "Default: ddp; fsdp under accelerate launch with configs/accelerate/fsdp.yaml."),
     ] = None,
+    allow_outside_media: AllowOutsideOpt = False,
     vae_tiling: VaeTilingOpt = True,
+    quantize: QuantizeOpt = None,
+    text_encoder_8bit: TextEncoder8bitOpt = False,
+    memory_check: Annotated[
+        bool,
+        typer.Option(help="On a GPU, refuse a run that `avctl plan` says will not fit, before loading anything "
+                     "(the plan is printed either way)."),
+    ] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
@@ -334,7 +377,8 @@ def train_cmd(
     from pydantic import ValidationError
 
     from avctl.cache import cached_prompt, precompute, wait_for_cache
-    from avctl.dataset import check_dataset, load_manifest
+    from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
+    from avctl.quantize import check_quantize_args
     from avctl.train import BASE_DTYPES, Ranks, TrainConfig, check_strategy, default_strategy, make_validator, train
     from modalities.base import get_modality
 
@@ -347,6 +391,7 @@ def train_cmd(
         "loraplus_lr_ratio": loraplus_lr_ratio,
         "tensorboard": tensorboard or None, "dtype": dtype, "loader_workers": loader_workers,
         "prefetch_factor": prefetch_factor, "strategy": strategy,
+        "quantize": quantize, "text_encoder_8bit": text_encoder_8bit or None,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
     try:
@@ -359,14 +404,30 @@ def train_cmd(
     cfg.data = cfg.data or Path("datasets") / mod.name
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
+    check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
+    if cfg.targets:
+        from avctl.lora import target_modules
 
-    info, rows = load_manifest(cfg.data)
-    check_dataset(info, mod)
+        target_modules(cfg.targets)  # an unknown group stops here, before the plan or anything else
+
+    info, rows = load_manifest(cfg.data, allow_outside_media)
+    bucket = check_dataset(info, mod)
     ranks = Ranks(start=False)  # the process group starts once the cache is complete
     check_strategy(cfg, ranks.world)
+    if ranks.main:  # temp files of a killed run: nothing refers to them
+        remove_stale_temp_files(cfg.out, ("state", "checkpoints", "samples"))
+    _check_memory(cfg, bucket, ranks.world, memory_check, quiet=json_out or not ranks.main)
     base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
     # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
     backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
+    backbone.text_encoder_8bit = cfg.text_encoder_8bit
+    quiet = json_out or not ranks.main
+
+    def load_encoders(parts: frozenset[str]) -> Any:
+        encoders = _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling)
+        _quantize(encoders, None, cfg.text_encoder_8bit, quiet)
+        return encoders
+
     prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
@@ -374,9 +435,8 @@ def train_cmd(
         # collective can time out however long the encoding takes.
         if ranks.main:
             index = precompute(
-                backbone, cfg.data, info, rows,
-                lambda parts: _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling),
-                prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t)).index
+                backbone, cfg.data, info, rows, load_encoders, prompts=prompts,
+                progress=lambda d, t: progress.update(task, completed=d, total=t)).index
         else:
             index = wait_for_cache(backbone, cfg.data, info, rows)
         ranks.start()
@@ -387,8 +447,10 @@ def train_cmd(
 
             backbone.transformer = build_module("transformer", backbone.configs["transformer"])
         else:
-            backbone.transformer = _load_backbone(cfg.model, components={"transformer"},
-                                                  dtype=base_dtype).transformer
+            trained = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype)
+            # Quantized after the dtype cast and before train() adds the LoRA (PEFT picks its layer type then).
+            _quantize(trained, cfg.quantize, False, quiet)
+            backbone.transformer = trained.transformer
         samples = index.samples()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")
@@ -414,6 +476,31 @@ def train_cmd(
     else:
         err.print(f"LoRA: {result.lora_path}  (steps {result.resumed_from}→{result.steps}, "
                   f"loss {result.to_dict()['first_loss']:.4f} → {result.to_dict()['last_loss']:.4f})")
+
+
+def _check_memory(cfg: Any, bucket: Any, world: int, enforce: bool, quiet: bool) -> None:
+    """Print the run's memory plan (before anything loads); on a GPU refuse one that will not fit."""
+    import torch
+
+    from avctl.plan import training_plan
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from avctl.train import default_strategy
+
+    strategy = (cfg.strategy or default_strategy()) if world > 1 else "ddp"
+    plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib(),
+                         strategy)
+    if not quiet:
+        parts = ", ".join(f"{name} {gib:.2f}" for name, gib in plan.parts.items())
+        verdict = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit") + \
+            f" in {plan.gpu_memory_gib:.0f} GiB"
+        err.print(f"plan: {max(plan.peak_gib, plan.precompute_peak_gib):.2f} GiB per {device} device ({parts}; "
+                  f"precompute {plan.precompute_peak_gib:.2f}){verdict}; `avctl plan` for details",
+                  highlight=False, markup=False, soft_wrap=True)
+    if device == "cuda" and enforce and plan.fits is False:
+        advice = f"; try {plan.advice[0]}" if plan.advice else ""
+        raise BadUsage(f"this run needs about {max(plan.peak_gib, plan.precompute_peak_gib):.1f} GiB per GPU, more "
+                       f"than the {plan.gpu_memory_gib:.0f} GiB visible{advice} (or --no-memory-check to try anyway)")
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -546,6 +633,27 @@ def _lora_aliases(arg: str, lf: Any) -> set[str]:
     return aliases
 
 
+def _control_modality(path: Path) -> str | None:
+    """The modality a control file was made for, where that is on record: a prepared dataset's reference/ file (its
+    avctl.json) or a control `generate` kept beside its output (OUT.control-N.mp4 and its OUT.json sidecar)."""
+    stem, dot, tail = path.name.partition(".control-")
+    if dot and tail[:1].isdigit():
+        try:
+            recorded = json.loads(path.with_name(f"{stem}.json").read_text()).get("modality") or []
+            k = int(tail.split(".")[0]) - 1
+            return recorded[k] if isinstance(recorded, list) and 0 <= k < len(recorded) else None
+        except (OSError, ValueError, AttributeError):
+            return None
+    for folder in list(path.resolve().parents)[:4]:
+        if folder.name == "reference" and (folder.parent / "avctl.json").is_file():
+            try:
+                found = json.loads((folder.parent / "avctl.json").read_text()).get("modality")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return found if isinstance(found, str) else None
+    return None
+
+
 def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> dict[str, Any]:
     """Everything about one generation that needs no model, so bad input is refused before the model loads: the
     output path, LoRA files, video controls, the --from-video source, the first-frame image, the strength map.
@@ -560,6 +668,9 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
         raise BadInput(f"{out_path}: exists; pass --overwrite or choose another --out")
     if not opts["prompt"]:
         raise BadUsage("give --prompt TEXT (or --batch FILE.jsonl with a prompt per row)")
+    if not 0.0 <= float(opts["strength"]) <= 1.0:
+        raise BadUsage(f"--strength {opts['strength']} is outside [0, 1] (above 1 copies the reference)")
+    _parse_ramp(opts["strength_ramp"])
     uses: list[Any] = []
     aliases: list[set[str]] = []
     for arg in opts["lora"]:
@@ -585,9 +696,14 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
             raise BadUsage(f"--control {item!r}: {uses[k].name} already has a control ({control_paths[k]})")
         control_paths[k] = Path(path_text)
     size_from: Any = None
+    notes: list[str] = []
     for use, path in zip(uses, control_paths, strict=True):
         if path is None:
             continue
+        made_for, wanted = _control_modality(path), use.lora.avctl.get("modality")
+        if made_for and isinstance(wanted, str) and made_for != wanted:
+            notes.append(f"{path} is a {made_for} control but {use.name} is a {wanted} LoRA; the output will not "
+                         f"follow it as trained (give a {wanted} control, or --from-video to extract one)")
         if use.stream == "video":
             clip = media.read_video(path)
             use.control = clip.frames
@@ -621,12 +737,17 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     if width is None or height is None or (opts["frames"] is None and size_from is None):
         raise BadUsage("give --width, --height and --frames (or a --control / --from-video to take them from)")
     smap = _read_strength_map(Path(opts["strength_map"])) if opts["strength_map"] else None
+    if smap is not None:
+        map_h, map_w = smap.shape[1:3]
+        if abs(map_w / map_h - int(width) / int(height)) > 0.02 * int(width) / int(height):
+            raise BadInput(f"{opts['strength_map']}: the strength map is {map_w}x{map_h} but the output is "
+                           f"{width}x{height}; it would be stretched, so give a map of the output's aspect ratio")
     return {
         "opts": opts, "uses": uses, "control_paths": control_paths, "source": source, "image": image,
         "keep_video": keep_video,
         "width": int(width), "height": int(height), "available": len(size_from.frames) if size_from else None,
         "fps": float(opts["fps"] or (size_from.fps if size_from else 24.0)), "strength_map": smap,
-        "out": out_path,
+        "out": out_path, "notes": notes,
     }
 
 
@@ -757,15 +878,19 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     f = opts["frames"] or max(1, (plan["available"] - 1) // t * t + 1)
     control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
     camera_file = None
+    later: list[Callable[[], Any]] = []  # files kept beside the output, written only once generation succeeded
+    for note in plan.get("notes", []):
+        warn(note)
     rendered = _camera_control(backbone, plan, f)
     if rendered is not None:  # kept next to the output with its trajectory, to evaluate (rotation error) and redo
         from avctl.camera import save_trajectory
 
         k, uses[k].control, trajectory = rendered
         written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
-        media.write_video(written, uses[k].control, rate, lossless=True)
+        later.append(functools.partial(media.write_video, written, uses[k].control, rate, lossless=True))
         control_used[k] = str(written)
-        camera_file = save_trajectory(trajectory, out_path.with_name(f"{out_path.stem}.camera.json"))
+        camera_file = out_path.with_name(f"{out_path.stem}.camera.json")
+        later.append(functools.partial(save_trajectory, trajectory, camera_file))
     src_audio: Any = None
     for k, (use, path) in enumerate(zip(uses, plan["control_paths"], strict=True)):
         if use.control is not None and path is None:
@@ -788,7 +913,7 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             use.control, use.control_audio = video, audio
             if video is not None:  # kept next to the output, so the generation can be evaluated and redone
                 written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
-                media.write_video(written, video, rate, lossless=True)
+                later.append(functools.partial(media.write_video, written, video, rate, lossless=True))
                 control_used[k] = str(written)
             else:
                 control_used[k] = f"{opts['from_video']} (audio)"
@@ -818,6 +943,12 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
             negative_prompt=settings["negative_prompt"], two_stage=settings.get("two_stage"),
             progress=lambda d, n: progress.update(task, completed=d, total=n),
         )
+    import glob
+
+    for stale in out_path.parent.glob(f".{glob.escape(out_path.stem)}.*.tmp.*"):  # a killed run's half-written output
+        stale.unlink(missing_ok=True)
+    for write in later:
+        write()
     media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
     if settings.get("save_latents") is not None:
         from safetensors.torch import save_file
@@ -858,10 +989,9 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     if settings["preview"]:
         preview, sheet = write_preview(out_path, result, caption=opts["prompt"])
         sidecar.update(preview=str(preview), sheet=str(sheet))
-    side_path = out_path.with_suffix(".json")
-    tmp = side_path.with_name(f".{side_path.name}.tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2))
-    os.replace(tmp, side_path)
+    from avctl.io import atomic_write
+
+    atomic_write(out_path.with_suffix(".json"), json.dumps(sidecar, indent=2))
     return sidecar
 
 
@@ -1043,9 +1173,14 @@ def generate_cmd(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     vae_tiling: VaeTilingOpt = True,
+    quantize: QuantizeOpt = None,
+    text_encoder_8bit: TextEncoder8bitOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
+    from avctl.quantize import check_quantize_args
+
+    check_quantize_args(quantize, text_encoder_8bit)
     flags: dict[str, Any] = {
         "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
         "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
@@ -1083,6 +1218,7 @@ def generate_cmd(
         plan = _plan_generation(flags, overwrite, preview)
         backbone = _load_backbone(model, vae_tiling=vae_tiling)
         _load_two_stage(backbone, settings)
+        _quantize(backbone, quantize, text_encoder_8bit, json_out)
         sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
@@ -1100,6 +1236,7 @@ def generate_cmd(
     backbone = _load_backbone(model, vae_tiling=vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
     if backbone is not None:
         _load_two_stage(backbone, settings)
+        _quantize(backbone, quantize, text_encoder_8bit, json_out)
     results: list[dict[str, Any]] = []
     failed = 0
     for n, row in rows:
@@ -1207,6 +1344,8 @@ def eval_cmd(
             table.add_row(name, k, _fmt(v))
         for k, reason in r["not_available"].items():
             table.add_row(name, k, f"not available ({reason})")
+        if "sheet" in r:
+            table.add_row(name, "contact sheet", r["sheet"])
     out.print(table)
     if sheet is not None:
         err.print(f"contact sheet: {sheet}")

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from avctl.errors import BadInput, BadUsage
-from avctl.media import Bucket, atomic_path
+from avctl.io import atomic_write, atomic_write_json, contained
+from avctl.media import Bucket
 from modalities.base import Modality
 
 MANIFEST = "dataset.jsonl"
-_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.[A-Za-z0-9]+$")  # avctl.media.atomic_path's temp names
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.[A-Za-z0-9]+$")  # avctl.io.temp_name's temp names
 INFO = "avctl.json"
 # Manifest columns that name files (relative to the dataset folder).
 FILE_COLUMNS = ("video", "reference_video", "reference_mask", "reference_audio", "audio")
@@ -87,16 +88,14 @@ def clip_rng(key: str, seed: int, salt: str) -> np.random.Generator:
 
 # --------------------------------------------------------------------------------------------------------- writing
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_json(path, data)
 
 
 def write_manifest(out: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Rewrite `out/dataset.jsonl` atomically, rows sorted by their target path."""
     ordered = sorted(rows, key=lambda row: row["video"])
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ordered)
-    with atomic_path(out / MANIFEST) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    atomic_write(out / MANIFEST, text)
 
 
 def row_files(out: Path, row: dict[str, Any]) -> list[Path]:
@@ -137,9 +136,11 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_manifest(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(info, rows) of a prepared dataset, checked: both files exist, every row has a caption and its files exist,
-    and there is at least one row. Raises BadInput naming the file and what to do."""
+def load_manifest(directory: str | Path, allow_outside_media: bool = False) -> tuple[dict[str, Any],
+                                                                                    list[dict[str, Any]]]:
+    """(info, rows) of a prepared dataset, checked: both files exist, every row has a caption and its files exist
+    inside the folder (an absolute, `../` or symlinked-out path is refused unless `allow_outside_media`), and there is
+    at least one row. Raises BadInput naming the file and what to do."""
     out = Path(directory)
     if not out.is_dir():
         raise BadInput(f"{out}: no such dataset folder; run `avctl prepare` first")
@@ -154,6 +155,10 @@ def load_manifest(directory: str | Path) -> tuple[dict[str, Any], list[dict[str,
     for number, row in enumerate(rows, start=1):
         if not isinstance(row.get("caption", ""), str):
             raise BadInput(f"{out / MANIFEST}:{number}: 'caption' must be a string")
+        for column in FILE_COLUMNS:
+            if isinstance(row.get(column), str):
+                contained(row[column], out, allow_outside=allow_outside_media,
+                          what=f"{out / MANIFEST}:{number}: {column}")
         missing = [str(path) for path in row_files(out, row) if not path.is_file()]
         if missing:
             raise BadInput(f"{out / MANIFEST}:{number}: missing file {missing[0]}; rerun `avctl prepare` "

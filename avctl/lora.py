@@ -13,17 +13,15 @@ Loading goes through diffusers' own `LTX2LoraLoaderMixin.lora_state_dict` (it co
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from avctl.errors import BadInput
+from avctl.io import save_safetensors
 
 COMFY_PREFIX = "diffusion_model."
 _ATTN_LINEARS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -93,16 +91,8 @@ def metadata_strings(downscale: int, avctl_meta: dict[str, Any]) -> dict[str, st
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a safetensors file atomically and reproducibly (`avctl.io.save_safetensors`)."""
+    save_safetensors(tensors, path, metadata)
 
 
 def save_lora(
@@ -153,12 +143,19 @@ def read_lora(path: Path) -> LoraFile:
     try:
         with safe_open(str(path), "pt") as f:
             metadata = dict(f.metadata() or {})
-        sd = LTX2LoraLoaderMixin.lora_state_dict(str(path))
+            keys = list(f.keys())
+        if detect_format(keys) == "kohya":  # converted on load, as `avctl lora convert` would
+            from safetensors.torch import load_file
+
+            sd = {f"transformer.{k}": v for k, v in to_comfy_state_dict(load_file(str(path)))[0].items()}
+        else:
+            sd = LTX2LoraLoaderMixin.lora_state_dict(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BadInput(f"{path}: not a readable safetensors LoRA ({exc})") from exc
     sd = {k if k.startswith(("transformer.", "connectors.")) else f"transformer.{k}": v for k, v in sd.items()}
     if not any(".lora_A." in k for k in sd):
-        raise BadInput(f"{path}: no LoRA weights (keys with lora_A / lora_B) in this file")
+        raise BadInput(f"{path}: no LoRA weights (keys with lora_A / lora_B) in this file; if it is another "
+                       "layout, try `avctl lora convert`")
     parsed: dict[str, Any] = {}
     for k, v in metadata.items():
         if k.startswith("avctl."):
@@ -181,12 +178,20 @@ def load_lora(transformer: torch.nn.Module, lora: LoraFile, adapter_name: str) -
         )
     if missing:
         raise BadInput(f"{lora.path}: {len(missing)} LoRA modules are not in this model, e.g. {missing[0]}")
+    import logging
+
     sd = {k: v for k, v in lora.state_dict.items() if k.startswith("transformer.")}
+    peft_log = logging.getLogger("diffusers.loaders.peft")
+    level = peft_log.level
+    peft_log.setLevel(logging.CRITICAL)  # it logs the whole mismatch list before raising; we say it in one line
     try:
         transformer.load_lora_adapter(sd, prefix="transformer", adapter_name=adapter_name)
     except (RuntimeError, ValueError) as exc:  # shape mismatch: a LoRA made for another size of model
-        reason = str(exc).splitlines()[0]
+        reason = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                      str(exc).splitlines()[0])
         raise BadInput(f"{lora.path}: does not fit this model ({reason}); made for another base model?") from exc
+    finally:
+        peft_log.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------ inspect / convert

@@ -3,21 +3,20 @@
 Reading: `read_video` decodes to RGB uint8 at a constant frame rate (variable-frame-rate sources are resampled by
 ffmpeg with `-fps_mode cfr`), `read_audio` lets ffmpeg downmix any channel layout and resample to the rate asked.
 Writing: `write_video` makes H.264 mp4 (optionally lossless, for control media, and with AAC audio muxed in) and
-`write_wav` 16-bit PCM; both write a temp file in the target folder and `os.replace` it, so a reader never sees half a
-file. Buckets (`Bucket`) and `fit_to_bucket` are the ltx-trainer rule: resize keeping aspect, centre-crop.
+`write_wav` 16-bit PCM; both write through `avctl.io` (a temp file renamed into place once the encoded file reads
+back), so a reader never sees half a file. Buckets (`Bucket`) and `fit_to_bucket` are the ltx-trainer rule: resize
+keeping aspect, centre-crop.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 import subprocess
-import uuid
+import tempfile
 import wave
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +26,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from avctl.errors import BadInput, BadUsage
+from avctl.io import WriteError, atomic_media, atomic_path, temp_name
 
 _STREAM_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio): (.*)$")
 
@@ -194,23 +194,21 @@ def read_audio(
 
 
 # ----------------------------------------------------------------------------------------------------------- writing
-def _temp_name(path: Path, suffix: str) -> Path:
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+def _check_video(path: Path, audio: bool) -> Callable[[Path], None]:
+    """A check for `atomic_media`: the encoded file must open in ffmpeg with a video (and audio) stream; a full
+    disk or a killed encoder leaves an mp4 without its index, which fails here."""
 
+    def check(tmp: Path) -> None:
+        try:
+            info = probe(tmp)
+        except BadInput as exc:
+            raise WriteError(f"cannot write {path}: the encoded file is incomplete ({exc}); check free disk space "
+                             "and rerun the same command") from exc
+        if not info.has_video or (audio and not info.has_audio):
+            raise WriteError(f"cannot write {path}: the encoded file lacks its "
+                             f"{'video' if not info.has_video else 'audio'} stream; rerun the same command")
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp path next to `path` (same folder, same suffix so tools infer the format); on success it replaces
-    `path`, on failure it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path, path.suffix)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
+    return check
 
 
 def _audio_to_int16(audio: np.ndarray, where: Path) -> np.ndarray:
@@ -225,7 +223,7 @@ def _audio_to_int16(audio: np.ndarray, where: Path) -> np.ndarray:
 
 def _write_wav_file(target: Path, audio: np.ndarray, sample_rate: int, where: Path) -> None:
     pcm = _audio_to_int16(audio, where)
-    with wave.open(str(target), "wb") as wav:
+    with open(target, "wb") as handle, wave.open(handle, "wb") as wav:
         wav.setnchannels(pcm.shape[1])
         wav.setsampwidth(2)
         wav.setframerate(int(sample_rate))
@@ -269,9 +267,9 @@ def write_video(
         pix_fmt, quality_params = "yuv420p", ["-crf", "17"]
     output_params = [*quality_params, "-preset", "medium", "-movflags", "+faststart"]
 
-    with atomic_path(path) as tmp_video:
+    with atomic_media(path, _check_video(path, audio is not None)) as tmp_video:
         audio_path = None
-        tmp_wav = _temp_name(path, ".wav")
+        tmp_wav = temp_name(path, ".wav")
         try:
             if audio is not None:
                 _write_wav_file(tmp_wav, audio, int(sample_rate or 0), path)
@@ -286,28 +284,34 @@ def _encode(
     target: Path, frames: np.ndarray, fps: float, pix_fmt: str, output_params: list[str], audio_path: str | None,
     where: Path,
 ) -> None:
+    """Pipe RGB frames into ffmpeg (the command line imageio-ffmpeg's `write_frames` builds) and check its exit
+    status, which imageio-ffmpeg does not: a full disk makes ffmpeg fail at the trailer, after every frame went in."""
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(target),
-        (width, height),
-        fps=fps_fraction(fps),
-        codec="libx264",
-        pix_fmt_out=pix_fmt,
-        quality=None,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-        output_params=output_params,
-        audio_path=audio_path,
-        audio_codec="aac" if audio_path else None,
-    )
-    try:
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-    except OSError as exc:
-        raise BadInput(f"{where}: ffmpeg could not write the video ({str(exc).strip().splitlines()[0]})") from exc
-    finally:
-        writer.close()
+    cmd = [_ffmpeg(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24",
+           "-r", str(fps_fraction(fps)), "-i", "-", *(["-i", audio_path] if audio_path else ["-an"]),
+           "-vcodec", "libx264", "-pix_fmt", pix_fmt, "-v", "error", *output_params]
+    if audio_path:
+        cmd += ["-acodec", "aac", "-map", "0:v:0", "-map", "1:a:0"]
+    cmd.append(str(target))
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: ffmpeg never blocks on its own messages
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        assert proc.stdin is not None
+        try:
+            for frame in frames:
+                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early; its exit status and message say why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            code = proc.wait()
+        if code != 0:
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            raise WriteError(f"cannot write {where}: ffmpeg failed ({lines[-1] if lines else f'exit status {code}'}); "
+                             "check free disk space and rerun the same command")
 
 
 # ----------------------------------------------------------------------------------------------------------- buckets

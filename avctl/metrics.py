@@ -599,22 +599,50 @@ def contact_sheet(
     return path
 
 
+def envelope_frames(path: Path, width: int = 256, height: int = 64) -> np.ndarray:
+    """An audio file's loudness envelope drawn as one RGB frame [1, height, width, 3] (a contact-sheet tile for an
+    audio control): per column, the peak |amplitude| of that slice, mirrored about the middle."""
+    audio = read_audio(path, 16_000, channels=1)
+    if audio is None or audio.shape[1] == 0:
+        raise BadInput(f"{path}: has no audio to draw")
+    bins = np.array_split(np.abs(audio[0]), width)
+    peaks = np.array([b.max() if len(b) else 0.0 for b in bins])  # [width] in [0, 1]
+    frame = np.full((height, width, 3), 16, dtype=np.uint8)
+    middle = height // 2
+    for x, peak in enumerate(peaks):
+        half = round(float(peak) * (middle - 1))
+        frame[middle - half : middle + half + 1, x] = (90, 200, 120)
+    return frame[None]
+
+
+def _sheet_frames(path: Path) -> np.ndarray:
+    """A control's frames for the contact sheet: the video, or the envelope of an audio-only control."""
+    return read_video(path).frames if probe(path).has_video else envelope_frames(path)
+
+
 def sheet_rows(results: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, dict]]]:
     """Contact-sheet rows for evaluated generations (rows with "metrics", in the given order): each output under
-    its control, with a control row whenever the control differs from the previous one, so outputs of several
-    clips each sit under their own control. Returns (rows, [(label, result)] for the outputs)."""
+    its control (an audio control drawn as its envelope), with a control row whenever the control differs from the
+    previous one, so outputs of several clips each sit under their own control. A result whose media cannot be
+    drawn gets a "sheet" note with the reason and is left off; the others still are drawn. Returns (rows, [(label,
+    result)] for the outputs)."""
     rows: list[tuple[str, np.ndarray]] = []
     labels: list[tuple[str, dict]] = []
     previous: np.ndarray | None = None
     for r in results:
         if "metrics" not in r:
             continue
-        control = read_video(Path(r["control"])).frames
+        try:
+            control = _sheet_frames(Path(r["control"]))
+            output = read_video(Path(r["video"])).frames
+        except AvctlError as exc:
+            r["sheet"] = f"not drawn: {exc}"
+            continue
         if previous is None or control.shape != previous.shape or not np.array_equal(control, previous):
             rows.append(("control", control))
             previous = control
         label = Path(r["video"]).stem + (f" s={r['strength']}" if r.get("strength") is not None else "")
-        rows.append((label, read_video(Path(r["video"])).frames))
+        rows.append((label, output))
         labels.append((label, r))
     return rows, labels
 
@@ -1107,6 +1135,9 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
                             source=source, source_missing=source_missing)
         except AvctlError as exc:
             rows.append({"video": str(video), "skipped": str(exc)})
+            continue
+        except Exception as exc:  # a metric failing on one odd video must not hide the other runs' results
+            rows.append({"video": str(video), "skipped": f"{type(exc).__name__}: {exc}"})
             continue
         row.update(sidecar=str(sidecar), strength=meta.get("strength"), seed=meta.get("seed"), loras=meta.get("loras"))
         rows.append(row)

@@ -52,6 +52,7 @@ class PlanRequest:
     bucket: tuple[int, int, int] = (768, 512, 121)  # width, height, frames
     fps: float = 24.0
     rank: int | None = None
+    targets: tuple[str, ...] | None = None  # LoRA target groups; default: the modality's
     batch_size: int = 1
     quantize: Literal["none", "int8", "fp8"] = "none"
     text_encoder_8bit: bool = False
@@ -107,18 +108,13 @@ def _model_shape(model: str | None) -> _ModelShape:
         return _MODEL_CACHE[name]
     text_length = presets.TEXT_MAX_LENGTH
     if presets.is_shape(name):
-        configs = presets.shape_configs(presets.shape_blocks(name))
-        label = name
+        configs, label = presets.shape_configs(presets.shape_blocks(name)), name
+        modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
     elif name == TINY:
         from avctl.backbone import TINY_MAX_LENGTH, _build_tiny
 
-        parts, _ = _build_tiny({"transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder"})
-        counts = {c: sum(p.numel() for p in m.parameters()) for c, m in parts.items()}
-        text = parts["text_encoder"].config.get_text_config()
-        shape = _ModelShape(name, parts["transformer"], counts, TINY_MAX_LENGTH,
-                            _block_linear_params(parts["transformer"]), text.num_hidden_layers + 1, text.hidden_size)
-        _MODEL_CACHE[name] = shape
-        return shape
+        modules, _ = _build_tiny({"transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder"})
+        label, text_length = name, TINY_MAX_LENGTH
     else:
         directory = POCKET_DIR if name == POCKET else _model_directory(name)
         if directory is None:
@@ -130,7 +126,7 @@ def _model_shape(model: str | None) -> _ModelShape:
             if tokenizer_config.is_file():
                 limit = json.loads(tokenizer_config.read_text()).get("model_max_length", text_length)
                 text_length = min(int(limit), presets.TEXT_MAX_LENGTH)
-    modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
+        modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
     counts = {c: sum(p.numel() for p in m.parameters()) for c, m in modules.items()}
     text = modules["text_encoder"].config.get_text_config()
     shape = _ModelShape(label, modules["transformer"], counts, text_length,
@@ -253,6 +249,8 @@ def make_plan(request: PlanRequest) -> Plan:
     if request.quantize == "fp8" and request.device != "cuda":
         raise BadUsage("--quantize fp8 needs a CUDA GPU; use int8 on a CPU")
     modality = get_modality(request.modality)
+    if request.targets:
+        modality = replace(modality, targets=tuple(request.targets))
     rank = request.rank or modality.rank
     model = _model_shape(request.model)
     tr = model.transformer
@@ -335,6 +333,7 @@ def _fits(peak: float, precompute: float, gpu: float) -> bool:
 def _request_dict(request: PlanRequest) -> dict[str, Any]:
     d = asdict(request)
     d["bucket"] = "x".join(map(str, request.bucket))
+    d["targets"] = list(request.targets) if request.targets else None
     return d
 
 
@@ -458,3 +457,18 @@ def measure_saved_bytes(transformer: torch.nn.Module, video_tokens: tuple[int, i
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         predict(transformer, canvas, text, text, torch.ones(1, text_length))
     return sum(kept.values())
+
+
+def training_plan(config: Any, bucket: tuple[int, int, int], world_size: int, device: Literal["cuda", "cpu"],
+                  gpu_memory_gib: float | None, strategy: Literal["ddp", "fsdp"] = "ddp") -> Plan:
+    """The plan of the run a `train` config describes, as `train` prints it before loading anything."""
+    from avctl import presets
+
+    dtype = config.dtype or ("bf16" if device == "cuda" or presets.is_shape(config.model) else "fp32")
+    return make_plan(PlanRequest(
+        modality=config.modality, model=config.model, bucket=bucket, rank=config.rank,
+        targets=tuple(config.targets) if config.targets else None,
+        batch_size=config.batch_size, quantize=config.quantize, text_encoder_8bit=config.text_encoder_8bit,
+        gradient_checkpointing=config.gradient_checkpointing, world_size=world_size, strategy=strategy,
+        dtype=dtype, optimizer=config.optimizer, device=device, gpu_memory_gib=gpu_memory_gib,
+    ))

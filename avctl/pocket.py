@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,6 +184,7 @@ def resample(wav: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ stage runner
 def _save_stage(path: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, extra: dict[str, Any]) -> None:
+    from avctl.io import atomic_write
     from avctl.lora import atomic_save_safetensors
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
@@ -197,9 +197,7 @@ def _save_stage(path: Path, step: int, module: torch.nn.Module, optimizer: torch
     atomic_save_safetensors(tensors, path.parent / name, {"format": "avctl-pocket-stage"})
     meta = {"step": step, "tensors": name, "adam_steps": {str(i): float(st["step"]) for i, st in state.items()},
             "torch_threads": torch.get_num_threads(), **extra}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path.with_suffix(".json"))
+    atomic_write(path.with_suffix(".json"), json.dumps(meta))
     for old in path.parent.glob(f"{path.name}_*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -47,10 +47,13 @@ from avctl.dataset import (
     write_manifest,
 )
 from avctl.errors import AvctlError, BadInput, BadUsage
+from avctl.io import WriteError, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
 from modalities.base import Clip, Control, Extractor, Modality
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+# Media found in an input folder that prepare does not take: listed as skipped, never dropped without a word.
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
 PAIRS_EXTENSIONS = (".jsonl", ".csv")
 # avctl.json's extractor identity for datasets made from a pairs manifest (no extractor runs).
 PAIRS_IDENTITY = {"backend": "pairs-manifest", "version": "1 (source → reference, target → video, same frames)"}
@@ -134,6 +137,7 @@ def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple
     out_abs = Path(os.path.abspath(out)) if out is not None else None
     roots: list[Path] = []
     candidates: list[Path] = []
+    not_videos: list[Path] = []
     for given in inputs:
         path = Path(os.path.abspath(given))
         if not path.exists():
@@ -141,7 +145,11 @@ def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple
         if path.is_dir():
             roots.append(path)
             for found in sorted(path.rglob("*")):
-                if not found.is_file() or found.suffix.lower() not in VIDEO_EXTENSIONS or _is_hidden(found, path):
+                if not found.is_file() or _is_hidden(found, path):
+                    continue
+                if found.suffix.lower() in AUDIO_EXTENSIONS:
+                    not_videos.append(found)
+                if found.suffix.lower() not in VIDEO_EXTENSIONS:
                     continue
                 if out_abs is not None and found.is_relative_to(out_abs):
                     continue  # our own outputs, when --out lies inside an input folder
@@ -151,11 +159,18 @@ def find_sources(inputs: Iterable[str | Path], out: Path | None = None) -> tuple
             candidates.append(path)
     if not candidates:
         names = ", ".join(str(p) for p in inputs) or "(no inputs)"
-        raise BadInput(f"no videos found in {names}; looked for {', '.join('*' + e for e in VIDEO_EXTENSIONS)}")
+        audio = f" (found {len(not_videos)} audio files, e.g. {not_videos[0].name}: prepare takes videos)" \
+            if not_videos else ""
+        raise BadInput(f"no videos found in {names}; looked for {', '.join('*' + e for e in VIDEO_EXTENSIONS)}"
+                       f"{audio}")
 
     common = Path(os.path.commonpath([str(root) for root in roots]))
     by_rel: dict[str, Source] = {}
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = [
+        {"clip": found.relative_to(common).as_posix() if found.is_relative_to(common) else str(found),
+         "reason": f"{found}: an audio file; prepare takes videos ({', '.join(VIDEO_EXTENSIONS)}) — give the "
+                   "video it belongs to"}
+        for found in not_videos]
     for path in sorted(set(candidates)):
         relative = path.relative_to(common)
         rel = relative.with_suffix("").as_posix()
@@ -379,6 +394,8 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
         if control.audio is not None:
             row["reference_audio"] = f"reference/{job.rel}.wav"
             write_wav(out / row["reference_audio"], control.audio, int(control.sample_rate or 0))
+    except WriteError:
+        raise  # a full or read-only disk stops the run: every later clip would fail the same way
     except (AvctlError, OSError) as exc:
         return {"rel": job.rel, "status": "failed", "reason": f"{source}: could not write the sample: {exc}"}
     row["fps"] = video.fps
@@ -569,14 +586,37 @@ def prepare(
         "audio_sample_rate": AUDIO_SAMPLE_RATE,
         "avctl_version": __version__,
     }
+    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips))
+    extracted: dict[str, Any] = {"frames": 0, "seconds": 0.0}
+    # One run at a time per folder: a second one waits here, then reads the rows the first one wrote.
+    with folder_lock(out, f"avctl prepare {modality.name}"):
+        _prepare_locked(modality, out, info, sources, summary, caption, seed, workers, overwrite, progress, weights,
+                        backend, options, extractor, extracted)
+    if extracted["frames"] and extracted["seconds"] > 0:
+        summary.frames_per_s = round(extracted["frames"] / extracted["seconds"], 2)
+    summary.done.sort()
+    summary.skipped.sort(key=lambda item: item["clip"])
+    summary.failed.sort(key=lambda item: item["clip"])
+    return summary
+
+
+def _prepare_locked(
+    modality: Modality, out: Path, info: dict[str, Any], sources: list[Source], summary: PrepareSummary,
+    caption: str | None, seed: int, workers: int, overwrite: bool, progress: Callable[[int, int], None] | None,
+    weights: Path | None, backend: str | None, options: dict[str, Any] | None, extractor: Extractor | None,
+    extracted: dict[str, Any],
+) -> None:
+    """The part of `prepare` that reads and writes the folder, run while holding its lock."""
+    bucket = Bucket.parse(info["bucket"])
     existing = read_info(out)
     if existing is not None and not overwrite:
         _check_compatible(out, existing, info)
-    out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out, ("video", "reference", "mask"))
-    write_json(out / INFO, info)
-
-    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips))
+    # A new dataset gets avctl.json and its manifest with its first finished sample, so a run that finishes none
+    # leaves nothing that would stand in another run's way.
+    started = existing is not None and not overwrite
+    if started:
+        write_json(out / INFO, info)
     rows: dict[str, dict[str, Any]] = {} if overwrite else {row["video"]: row for row in read_rows(out)}
     jobs: list[_Job] = []
     for source in sources:
@@ -589,13 +629,17 @@ def prepare(
             rows.pop(f"video/{source.rel}.mp4", None)
             jobs.append(_Job(source=str(source.path), rel=source.rel, key=source.key, caption=text,
                              reference_source=str(source.reference) if source.reference is not None else None))
-    write_manifest(out, rows.values())
+    if started:
+        write_manifest(out, rows.values())
 
     settings = _Settings(out=str(out), bucket=bucket, downscale=modality.downscale, seed=seed)
-    extracted = {"frames": 0, "seconds": 0.0}
 
     def record(result: dict[str, Any], completed: int) -> None:
+        nonlocal started
         if result["status"] == "done":
+            if not started:
+                write_json(out / INFO, info)
+                started = True
             rows[result["row"]["video"]] = result["row"]
             write_manifest(out, rows.values())
             summary.done.append(result["rel"])
@@ -618,13 +662,6 @@ def prepare(
             record(_process(job, settings, extractor), completed)
     else:
         _run_pool(modality, settings, jobs, workers, record, weights, backend, options)
-
-    if extracted["frames"] and extracted["seconds"] > 0:
-        summary.frames_per_s = round(extracted["frames"] / extracted["seconds"], 2)
-    summary.done.sort()
-    summary.skipped.sort(key=lambda item: item["clip"])
-    summary.failed.sort(key=lambda item: item["clip"])
-    return summary
 
 
 def _run_pool(
@@ -696,7 +733,7 @@ def prepare_throughput(modality: Modality, frames: int = 17, size: int = 512, we
 
 def encode_dataset(
     out: Path, backbone: Any, load: Callable[[frozenset[str]], Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, allow_outside_media: bool = False,
 ) -> dict[str, int]:
     """Fill `out`'s latent cache for `backbone` now (what `avctl train` would otherwise do first). With
     `load(components)`, `backbone` may hold only the configs: the encoders are loaded only when an entry is missing
@@ -705,6 +742,6 @@ def encode_dataset(
     from avctl.cache import precompute
     from avctl.dataset import load_manifest
 
-    info, rows = load_manifest(out)
+    info, rows = load_manifest(out, allow_outside_media)
     done = precompute(backbone, Path(out), info, rows, load or (lambda parts: backbone), progress=progress)
     return {"encoded": done.encoded, "cached": len(rows) - done.encoded}

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
 from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
+from avctl.io import atomic_write
 from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora, target_modules
 from modalities.base import Modality
 
@@ -71,6 +72,10 @@ class TrainConfig(BaseModel):
     loraplus_lr_ratio: float = Field(default=1.0, ge=1.0)
     validate_every: int | None = Field(default=None, gt=0)  # steps between validation samples (None = off)
     tensorboard: bool = False
+    # Frozen base quantized weight-only (avctl.quantize): the transformer blocks' Linear layers, and Gemma's decoder
+    # in int8 while the text embeddings are precomputed. The LoRA still trains in fp32.
+    quantize: Literal["none", "int8", "fp8"] = "none"
+    text_encoder_8bit: bool = False
     # Several ranks: "ddp" (each rank holds the model) or "fsdp" (torch FSDP2: blocks sharded over the ranks).
     # Default: fsdp under `accelerate launch` with an FSDP config, else ddp.
     strategy: Literal["ddp", "fsdp"] | None = None
@@ -86,6 +91,9 @@ class TrainConfig(BaseModel):
             del d["targets"]  # so runs from before the option existed still resume
         if d["loraplus_lr_ratio"] == 1.0:
             del d["loraplus_lr_ratio"]  # likewise
+        for key, default in (("quantize", "none"), ("text_encoder_8bit", False)):
+            if d[key] == default:
+                del d[key]  # likewise
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -315,9 +323,7 @@ def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
 
 # ------------------------------------------------------------------------------------------------ state
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def save_state(
@@ -439,6 +445,9 @@ def check_strategy(config: TrainConfig, world: int) -> None:
         return
     if config.optimizer == "adamw8bit":
         raise BadUsage("optimizer adamw8bit does not take FSDP's sharded parameters: use adamw with --strategy fsdp")
+    if config.quantize != "none":
+        raise BadUsage(f"--quantize {config.quantize} is not sharded by FSDP here: use --strategy ddp (each GPU then "
+                       "holds the quantized base), or --quantize none with --strategy fsdp")
     if config.validate_every:
         raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
                        "checkpoint with `avctl sample` afterwards")

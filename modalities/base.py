@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,9 +147,26 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
+_broken: dict[str, str] = {}  # modality name → why its plugin could not be used (warned about once per process)
+
+
+def _package(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else ep.value.split(":")[0].split(".")[0]
+
+
+def _skip(ep: importlib.metadata.EntryPoint, reason: str) -> None:
+    """A broken third-party plugin is skipped with one warning naming its package; only a command that asks for
+    that modality fails (`get_modality`)."""
+    message = f"modality plugin {ep.name!r} from package {_package(ep)!r} ({ep.value}) {reason}"
+    if ep.name not in _broken:
+        sys.stderr.write(f"avctl: warning: {message}; skipped\n")
+    _broken[ep.name] = message
+
+
 def all_modalities() -> dict[str, Modality]:
     """Every registered modality, by name, in registration order. Re-reads the entry points on each call so a
-    plugin installed at run time shows up."""
+    plugin installed at run time shows up; a plugin that fails to load is skipped with a warning."""
     found: dict[str, Modality] = {}
     for ep in _entry_points():
         if ep.name in found:
@@ -156,17 +174,22 @@ def all_modalities() -> dict[str, Modality]:
         try:
             obj = ep.load()
         except Exception as exc:  # a broken third-party plugin must not break every command
-            raise AvctlError(f"modality plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            _skip(ep, f"failed to load: {type(exc).__name__}: {exc}")
+            continue
         if not isinstance(obj, Modality):
-            raise AvctlError(f"modality plugin {ep.name!r} ({ep.value}) is not a modalities.base.Modality")
+            _skip(ep, "is not a modalities.base.Modality")
+            continue
         if obj.name != ep.name:
-            raise AvctlError(f"modality plugin {ep.value} is registered as {ep.name!r} but is named {obj.name!r}")
+            _skip(ep, f"is registered as {ep.name!r} but is named {obj.name!r}")
+            continue
         found[ep.name] = obj
     return found
 
 
 def get_modality(name: str) -> Modality:
     registry = all_modalities()
+    if name not in registry and name in _broken:
+        raise AvctlError(f"{_broken[name]}; fix or uninstall that package")
     if name not in registry:
         raise BadInput(f"unknown modality {name!r}; known: {', '.join(registry) or 'none (is avctl installed?)'}")
     return registry[name]

@@ -74,3 +74,49 @@ def test_activation_costs_are_what_the_real_width_block_keeps():
     hidden = 2 * (4096 * video + 2048 * audio)
     assert ckpt == pytest.approx(c["outer_video"] * video + c["outer_audio"] * audio + c["outer_constant"] + hidden,
                                  rel=0.02)
+
+
+MEASURE = """
+import json, resource, sys
+import torch, diffusers, transformers, peft  # noqa: F401
+import avctl.cli, avctl.train, avctl.cache, avctl.plan  # noqa: F401
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+after_imports = rss()
+avctl.cli.app(sys.argv[1:], standalone_mode=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.stderr.write("MEASURED " + json.dumps({"after_imports": after_imports, "peak": peak}) + "\\n")
+"""
+
+
+def test_plan_for_shape_1_on_cpu_is_within_25_percent_of_the_measured_training_peak(tmp_path):
+    """A fresh process trains canny on shape:1 (real widths, bf16) from a filled cache; its peak RSS above the RSS
+    after imports is what the plan's training step should predict (no encoder loads: the cache is complete)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import write_synthetic_clip
+    from tests.shapes import fill_synthetic_cache
+
+    for i in range(2):
+        write_synthetic_clip(tmp_path / "videos" / f"c{i}.mp4", frames=9, width=64, height=64, seed=i)
+    data = tmp_path / "ds"
+    r = runner.invoke(app, ["prepare", "canny", str(tmp_path / "videos"), "--out", str(data), "--bucket", "64x64x9"])
+    assert r.exit_code == 0, r.output
+    fill_synthetic_cache(data, "shape:1", text_tokens=1024)  # the plan counts the pipeline's 1,024 tokens
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2", "AVCTL_NO_PROGRESS": "1"}
+    args = ["train", "canny", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "shape:1", "--dtype",
+            "bf16", "--steps", "2", "--json"]
+    done = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stderr.split("MEASURED ", 1)[1])
+    used_gib = (measured["peak"] - measured["after_imports"]) / 2**30
+    plan = make_plan(PlanRequest(modality="canny", model="shape:1", bucket=(64, 64, 9), device="cpu", dtype="bf16"))
+    print(f"plan {plan.peak_gib:.3f} GiB, measured {used_gib:.3f} GiB")  # shown with -s
+    assert plan.parts["transformer weights"] > 1.3  # the real-width block dominates; nothing else is resident
+    assert abs(plan.peak_gib - used_gib) <= 0.25 * used_gib, (plan.peak_gib, used_gib, plan.parts)

@@ -173,7 +173,9 @@ def test_only_bad_clips_prepare_nothing(videos: Path, tmp_path: Path) -> None:
     summary = prepare(get_modality("inpaint"), [videos / "short.mp4", videos / "broken.mp4"], tmp_path / "ds",
                       BUCKET, None)
     assert summary.rows == 0 and summary.done == [] and len(summary.skipped) == 2
-    with pytest.raises(BadInput, match="empty"):
+    # nothing completed: no avctl.json and no empty manifest that would block another modality in this folder
+    assert not (tmp_path / "ds" / "avctl.json").exists() and not (tmp_path / "ds" / "dataset.jsonl").exists()
+    with pytest.raises(BadInput, match="missing"):
         load_manifest(tmp_path / "ds")
 
 

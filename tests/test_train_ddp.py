@@ -203,7 +203,7 @@ def test_what_fsdp_cannot_run_is_refused_before_loading(monkeypatch):
     from avctl.errors import BadUsage
     from avctl.train import check_strategy
 
-    for bad in ({"validate_every": 2}, {"optimizer": "adamw8bit"}):
+    for bad in ({"validate_every": 2}, {"optimizer": "adamw8bit"}, {"quantize": "int8"}):
         with pytest.raises(BadUsage, match=r"--strategy"):
             check_strategy(TrainConfig(modality="canny", strategy="fsdp", **bad), 2)
         check_strategy(TrainConfig(modality="canny", strategy="fsdp", **bad), 1)  # one rank: nothing is sharded

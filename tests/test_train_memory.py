@@ -257,7 +257,7 @@ def test_prepare_precompute_leaves_train_nothing_to_encode(dataset, monkeypatch)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["encoded"] == 2
     # The two passes (text encoder, then VAEs) write what one pass with every encoder loaded writes.
-    from avctl.cache import encode_sample
+    from avctl.cache import cache_file_name, encode_sample
     from avctl.dataset import load_manifest
     from tests.tiny import backbone
 
@@ -266,7 +266,7 @@ def test_prepare_precompute_leaves_train_nothing_to_encode(dataset, monkeypatch)
     assert len(files) == 2 and not any(f.name.startswith(".") for f in files)  # no part file left
     for row in rows:
         one = encode_sample(backbone(), data, row)
-        cached = load_file(str(next(f for f in files if f.stem == Path(row["video"]).stem)))
+        cached = load_file(str(next(f for f in files if f.name == cache_file_name(row["video"]))))
         assert cached.keys() == one.keys() and all(torch.equal(cached[k], one[k]) for k in one)
     loads = _Loads(monkeypatch)
     r = _invoke("train", "canny", "--data", data, "--out", dataset / "run", "--model", "tiny", "--steps", "1",
@@ -291,26 +291,11 @@ def test_shape_1_trains_in_bf16_with_fp32_adapters_from_a_filled_cache(dataset):
     base, checkpointing is on (shape:1 is larger than pocket), and the 2nd step at lr 1e-5 moves ≥ 99 % of lora_A.
     The cache entries are synthetic at the real widths (the real encoders' pass is tested on tiny: encoding with
     shape:1's 1.2B VAE and 1B-row Gemma embedding takes minutes and 8 GB on CPU), the text 128 tokens long."""
-    from avctl.backbone import load_backbone
-    from avctl.cache import CACHE_FORMAT, cache_index
-    from avctl.dataset import load_manifest
+    from tests.shapes import fill_synthetic_cache
 
     data = dataset / "ds"
     assert _invoke("prepare", "canny", dataset / "videos", "--out", data, "--bucket", "64x64x9").exit_code == 0
-    configs_only = load_backbone("shape:1", device="cpu", components=set())
-    info, rows = load_manifest(data)
-    index = cache_index(configs_only, data, info, rows)
-    c = configs_only.configs
-    g = torch.Generator().manual_seed(0)
-    width, latent, audio_ch = c["connectors"]["caption_channels"], c["vae"]["latent_channels"], c["audio_vae"]
-    for path, key in zip(index.paths, index.keys, strict=True):
-        tensors = {"video": torch.randn(latent, 2, 2, 2, generator=g), "reference": torch.randn(latent, 2, 1, 1),
-                   "audio": torch.randn(audio_ch["latent_channels"], 8, audio_ch["mel_bins"] // 4, generator=g),
-                   "text_video": torch.randn(128, width, generator=g), "text_audio": torch.randn(128, width),
-                   "text_mask": torch.ones(128), "fps": torch.tensor(24.0)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(to_stored(tensors), str(path), {"key": key, "format": CACHE_FORMAT})
-    assert not cache_index(configs_only, data, info, rows).stale
+    fill_synthetic_cache(data, "shape:1", text_tokens=128)
 
     run = dataset / "run"
     common = ("canny", "--data", data, "--out", run, "--model", "shape:1", "--dtype", "bf16", "--rank", "4",

@@ -12,10 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @functools.lru_cache(maxsize=1)
-def _backbone():
+def _loaded():
     from avctl.backbone import load_backbone
 
-    return load_backbone("tiny", device="cpu")
+    loaded = load_backbone("tiny", device="cpu")
+    # A copy taken before any test runs on the shared backbone (generate tests leave LoRA layers on its transformer).
+    return loaded, copy.deepcopy(loaded.transformer).eval()
+
+
+def _backbone():
+    return _loaded()[0]
 
 
 def backbone():
@@ -24,8 +30,8 @@ def backbone():
 
 
 def fresh_transformer() -> torch.nn.Module:
-    """A private copy of the tiny transformer that a test may add adapters to or train."""
-    return copy.deepcopy(_backbone().transformer).eval()
+    """A private copy of the tiny transformer, as built, that a test may add adapters to or train."""
+    return copy.deepcopy(_loaded()[1]).eval()
 
 
 def text(batch: int = 1):
