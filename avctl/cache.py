@@ -18,6 +18,7 @@ import ctypes
 import gc
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -420,6 +421,23 @@ def precompute(
             del encoders
             release()
     return Precomputed(index, encoded, True)
+
+
+def wait_for_cache(
+    backbone: Any,
+    dataset: Path,
+    info: dict[str, Any],
+    rows: list[dict[str, Any]],
+    poll_s: float = 2.0,
+) -> CacheIndex:
+    """For the ranks other than 0 of a multi-rank `train`: wait until rank 0's precompute has filled the cache, by
+    reading the cache files' headers every `poll_s` seconds — no process group, so no collective timeout, however
+    long the encoding. (Rank 0's failure ends the run: the launcher stops every rank.)"""
+    while True:
+        index = cache_index(backbone, dataset, info, rows)
+        if not index.stale:
+            return index
+        time.sleep(poll_s)
 
 
 def load_samples(

@@ -355,6 +355,12 @@ def train_cmd(
     prefetch_factor: Annotated[
         int | None, typer.Option(help="Samples each loader process reads ahead. Default 2.")
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Several ranks (torchrun / accelerate launch): ddp (each GPU holds the model, gradients "
+                     "averaged) or fsdp (torch FSDP2: transformer blocks and their LoRA sharded over the ranks). "
+                     "Default: ddp; fsdp under accelerate launch with configs/accelerate/fsdp.yaml."),
+    ] = None,
     allow_outside_media: AllowOutsideOpt = False,
     vae_tiling: VaeTilingOpt = True,
     quantize: QuantizeOpt = None,
@@ -370,10 +376,10 @@ def train_cmd(
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
     from pydantic import ValidationError
 
-    from avctl.cache import cached_prompt, precompute
+    from avctl.cache import cached_prompt, precompute, wait_for_cache
     from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
     from avctl.quantize import check_quantize_args
-    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, make_validator, train
+    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, check_strategy, default_strategy, make_validator, train
     from modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
@@ -384,7 +390,7 @@ def train_cmd(
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
         "loraplus_lr_ratio": loraplus_lr_ratio,
         "tensorboard": tensorboard or None, "dtype": dtype, "loader_workers": loader_workers,
-        "prefetch_factor": prefetch_factor,
+        "prefetch_factor": prefetch_factor, "strategy": strategy,
         "quantize": quantize, "text_encoder_8bit": text_encoder_8bit or None,
     }
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
@@ -406,7 +412,8 @@ def train_cmd(
 
     info, rows = load_manifest(cfg.data, allow_outside_media)
     bucket = check_dataset(info, mod)
-    ranks = Ranks()
+    ranks = Ranks(start=False)  # the process group starts once the cache is complete
+    check_strategy(cfg, ranks.world)
     if ranks.main:  # temp files of a killed run: nothing refers to them
         remove_stale_temp_files(cfg.out, ("state", "checkpoints", "samples"))
     _check_memory(cfg, bucket, ranks.world, memory_check, quiet=json_out or not ranks.main)
@@ -424,18 +431,27 @@ def train_cmd(
     prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
     with _progress(json_out or not ranks.main) as progress:
         task = progress.add_task("encode", total=len(rows), info="")
-        if not ranks.main:
-            ranks.barrier()  # rank 0 fills the latent cache first; the others then read it
-        cached = precompute(backbone, cfg.data, info, rows, load_encoders,
-                            prompts=prompts, progress=lambda d, t: progress.update(task, completed=d, total=t))
+        # Rank 0 fills the latent cache; the others poll its files. No process group exists yet, so no
+        # collective can time out however long the encoding takes.
         if ranks.main:
-            ranks.barrier()
-        # The encoders are released by now; the transformer alone is loaded for training.
-        trained = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype)
-        # Quantized after the dtype cast and before train() adds the LoRA (PEFT picks its layer type then).
-        _quantize(trained, cfg.quantize, False, quiet)
-        backbone.transformer = trained.transformer
-        samples = cached.index.samples()
+            index = precompute(
+                backbone, cfg.data, info, rows, load_encoders, prompts=prompts,
+                progress=lambda d, t: progress.update(task, completed=d, total=t)).index
+        else:
+            index = wait_for_cache(backbone, cfg.data, info, rows)
+        ranks.start()
+        # The encoders are released by now; the transformer alone is loaded for training. Under FSDP only rank 0
+        # reads it: the others build it on `meta` and receive their shards from rank 0 (train()).
+        if ranks.world > 1 and (cfg.strategy or default_strategy()) == "fsdp" and not ranks.main:
+            from avctl.presets import build_module
+
+            backbone.transformer = build_module("transformer", backbone.configs["transformer"])
+        else:
+            trained = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype)
+            # Quantized after the dtype cast and before train() adds the LoRA (PEFT picks its layer type then).
+            _quantize(trained, cfg.quantize, False, quiet)
+            backbone.transformer = trained.transformer
+        samples = index.samples()
         total = cfg.steps or mod.steps
         task = progress.add_task(f"train {mod.name}", total=total, info="")
 
@@ -445,10 +461,10 @@ def train_cmd(
         model_meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash(),
                       "extractor_options": info.get("extractor_options")}
         validator = None
-        if cfg.validate_every:
+        if cfg.validate_every and ranks.main:
             validator = make_validator(
                 backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
-                texts={p: cached_prompt(cached.index, backbone, p) for p in prompts},
+                texts={p: cached_prompt(index, backbone, p) for p in prompts},
                 load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
                                                      dtype=base_dtype, vae_tiling=vae_tiling))
         result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,
@@ -469,7 +485,11 @@ def _check_memory(cfg: Any, bucket: Any, world: int, enforce: bool, quiet: bool)
     from avctl.plan import training_plan
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib())
+    from avctl.train import default_strategy
+
+    strategy = (cfg.strategy or default_strategy()) if world > 1 else "ddp"
+    plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib(),
+                         strategy)
     if not quiet:
         parts = ", ".join(f"{name} {gib:.2f}" for name, gib in plan.parts.items())
         verdict = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit") + \

@@ -35,6 +35,7 @@ def predict(
     cross_timestep: bool | None = None,
     stg_blocks: list[int] | None = None,
     isolate_modalities: bool = False,
+    forward: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The model's velocity prediction on every token of each present stream ([B, T, C]); None for an absent one.
     Strength biases from the canvas apply inside (and stay set for a checkpointed backward).
@@ -45,7 +46,8 @@ def predict(
     cross_timestep: modulate each audio↔video cross-attention by the OTHER stream's sigma (`use_cross_timestep`,
     LTX-2.3's behaviour); None = on exactly for LTX-2.3-style (`cross_attn_mod`) transformers. stg_blocks: blocks
     whose self-attention is skipped (spatio-temporal guidance's perturbed pass). isolate_modalities: no
-    audio↔video attention (modality guidance's pass)."""
+    audio↔video attention (modality guidance's pass). forward: what the call goes through (a DDP wrapper of
+    `transformer`); default `transformer`."""
     present = canvas.video if canvas.video is not None else canvas.audio
     if present is None:
         raise ValueError("a canvas needs at least one stream")
@@ -68,7 +70,7 @@ def predict(
     if cross_timestep is None:
         cross_timestep = bool(getattr(transformer.config, "cross_attn_mod", False))
     set_strength(transformer, canvas)
-    video_out, audio_out = transformer(
+    video_out, audio_out = (forward or transformer)(
         hidden_states=v_tokens,
         audio_hidden_states=a_tokens,
         encoder_hidden_states=text_video.to(dtype),

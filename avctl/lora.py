@@ -72,10 +72,14 @@ def add_lora(
 
 
 def lora_state_dict(transformer: torch.nn.Module, adapter_name: str = "avctl") -> dict[str, torch.Tensor]:
-    """The adapter's weights with module keys (`transformer_blocks.0.attn1.to_q.lora_A.weight`), detached, fp32."""
+    """The adapter's weights with module keys (`transformer_blocks.0.attn1.to_q.lora_A.weight`), detached, fp32,
+    whole on the CPU."""
     from peft.utils import get_peft_model_state_dict
+    from torch.distributed.tensor import DTensor
 
     sd = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    # Under FSDP2 each value is this rank's shard: all-gathered here, so every rank must call this.
+    sd = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in sd.items()}
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
 
 

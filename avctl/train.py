@@ -4,9 +4,13 @@ Rectified flow on the target tokens only: x_t = (1 − σ)·x + σ·ε, the mode
 is the masked MSE over target tokens. σ comes from a shifted logit-normal whose shift follows the TARGET token count
 (the same rule the sampler uses). The base model is frozen; only the LoRA on the modality's target groups trains.
 
+Draws: the run's ONE torch.Generator draws the data order (a permutation per epoch); each sample's σ and noise come
+from a generator keyed by (seed, step, slot in the global batch), so they do not depend on how the global batch is
+split over ranks: 2 ranks at batch 1 train the same LoRA as 1 rank at batch 2.
+
 Exact resume: every `save_every` steps `OUT/state/` gets the fp32 LoRA weights, the AdamW moments, the step, the
-data-order permutation position and the state of the ONE torch.Generator that draws σ, noise and data order — as
-safetensors + JSON, no pickle. A resumed run therefore replays exactly the draws an uninterrupted run makes.
+data-order permutation position and the generator's state — as safetensors + JSON, no pickle, gathered to rank 0
+under DDP and FSDP. A resumed run therefore replays exactly the draws an uninterrupted run makes.
 """
 
 from __future__ import annotations
@@ -72,12 +76,15 @@ class TrainConfig(BaseModel):
     # in int8 while the text embeddings are precomputed. The LoRA still trains in fp32.
     quantize: Literal["none", "int8", "fp8"] = "none"
     text_encoder_8bit: bool = False
+    # Several ranks: "ddp" (each rank holds the model) or "fsdp" (torch FSDP2: blocks sharded over the ranks).
+    # Default: fsdp under `accelerate launch` with an FSDP config, else ddp.
+    strategy: Literal["ddp", "fsdp"] | None = None
 
     def fingerprint(self) -> str:
         """What must match for a resume: everything but the step target, output and data location."""
         d = self.model_dump(mode="json", exclude={"steps", "out", "data", "save_every", "keep_last",
                                                    "validate_every", "tensorboard", "loader_workers",
-                                                   "prefetch_factor"})
+                                                   "prefetch_factor", "strategy"})
         if d["dtype"] is None:
             del d["dtype"]  # the base dtype is checked against the saved state on its own
         if d["targets"] is None:
@@ -170,11 +177,13 @@ def step_loss(
     batch: dict[str, torch.Tensor],
     sigma: torch.Tensor,
     noise: dict[str, torch.Tensor],
+    forward: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean loss over the batch (summed over the streams with loss) and the per-stream values for logging."""
+    """Mean loss over the batch (summed over the streams with loss) and the per-stream values for logging.
+    `forward`: what the transformer is called through (a DDP wrapper); default the transformer itself."""
     canvas, targets = training_canvas(modality, transformer, batch, sigma, noise)
     video_pred, audio_pred = predict(
-        transformer, canvas, batch["text_video"], batch["text_audio"], batch["text_mask"]
+        transformer, canvas, batch["text_video"], batch["text_audio"], batch["text_mask"], forward=forward
     )
     preds = {"video": video_pred, "audio": audio_pred}
     total = torch.zeros((), device=sigma.device)
@@ -238,8 +247,8 @@ class SampleStream:
         )
         self._it: Iterator[Sample] = iter(())
 
-    def start(self, order: list[int], cursor: int) -> None:
-        self.sampler.indices = order[cursor:]
+    def start(self, indices: list[int]) -> None:
+        self.sampler.indices = indices
         self._it = iter(self.loader)
 
     def next(self) -> Sample:
@@ -273,14 +282,36 @@ def pocket_parameters() -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def draw_noise(generator: torch.Generator, batch: dict[str, torch.Tensor], world: int = 1) -> dict[str, torch.Tensor]:
-    """Noise for both streams from the run's generator (on CPU, so CPU and GPU runs draw the same numbers); for
-    `world` ranks it is drawn for the whole global batch (each rank slices out its own)."""
+def draw_noise(generator: torch.Generator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Noise for both streams of a batch from `generator` (on CPU, so CPU and GPU runs draw the same numbers)."""
     out = {}
     for name in ("video", "audio"):
-        shape = (batch[name].shape[0] * world, *batch[name].shape[1:])
+        shape = tuple(batch[name].shape)
         out[name] = torch.randn(shape, generator=generator).to(batch[name].device, batch[name].dtype)
     return out
+
+
+def slot_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The generator of one sample's σ and noise: keyed by the run's seed, the step (0-based) and the sample's slot
+    in the global batch (world × batch × grad_accum), not by the rank that trains it."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{slot}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def draw_slots(
+    seed: int, step: int, slots: list[int], batch: dict[str, torch.Tensor], target_tokens: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """σ [B] and noise for a batch whose rows sit at `slots` of the global batch (drawn on CPU, so CPU and GPU
+    runs draw the same numbers)."""
+    sigmas, noise = [], {"video": [], "audio": []}
+    for slot in slots:
+        g = slot_generator(seed, step, slot)
+        sigmas.append(sample_sigmas(g, 1, target_tokens))
+        for name in ("video", "audio"):
+            noise[name].append(torch.randn(tuple(batch[name].shape[1:]), generator=g))
+    device = batch["video"].device
+    return (torch.cat(sigmas).to(device),
+            {k: torch.stack(v).to(device, batch[k].dtype) for k, v in noise.items()})
 
 
 def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
@@ -299,26 +330,22 @@ def save_state(
     state_dir: Path,
     step: int,
     lora: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    names: list[str],
+    moments: dict[str, dict[str, Any]],
     generator: torch.Generator,
     order: list[int],
     cursor: int,
     fingerprint: str,
     run_info: dict[str, Any] | None = None,
 ) -> None:
-    """Everything an exact resume needs, as safetensors + JSON. The JSON is written last and names the tensors
-    file, so a kill between the two leaves the previous state valid."""
+    """Everything an exact resume needs, as safetensors + JSON (`moments`: `gather_moments`'s). The JSON is written
+    last and names the tensors file, so a kill between the two leaves the previous state valid."""
     state_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"lora.{k}": v for k, v in lora.items()}
-    opt_state = optimizer.state_dict()["state"]
     steps_taken = {}
-    for i, name in enumerate(names):
-        st = opt_state.get(i, {})
-        if st:
-            tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().cpu().contiguous()
-            tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().cpu().contiguous()
-            steps_taken[name] = float(st["step"])
+    for name, st in moments.items():
+        tensors[f"exp_avg.{name}"] = st["exp_avg"]
+        tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
+        steps_taken[name] = st["step"]
     tensors["generator"] = generator.get_state()
     tensors_name = f"state_{step:06d}.safetensors"
     atomic_save_safetensors(tensors, state_dir / tensors_name, {"format": "avctl-train-state"})
@@ -348,18 +375,40 @@ def load_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------------ distributed
-class Ranks:
-    """Data-parallel ranks from the launcher's environment (torchrun / `accelerate launch` set WORLD_SIZE, RANK,
-    MASTER_ADDR/PORT). One process is world size 1 and every call below is a no-op."""
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on this rank's CPU: an FSDP2 shard (DTensor) is all-gathered first — a collective, so every
+    rank calls it in the same order."""
+    from torch.distributed.tensor import DTensor
 
-    def __init__(self) -> None:
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().to("cpu", torch.float32).contiguous()
+
+
+class Ranks:
+    """The ranks of a run from the launcher's environment (torchrun / `accelerate launch` set WORLD_SIZE, RANK,
+    LOCAL_RANK, MASTER_ADDR/PORT). Each rank uses its own GPU (cuda:LOCAL_RANK), or the CPU with gloo. One process
+    is world size 1 and every call below is a no-op. The process group starts in `start()`, which the CLI calls
+    only after the latent cache is complete: nothing slow ever runs under a collective timeout."""
+
+    def __init__(self, start: bool = True) -> None:
         import torch.distributed as dist
 
         self.dist = dist
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        if self.world > 1 and not self.dist.is_initialized():
+            self.dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
     @property
     def main(self) -> bool:
@@ -369,19 +418,10 @@ class Ranks:
         if self.world > 1:
             self.dist.barrier()
 
-    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Mean of the LoRA gradients over ranks (what DDP does; only the LoRA has gradients)."""
-        if self.world == 1:
-            return
-        for p in params:
-            if p.grad is not None:
-                self.dist.all_reduce(p.grad, op=self.dist.ReduceOp.SUM)
-                p.grad /= self.world
-
     def mean(self, value: float) -> float:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
         return float(t) / self.world
 
@@ -391,6 +431,58 @@ class Ranks:
         out: list[Any] = [None] * self.world
         self.dist.all_gather_object(out, obj)
         return out
+
+
+def default_strategy() -> Literal["ddp", "fsdp"]:
+    """fsdp under `accelerate launch --config_file configs/accelerate/fsdp.yaml` (it sets ACCELERATE_USE_FSDP),
+    else ddp."""
+    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
+
+
+def check_strategy(config: TrainConfig, world: int) -> None:
+    """What FSDP cannot run, refused before anything loads."""
+    if world == 1 or (config.strategy or default_strategy()) != "fsdp":
+        return
+    if config.optimizer == "adamw8bit":
+        raise BadUsage("optimizer adamw8bit does not take FSDP's sharded parameters: use adamw with --strategy fsdp")
+    if config.quantize != "none":
+        raise BadUsage(f"--quantize {config.quantize} is not sharded by FSDP here: use --strategy ddp (each GPU then "
+                       "holds the quantized base), or --quantize none with --strategy fsdp")
+    if config.validate_every:
+        raise BadUsage("--validate-every needs the whole model on one rank: use --strategy ddp, or sample a "
+                       "checkpoint with `avctl sample` afterwards")
+
+
+def shard(transformer: torch.nn.Module, ranks: Ranks) -> None:
+    """FSDP2: each LTX-2 transformer block, then the root (the rest: patchify, norms, projections), fully sharded
+    over the ranks. Called after the LoRA is added, so the LoRA parameters are sharded with their blocks. Under
+    `accelerate launch` the config's wrap class must be the block's, and its reshard_after_forward is honoured
+    (false: the gathered weights stay until the backward, SHARD_GRAD_OP)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    block_class = type(transformer.transformer_blocks[0]).__name__
+    wrap = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+    if wrap and wrap != block_class:
+        raise BadUsage(f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; avctl shards each "
+                       f"{block_class}: set it to that (configs/accelerate/fsdp.yaml)")
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0", "shard_grad_op")
+    mesh = init_device_mesh(ranks.device.type, (ranks.world,))
+    for block in transformer.transformer_blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(transformer, mesh=mesh, reshard_after_forward=reshard)
+
+
+def gather_moments(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, dict[str, Any]]:
+    """AdamW's moments by parameter name, whole and on the CPU (gathered from every rank's shard under FSDP)."""
+    state = optimizer.state_dict()["state"]
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        st = state.get(i, {})
+        if st:
+            out[name] = {"exp_avg": full_tensor(st["exp_avg"]), "exp_avg_sq": full_tensor(st["exp_avg_sq"]),
+                         "step": float(st["step"])}
+    return out
 
 
 def make_optimizer(transformer: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, list[str]]:
@@ -488,17 +580,31 @@ def train(
     saving anything more — the test hook that stands for a kill. `validate(step)` runs every
     `config.validate_every` steps on the main rank.
 
-    Data parallel (several ranks): every rank draws the same data order, σ and noise from the one generator for the
-    whole global batch (world × batch) and keeps its own slice, so ranks see disjoint samples and the generator
-    state stays identical everywhere (one state file resumes all ranks); LoRA gradients are averaged."""
+    Several ranks: every rank draws the same data order; each step's global batch (world × batch × grad_accum
+    samples) is formed first and split — micro-step m, rank r takes slots m·world·batch + r·batch … + batch — and
+    each rank's loader reads only its own samples. The LoRA gradients are averaged by torch DDP, or the model is
+    sharded with FSDP2 (`config.strategy`). The state is gathered to rank 0, which writes it."""
     ranks = ranks or Ranks()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     total = config.steps or modality.steps
     rank = config.rank or modality.rank
-    device = next(transformer.parameters()).device
+    strategy = (config.strategy or default_strategy()) if ranks.world > 1 else "single"
+    on_meta = next(transformer.parameters()).device.type == "meta"
+    device = ranks.device if ranks.world > 1 else next(transformer.parameters()).device
     if len(samples) == 0:
         raise BadInput(f"{config.data}: the dataset has no samples")
+    check_strategy(config, ranks.world)
+    # FSDP with the weights read by rank 0 alone: the other ranks pass the transformer built on `meta`, and receive
+    # their shards from rank 0 once it is sharded.
+    from_rank0 = strategy == "fsdp" and any(ranks.gather(on_meta))
+    if on_meta and not from_rank0:
+        raise BadUsage("a transformer on the meta device trains only under --strategy fsdp on several ranks")
+    if from_rank0 and not ranks.main:
+        rank0_dtype = ranks.gather(None)[0]
+        transformer.to(rank0_dtype)
+    elif from_rank0:
+        ranks.gather(BASE_DTYPES[config.dtype] if config.dtype else next(transformer.parameters()).dtype)
     if config.dtype is not None and next(transformer.parameters()).dtype != BASE_DTYPES[config.dtype]:
         from avctl.backbone import _quiet_empty_fp32_warning
 
@@ -509,15 +615,36 @@ def train(
     if config.targets:
         target_modules(config.targets)  # BadInput naming an unknown group before anything is written
         modality = dataclasses.replace(modality, targets=tuple(config.targets))
-    torch.manual_seed(config.seed)  # PEFT draws the LoRA A init from the global generator
-    params = add_lora(transformer, modality.targets, rank)
+    torch.manual_seed(config.seed)  # PEFT draws the LoRA A init from the global generator: the same on every rank
+    add_lora(transformer, modality.targets, rank)
     use_ckpt = config.gradient_checkpointing
     if use_ckpt is None:
         use_ckpt = default_checkpointing(transformer, device)
     if use_ckpt:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    optimizer, names = make_optimizer(transformer, config)
+    model: torch.nn.Module = transformer  # what the forward is called through
+    if strategy == "fsdp":
+        whole = transformer.state_dict() if from_rank0 and ranks.main else {}
+        shard(transformer, ranks)
+        if from_rank0:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            if on_meta:
+                transformer.to_empty(device=device)
+            set_model_state_dict(transformer, whole, options=StateDictOptions(full_state_dict=True,
+                                                                               broadcast_from_rank0=True))
+        del whole
+    elif strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Every rank built the same base and seeded LoRA: no start-up broadcast of the frozen weights. Some LoRA
+        # modules may not reach the loss (e.g. --targets A.FF on a video-only loss: the last block's audio path),
+        # so DDP looks for unused parameters rather than wait for their gradients.
+        model = DistributedDataParallel(transformer, device_ids=[device.index] if device.type == "cuda" else None,
+                                        init_sync=False, find_unused_parameters=True)
+    optimizer, names = make_optimizer(transformer, config)  # after sharding: FSDP2 replaces the parameters
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     generator = torch.Generator().manual_seed(config.seed)
     fingerprint = config.fingerprint()
 
@@ -541,6 +668,14 @@ def train(
                 f"{state_dir}: saved with {meta['torch_threads']} torch threads, now {torch.get_num_threads()}; "
                 f"set OMP_NUM_THREADS={meta['torch_threads']} for a bit-exact resume, or pass --no-resume"
             )
+        saved_world = meta.get("world_size", 1)
+        if saved_world != ranks.world and ranks.main:
+            import warnings
+
+            warnings.warn(f"{state_dir}: saved by {saved_world} rank(s), resumed by {ranks.world}: training goes on "
+                          "from the same LoRA, optimizer state and data position, but the global batch is now "
+                          f"{ranks.world} × {config.batch_size} × {config.grad_accum} samples, so the run is no "
+                          "longer bit-identical to an uninterrupted one", stacklevel=2)
         _restore(transformer, optimizer, names, tensors, meta)
         generator.set_state(tensors["generator"])
         step, cursor, order = meta["step"], meta["cursor"], meta["order"]
@@ -552,10 +687,17 @@ def train(
         raise BadUsage(f"{out}: already at step {step} ≥ --steps {total}; raise --steps to train further")
 
     losses: list[float] = []
-    per_rank = config.batch_size
+    per_rank, world = config.batch_size, ranks.world
+    micro = per_rank * world  # one micro-step's global batch
+
+    def own(order: list[int], cursor: int, offset: int) -> list[int]:
+        """This rank's samples in `order` from `cursor` on, when `cursor` sits at `offset` of a micro-batch."""
+        return [order[i] for i in range(cursor, len(order))
+                if (offset + i - cursor) % micro // per_rank == ranks.rank]
+
     workers = config.loader_workers if config.loader_workers is not None else (2 if device.type == "cuda" else 0)
     stream = SampleStream(samples, workers, config.prefetch_factor)
-    stream.start(order, cursor)
+    stream.start(own(order, cursor, 0))
     start = time.perf_counter()
     while step < total:
         t0 = time.perf_counter()
@@ -565,34 +707,33 @@ def train(
         parts_sum: dict[str, float] = {}
         loss_sum = 0.0
         seen: list[int] = []
-        for _ in range(config.grad_accum):
-            global_idx, items = [], []
-            for _ in range(per_rank * ranks.world):
+        for m in range(config.grad_accum):
+            items, slots = [], []
+            for j in range(micro):
                 if cursor >= len(order):
                     order, cursor = torch.randperm(len(samples), generator=generator).tolist(), 0
-                    stream.start(order, cursor)
-                global_idx.append(order[cursor])
-                items.append(stream.next())
+                    stream.start(own(order, cursor, j))
+                if j // per_rank == ranks.rank:
+                    seen.append(order[cursor])
+                    items.append(stream.next())
+                    slots.append(m * micro + j)
                 cursor += 1
-            mine = slice(ranks.rank * per_rank, (ranks.rank + 1) * per_rank)
-            seen += global_idx[mine]
-            batch = collate(items[mine], device)
+            batch = collate(items, device)
             del items
-            sigma = sample_sigmas(generator, len(global_idx), schedule_tokens(modality, batch))[mine].to(device)
-            noise = draw_noise(generator, batch, ranks.world)
-            noise = {k: v[mine] for k, v in noise.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, parts = step_loss(modality, transformer, batch, sigma, noise)
-            if not torch.isfinite(loss):
-                raise BadInput(
-                    f"non-finite loss at step {step + 1}; stopping. The last saved LoRA in {out} is intact — "
-                    "lower --lr or check the dataset"
-                )
-            (loss / config.grad_accum).backward()
+            sigma, noise = draw_slots(config.seed, step, slots, batch, schedule_tokens(modality, batch))
+            last = m == config.grad_accum - 1
+            with _grad_sync(model, strategy, last), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, parts = step_loss(modality, transformer, batch, sigma, noise, forward=model)
+                if not torch.isfinite(loss):
+                    raise BadInput(
+                        f"non-finite loss at step {step + 1}; stopping. The last saved LoRA in {out} is intact — "
+                        "lower --lr or check the dataset"
+                    )
+                (loss / config.grad_accum).backward()
             loss_sum += float(loss.detach()) / config.grad_accum
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / config.grad_accum
-        ranks.average_grads(params)
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         step += 1
@@ -600,7 +741,8 @@ def train(
         parts_sum = {k: ranks.mean(v) for k, v in parts_sum.items()}
         losses.append(loss_sum)
         row = {"step": step, "loss": loss_sum, **parts_sum, "lr": optimizer.param_groups[0]["lr"],
-               "step_time_s": time.perf_counter() - t0, "world_size": ranks.world, "samples": ranks.gather(seen)}
+               "step_time_s": time.perf_counter() - t0, "world_size": world, "strategy": strategy,
+               "samples": ranks.gather(seen)}
         log.write(row)
         if progress and ranks.main:
             progress(step, total, row)
@@ -608,41 +750,76 @@ def train(
             transformer.eval()
             validate(step)
             transformer.train()
-        if (step % config.save_every == 0 or step == total) and ranks.main:
-            lora = lora_state_dict(transformer)
-            save_lora(out / "checkpoints" / f"step_{step:05d}.safetensors", lora, modality.downscale,
-                      lora_metadata(modality, rank, step, model_meta, config))
-            _prune_checkpoints(out / "checkpoints", config.keep_last)
-            save_state(state_dir, step, lora, optimizer, names, generator, order, cursor, fingerprint,
-                       {"base_dtype": str(base_dtype), "gradient_checkpointing": use_ckpt})
+        if step % config.save_every == 0 or step == total:
+            lora, moments = lora_state_dict(transformer), gather_moments(optimizer, names)  # every rank
+            if ranks.main:
+                save_lora(out / "checkpoints" / f"step_{step:05d}.safetensors", lora, modality.downscale,
+                          lora_metadata(modality, rank, step, model_meta, config))
+                _prune_checkpoints(out / "checkpoints", config.keep_last)
+                save_state(state_dir, step, lora, moments, generator, order, cursor, fingerprint,
+                           {"base_dtype": str(base_dtype), "gradient_checkpointing": use_ckpt,
+                            "world_size": world, "strategy": strategy})
+            del lora, moments
         ranks.barrier()
         if stop_after is not None and step >= stop_after:
             break
     stream.close()
 
     lora_path = out / "lora.safetensors"
-    if step == total and ranks.main:
-        save_lora(lora_path, lora_state_dict(transformer), modality.downscale,
-                  lora_metadata(modality, rank, step, model_meta, config))
+    if step == total:
+        lora = lora_state_dict(transformer)
+        if ranks.main:
+            save_lora(lora_path, lora, modality.downscale, lora_metadata(modality, rank, step, model_meta, config))
     ranks.barrier()
     return TrainResult(out, lora_path, step, resumed_from, losses, time.perf_counter() - start)
 
 
+def _grad_sync(model: torch.nn.Module, strategy: str, sync: bool) -> Any:
+    """Gradient accumulation without communication until the last micro-step (DDP's no_sync, FSDP2's
+    set_requires_gradient_sync)."""
+    import contextlib
+
+    if sync or strategy == "single":
+        return contextlib.nullcontext()
+    if strategy == "ddp":
+        return model.no_sync()  # type: ignore[operator]
+    model.set_requires_gradient_sync(False)  # type: ignore[operator]
+
+    @contextlib.contextmanager
+    def fsdp_no_sync() -> Iterator[None]:
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)  # type: ignore[operator]
+
+    return fsdp_no_sync()
+
+
 def _restore(transformer, optimizer, names, tensors, meta) -> None:
+    """The saved whole tensors back onto the live parameters and AdamW state; under FSDP2 each rank keeps the shard
+    of its own parameters (no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def like(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        full = full.to(param.device, param.dtype)
+        if isinstance(param, DTensor):
+            return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+        return full
+
     by_name = dict(transformer.named_parameters())
     lora = {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}
     # PEFT state-dict keys drop the adapter name; map them back onto the live parameters.
     with torch.no_grad():
         for name in names:
             key = name.replace(".avctl.", ".")
-            by_name[name].copy_(lora[key])
+            by_name[name].copy_(like(by_name[name], lora[key]))
     opt_state = {}
     for i, name in enumerate(names):
         if f"exp_avg.{name}" in tensors:
             opt_state[i] = {
                 "step": torch.tensor(meta["adam_steps"][name]),
-                "exp_avg": tensors[f"exp_avg.{name}"].to(by_name[name].device),
-                "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(by_name[name].device),
+                "exp_avg": like(by_name[name], tensors[f"exp_avg.{name}"]),
+                "exp_avg_sq": like(by_name[name], tensors[f"exp_avg_sq.{name}"]),
             }
     sd = optimizer.state_dict()
     sd["state"] = opt_state

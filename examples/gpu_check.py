@@ -88,27 +88,37 @@ def _synthetic_samples(transformer: Any, bucket: tuple[int, int, int], downscale
     return out
 
 
-def phase_train(mode: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def phase_train(mode: dict[str, Any], device: torch.device, strategy: str | None = None) -> dict[str, Any]:
+    """Training steps on this process's device; under torchrun every rank runs this (`strategy` ddp or fsdp) and
+    each reports its own peak (rank 0's is returned, the largest of all in `peak_gib_max`)."""
     from avctl.backbone import load_backbone
     from avctl.plan import PlanRequest, make_plan
-    from avctl.train import TrainConfig, train
+    from avctl.train import Ranks, TrainConfig, train
     from modalities.base import get_modality
 
+    ranks = Ranks()
+    device = ranks.device
     canny = get_modality("canny")
     backbone = load_backbone(mode["model"], device=device, components={"transformer"})
-    samples = _synthetic_samples(backbone.transformer, mode["bucket"], canny.downscale)
+    samples = _synthetic_samples(backbone.transformer, mode["bucket"], canny.downscale, n=2 * ranks.world)
     rows: list[dict[str, Any]] = []
     baseline = _reset_peak(device)
     with tempfile.TemporaryDirectory(prefix="avctl-gpu-check-") as out:
-        config = TrainConfig(modality="canny", out=Path(out), steps=mode["steps"], save_every=10**6, lr=1e-4)
-        train(config, canny, samples, backbone.transformer, {}, progress=lambda s, t, row: rows.append(row))
+        config = TrainConfig(modality="canny", out=Path(out), steps=mode["steps"], save_every=10**6, lr=1e-4,
+                             strategy=strategy)  # type: ignore[arg-type]
+        train(config, canny, samples, backbone.transformer, {}, progress=lambda s, t, row: rows.append(row),
+              ranks=ranks)
     peak = _peak_gib(device, baseline)
+    peaks = ranks.gather(peak)
     times = [r["step_time_s"] for r in rows[2:]] or [r["step_time_s"] for r in rows]
     # The weights were resident before the window opened on a CPU (RSS cannot be reset), so compare like with like.
     plan = make_plan(PlanRequest(modality="canny", model=mode["model"], bucket=mode["bucket"],
+                                 world_size=ranks.world, strategy=strategy or "ddp",  # type: ignore[arg-type]
                                  device="cuda" if device.type == "cuda" else "cpu"))
     planned = plan.peak_gib if device.type == "cuda" else plan.peak_gib - plan.parts["transformer weights"]
-    return {"steps": len(rows), "s_per_step": statistics.median(times), "peak_gib": round(peak, 3),
+    return {"steps": len(rows), "s_per_step": statistics.median(times) if times else None,
+            "peak_gib": round(peak, 3), "peak_gib_max": round(max(peaks), 3), "world_size": ranks.world,
+            "strategy": rows[0]["strategy"] if rows else None, "rank": ranks.rank,
             "plan_peak_gib": round(planned, 3), "plan_parts": plan.parts, "losses": [r["loss"] for r in rows]}
 
 
@@ -154,13 +164,17 @@ def main() -> None:
     parser.add_argument("--mode", choices=sorted(MODES), default="full")
     parser.add_argument("--phase", choices=sorted(PHASES), required=True)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for this phase's result")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), help="train phase under torchrun: ddp or fsdp")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.mode == "full" and device.type != "cuda":
         sys.exit("gpu_check: the full mode needs a CUDA GPU; use --smoke on a CPU")
     mode = MODES[args.mode]
     start = time.perf_counter()
-    result = PHASES[args.phase](mode, device)
+    kwargs = {"strategy": args.strategy} if args.phase == "train" else {}
+    result = PHASES[args.phase](mode, device, **kwargs)
+    if result.get("rank", 0) != 0:
+        return  # under torchrun rank 0 writes the result
     result.update({"phase": args.phase, "mode": args.mode, "model": mode["model"], "device": _device_name(device),
                    "bucket": "x".join(map(str, mode["bucket"])), "wall_s": round(time.perf_counter() - start, 1),
                    "torch": torch.__version__})
