@@ -483,10 +483,9 @@ def _check_memory(cfg: Any, bucket: Any, world: int, enforce: bool, quiet: bool)
     import torch
 
     from avctl.plan import training_plan
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     from avctl.train import default_strategy
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     strategy = (cfg.strategy or default_strategy()) if world > 1 else "ddp"
     plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib(),
                          strategy)
