@@ -198,6 +198,16 @@ def step_loss(
 
 
 # ------------------------------------------------------------------------------------------------ data
+def compatible_groups(samples: list[Sample]) -> list[list[int]]:
+    """Indices of `samples` grouped by what must match to stack them into one batch: fps and every tensor's shape
+    (clips of another frame rate have another audio length). One group when the dataset is uniform."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, s in enumerate(samples):
+        key = (s.fps, *(tuple(getattr(s, n).shape) for n in ("video", "audio", "reference", "text_video")))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def collate(samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
     """A batch in fp32 (the cache stores bf16; noise, σ-mixing and the loss run in fp32, `predict` casts the
     transformer's inputs to the base's dtype)."""
@@ -718,22 +728,28 @@ def train(
                     items.append(stream.next())
                     slots.append(m * micro + j)
                 cursor += 1
-            batch = collate(items, device)
+            # Samples of another fps (hence audio length) cannot share a tensor: each group of compatible ones
+            # runs on its own, weighted by its share, which is the batch's mean loss all the same.
+            groups = compatible_groups(items)
+            for g, members in enumerate(groups):
+                batch = collate([items[i] for i in members], device)
+                sigma, noise = draw_slots(config.seed, step, [slots[i] for i in members], batch,
+                                          schedule_tokens(modality, batch))
+                last = m == config.grad_accum - 1 and g == len(groups) - 1
+                share = len(members) / len(items) / config.grad_accum
+                with _grad_sync(model, strategy, last), \
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    loss, parts = step_loss(modality, transformer, batch, sigma, noise, forward=model)
+                    if not torch.isfinite(loss):
+                        raise BadInput(
+                            f"non-finite loss at step {step + 1}; stopping. The last saved LoRA in {out} is intact "
+                            "— lower --lr or check the dataset"
+                        )
+                    (loss * share).backward()
+                loss_sum += float(loss.detach()) * share
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v * share
             del items
-            sigma, noise = draw_slots(config.seed, step, slots, batch, schedule_tokens(modality, batch))
-            last = m == config.grad_accum - 1
-            with _grad_sync(model, strategy, last), \
-                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, parts = step_loss(modality, transformer, batch, sigma, noise, forward=model)
-                if not torch.isfinite(loss):
-                    raise BadInput(
-                        f"non-finite loss at step {step + 1}; stopping. The last saved LoRA in {out} is intact — "
-                        "lower --lr or check the dataset"
-                    )
-                (loss / config.grad_accum).backward()
-            loss_sum += float(loss.detach()) / config.grad_accum
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / config.grad_accum
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         step += 1

@@ -125,3 +125,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     for ckpt in (tmp_path / "run" / "checkpoints").glob("*.safetensors"):
         assert all(torch.isfinite(t.float()).all() for t in load_file(str(ckpt)).values())
     assert not (tmp_path / "run" / "lora.safetensors").exists()
+
+
+def test_batch_2_over_mixed_fps_trains_as_the_same_samples_one_at_a_time(tmp_path):
+    """Clips of another fps have another audio length and cannot share a tensor: each group of compatible samples
+    runs on its own with its own fps, weighted by its share, so batch 2 trains exactly what batch 1 with 2
+    accumulation steps trains over the same samples (it crashed in `collate` before)."""
+    import dataclasses
+
+    mixed = []
+    for i, s in enumerate(make_samples(4)):
+        if i % 2:  # half the clips at 12 fps: twice as long, so twice the audio frames
+            s = dataclasses.replace(s, fps=12.0, audio=torch.cat([s.audio, s.audio], dim=1))
+        mixed.append(s)
+    batched = train(cfg(tmp_path / "b2", steps=3, batch_size=2, save_every=3), CANNY, mixed, fresh_transformer(), {})
+    accumulated = train(cfg(tmp_path / "acc", steps=3, batch_size=1, grad_accum=2, save_every=3), CANNY, mixed,
+                        fresh_transformer(), {})
+    def lora_state(run):  # the fp32 LoRA of the resume state (the .safetensors LoRA file is bf16)
+        meta = json.loads((run.out / "state" / "state.json").read_text())
+        return {k: v for k, v in load_file(run.out / "state" / meta["tensors"]).items() if k.startswith("lora.")}
+
+    a, b = lora_state(batched), lora_state(accumulated)
+    assert a.keys() == b.keys() and a
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    rows = [json.loads(x) for x in (tmp_path / "b2" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(r["samples"][0]) == 2 for r in rows)
