@@ -653,6 +653,18 @@ def _control_modality(path: Path) -> str | None:
     return None
 
 
+def _check_loras_fit(model: str | None, loras: list[Any]) -> None:
+    """A LoRA made for another model is refused from the model's config on `meta`, before its weights load."""
+    if not loras:
+        return
+    from avctl.lora import check_lora_fits
+    from avctl.plan import meta_transformer
+
+    transformer = meta_transformer(_model_name(model))
+    for lora in loras if transformer is not None else ():
+        check_lora_fits(lora, transformer)
+
+
 def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> dict[str, Any]:
     """Everything about one generation that needs no model, so bad input is refused before the model loads: the
     output path, LoRA files, video controls, the --from-video source, the first-frame image, the strength map.
@@ -1215,6 +1227,7 @@ def generate_cmd(
 
     if batch is None:
         plan = _plan_generation(flags, overwrite, preview)
+        _check_loras_fit(model, [use.lora for use in plan["uses"]])
         backbone = _load_backbone(model, vae_tiling=vae_tiling)
         _load_two_stage(backbone, settings)
         _quantize(backbone, quantize, text_encoder_8bit, json_out)

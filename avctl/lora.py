@@ -168,16 +168,7 @@ def read_lora(path: Path) -> LoraFile:
 
 def load_lora(transformer: torch.nn.Module, lora: LoraFile, adapter_name: str) -> None:
     """Attach a LoRA file as a named adapter (diffusers' loader), after checking its modules exist in the model."""
-    model_modules = {n for n, _ in transformer.named_modules()}
-    theirs = {m for m in lora.modules if not m.startswith("connectors.")}
-    missing = sorted(theirs - model_modules)
-    if not theirs or len(missing) == len(theirs):
-        raise BadInput(
-            f"{lora.path}: none of its {len(theirs)} LoRA modules exist in this model (e.g. {sorted(theirs)[:1]}); "
-            "is it an LTX-2 LoRA?"
-        )
-    if missing:
-        raise BadInput(f"{lora.path}: {len(missing)} LoRA modules are not in this model, e.g. {missing[0]}")
+    check_lora_fits(lora, transformer)
     import logging
 
     sd = {k: v for k, v in lora.state_dict.items() if k.startswith("transformer.")}
@@ -192,6 +183,32 @@ def load_lora(transformer: torch.nn.Module, lora: LoraFile, adapter_name: str) -
         raise BadInput(f"{lora.path}: does not fit this model ({reason}); made for another base model?") from exc
     finally:
         peft_log.setLevel(level)
+
+
+def check_lora_fits(lora: LoraFile, transformer: torch.nn.Module) -> None:
+    """BadInput naming the first thing that does not fit: LoRA modules the model lacks, or A/B shapes other than
+    the model's Linear sizes (a LoRA made for another size of model). Needs no weights: a `meta` transformer built
+    from the model's config answers as well, so generate checks this before loading anything."""
+    model_modules = dict(transformer.named_modules())
+    theirs = {m for m in lora.modules if not m.startswith("connectors.")}
+    missing = sorted(theirs - model_modules.keys())
+    if not theirs or len(missing) == len(theirs):
+        raise BadInput(
+            f"{lora.path}: none of its {len(theirs)} LoRA modules exist in this model (e.g. {sorted(theirs)[:1]}); "
+            "is it an LTX-2 LoRA?"
+        )
+    if missing:
+        raise BadInput(f"{lora.path}: {len(missing)} LoRA modules are not in this model, e.g. {missing[0]}")
+    for key, tensor in lora.state_dict.items():
+        name, _, kind = key.removeprefix("transformer.").rpartition(".lora_")
+        module = model_modules.get(name)
+        if module is None or not hasattr(module, "in_features"):
+            continue
+        want = module.in_features if kind.startswith("A") else module.out_features
+        got = tensor.shape[1] if kind.startswith("A") else tensor.shape[0]
+        if got != want:
+            raise BadInput(f"{lora.path}: does not fit this model ({name} lora_{kind[0]} has {got} features, the "
+                           f"model's layer {want}); made for another base model?")
 
 
 # ------------------------------------------------------------------------------------------------ inspect / convert

@@ -140,6 +140,18 @@ def _model_shape(model: str | None) -> _ModelShape:
     return shape
 
 
+def meta_transformer(model: str | None) -> torch.nn.Module | None:
+    """The model's transformer without its weights (on `meta`; tiny's is built, it is small), for checks that need
+    only its module names and sizes; None when the model cannot be found here (its loader then says so)."""
+    from avctl import presets
+    from avctl.backbone import DEFAULT_MODEL_ID, POCKET, TINY
+
+    name = model or DEFAULT_MODEL_ID
+    if not (presets.is_shape(name) or name in (TINY, POCKET) or _model_directory(name) is not None):
+        return None
+    return _model_shape(name).transformer
+
+
 def _model_directory(name: str) -> Path | None:
     path = Path(name).expanduser()
     if path.is_dir():

@@ -306,7 +306,13 @@ def _mismatched_lora(run: Path, dst: Path) -> Path:
     return dst
 
 
-def test_refused_generations_leave_no_files(chain, tmp_path: Path) -> None:
+def test_refused_generations_leave_no_files(chain, tmp_path: Path, monkeypatch) -> None:
+    import avctl.backbone
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded for a generation its arguments already refuse")
+
+    monkeypatch.setattr(avctl.backbone, "load_backbone", no_load)  # every refusal below comes before loading
     root, _data, run = chain
     src = root / "videos" / "c0.mp4"
     out = tmp_path / "o.mp4"
