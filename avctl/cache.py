@@ -30,8 +30,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from avctl.lora import atomic_save_safetensors
-from avctl.train import Sample
+from avctl.io import save_safetensors
+
+
+@dataclass
+class Sample:
+    """One cached training sample: normalised latents and text embeddings."""
+
+    video: torch.Tensor  # [C, F, H, W]
+    audio: torch.Tensor  # [C, T, M]
+    reference: torch.Tensor  # [C, F, h, w] video reference or [C, T, M] audio reference
+    text_video: torch.Tensor  # [L, Cv]
+    text_audio: torch.Tensor  # [L, Ca]
+    text_mask: torch.Tensor  # [L]
+    fps: float
 
 CACHE_FORMAT = "avctl-latents-2"  # 2: bf16 tensors, fps float64, encoder fingerprint from the files on disk
 PREFETCH = 2  # rows decoded ahead of the encoder
@@ -292,7 +304,7 @@ def fill_text(encoders: Any, index: CacheIndex) -> None:
         if _header_key(part) != index.keys[i]:
             with torch.no_grad():
                 tensors = encode_caption(encoders, index.rows[i].get("caption", ""))
-            atomic_save_safetensors(tensors, part, {"key": index.keys[i], "format": CACHE_FORMAT})
+            save_safetensors(tensors, part, {"key": index.keys[i], "format": CACHE_FORMAT})
 
 
 def fill_cache(
@@ -327,7 +339,7 @@ def fill_cache(
                     text = load_file(str(_text_part(index.paths[i]))) if text_parts else None
                     with torch.no_grad():
                         tensors = encode_media(encoders, decoded, row.get("caption", ""), text)
-                    atomic_save_safetensors(tensors, index.paths[i], {"key": index.keys[i], "format": CACHE_FORMAT})
+                    save_safetensors(tensors, index.paths[i], {"key": index.keys[i], "format": CACHE_FORMAT})
                     _text_part(index.paths[i]).unlink(missing_ok=True)
                     del tensors, decoded, text
                     encoded += 1
@@ -362,7 +374,7 @@ def cache_prompt(index: CacheIndex, encoders: Any, prompt: str) -> None:
     with torch.no_grad():
         text = encoders.encode_text([prompt])
     tensors = {"video": text.video, "audio": text.audio, "mask": text.mask}
-    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path,
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path,
                             {"key": key, "format": CACHE_FORMAT, "prompt": json.dumps(prompt)})
 
 

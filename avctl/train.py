@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 
+from avctl.cache import Sample
 from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
 from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
@@ -95,19 +96,6 @@ class TrainConfig(BaseModel):
             if d[key] == default:
                 del d[key]  # likewise
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Sample:
-    """One cached training sample: normalised latents and text embeddings."""
-
-    video: torch.Tensor  # [C, F, H, W]
-    audio: torch.Tensor  # [C, T, M]
-    reference: torch.Tensor  # [C, F, h, w] video reference or [C, T, M] audio reference
-    text_video: torch.Tensor  # [L, Cv]
-    text_audio: torch.Tensor  # [L, Ca]
-    text_mask: torch.Tensor  # [L]
-    fps: float
 
 
 # ------------------------------------------------------------------------------------------------ the flow math
