@@ -167,6 +167,9 @@ def _per_token_timestep(sigma: torch.Tensor, n: int, noisy: bool) -> torch.Tenso
     return t.to(torch.float32)
 
 
+LAYOUTS = ("parallel", "side-by-side")  # where a video reference sits: on the target's positions, or to its right
+
+
 def build_stream(
     stream: Stream,
     transformer: torch.nn.Module,

@@ -320,6 +320,12 @@ def train_cmd(
         typer.Option(help="LoRA module groups, comma-separated: V.SA, V.CA, V.FF, A.SA, A.CA, A.FF, A→V, V→A. "
                      "Default: the modality's (paper Table 5; see `avctl modalities`)."),
     ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(help="Canvas layout: parallel (the reference on the target's own positions) or side-by-side "
+                     "(IC-LoRA style: to the target's right; needs a downscale-1 modality). Written into the LoRA "
+                     "(avctl.layout), which generate samples on. Default: the modality's."),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (linear decay to 1e-5). Default 1e-4.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per step. Default 1.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps. Default 1.")] = None,
@@ -379,13 +385,23 @@ def train_cmd(
     from avctl.cache import cached_prompt, precompute, wait_for_cache
     from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
     from avctl.quantize import check_quantize_args
-    from avctl.train import BASE_DTYPES, Ranks, TrainConfig, check_strategy, default_strategy, make_validator, train
+    from avctl.train import (
+        BASE_DTYPES,
+        Ranks,
+        TrainConfig,
+        check_strategy,
+        default_strategy,
+        make_validator,
+        train,
+        with_layout,
+    )
     from modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {
         "modality": modality, "data": data, "out": out_dir, "model": model, "steps": steps, "rank": rank,
-        "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None, "lr": lr,
+        "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None, "layout": layout,
+        "lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed, "save_every": save_every,
         "keep_last": keep_last, "validate_every": validate_every, "optimizer": optimizer,
         "loraplus_lr_ratio": loraplus_lr_ratio,
@@ -400,7 +416,7 @@ def train_cmd(
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise BadUsage(f"train option {where!r}: {first['msg']}") from exc
-    mod = get_modality(cfg.modality)
+    mod = with_layout(get_modality(cfg.modality), cfg.layout)  # side-by-side on a downscaled modality stops here
     cfg.data = cfg.data or Path("datasets") / mod.name
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
@@ -670,7 +686,7 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     output path, LoRA files, video controls, the --from-video source, the first-frame image, the strength map.
     Audio controls are only checked here; they are read at the model's sample rate later."""
     from avctl import media
-    from avctl.sample import LoraUse, open_lora
+    from avctl.sample import LoraUse, open_lora, video_layout
 
     out_path = Path(opts["out"])
     if out_path.suffix.lower() != ".mp4":
@@ -688,6 +704,7 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
         lf, scale = open_lora(arg)
         uses.append(LoraUse(lf, scale))
         aliases.append(_lora_aliases(arg, lf))
+    video_layout(uses)  # LoRAs of different canvas layouts, or a bad avctl.layout, stop before the model loads
     control_paths: list[Path | None] = [None] * len(uses)
     for i, item in enumerate(opts["control"]):
         name, sep, path_text = item.partition("=")
@@ -972,7 +989,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
         "prompt": opts["prompt"],
         "modality": [u.lora.avctl.get("modality") for u in uses],
         "loras": [{"path": str(u.lora.path), "scale": u.scale, "downscale": u.lora.downscale,
-                   "stream": u.stream} for u in uses],
+                   "stream": u.stream, "layout": u.layout} for u in uses],
+        "layout": result.settings["layout"],  # the canvas the video references were sampled on
         "control": control_used,
         "from_video": str(opts["from_video"]) if opts["from_video"] else None,
         "image": str(opts["image"]) if opts["image"] else None,

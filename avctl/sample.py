@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from avctl.canvas import (
+    LAYOUTS,
     Canvas,
     Reference,
     build_stream,
@@ -319,6 +320,30 @@ class LoraUse:
     @property
     def name(self) -> str:
         return self.lora.path.name
+
+    @property
+    def layout(self) -> str:
+        """The canvas layout the LoRA was trained on (`avctl.layout`); parallel for LoRAs without it."""
+        return self.lora.avctl.get("layout") or "parallel"
+
+
+def video_layout(uses: list[LoraUse]) -> str:
+    """The one layout a generation's video references go on, from their LoRAs' metadata: a LoRA is sampled on the
+    canvas it was trained on. LoRAs of different layouts share no canvas, and side-by-side needs downscale 1."""
+    layouts = set()
+    for use in uses:
+        if use.stream != "video":
+            continue
+        if use.layout not in LAYOUTS:
+            raise BadInput(f"{use.lora.path}: avctl.layout {use.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if use.layout == "side-by-side" and use.lora.downscale != 1:
+            raise BadInput(f"{use.lora.path}: avctl.layout side-by-side with reference downscale "
+                           f"{use.lora.downscale}; side-by-side needs downscale 1")
+        layouts.add(use.layout)
+    if len(layouts) > 1:
+        raise BadUsage("these LoRAs were trained on different canvas layouts (" + ", ".join(
+            f"{u.name}: {u.layout}" for u in uses if u.stream == "video") + "); generate with one layout at a time")
+    return layouts.pop() if layouts else "parallel"
 
 
 def resize_control(frames: np.ndarray, size: tuple[int, int], n_frames: int) -> np.ndarray:
@@ -655,6 +680,8 @@ def generate(
     # Everything that can be refused is checked before any adapter is attached.
     if composite and use_references:
         check_composite(loras)
+    layout = video_layout(loras)
+    settings["layout"] = layout
     for use in loras:
         if use.stream not in ("video", "audio"):
             raise BadInput(f"{use.lora.path}: avctl.streams {use.lora.avctl.get('streams')!r} names no known stream")
@@ -720,7 +747,7 @@ def generate(
         n_steps += len(stage2_sigmas) - 1
     sample_args = dict(strength=strength, strength_map=strength_map, strength_ramp=strength_ramp, seed=seed,
                        negative_prompt=negative_prompt, use_references=use_references, composite=composite,
-                       progress=progress, frames=frames, fps=fps, audio_frames=audio_frames)
+                       progress=progress, frames=frames, fps=fps, audio_frames=audio_frames, layout=layout)
 
     names: list[str] = []
     try:
@@ -814,10 +841,12 @@ def _sample(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     noise_scale: float = 1.0,
     decode: bool = True,
+    layout: str = "parallel",
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, torch.Tensor], np.ndarray | None, float, float]:
     """The sampler proper, with the adapters attached: references → Euler steps → decode. `init` (normalised video
     and audio latents) starts from noise_scale·noise + (1 − noise_scale)·init instead of pure noise, with the noise
-    drawn in packed token shape as `LTX2Pipeline._create_noised_state` draws it; `decode=False` skips the VAEs."""
+    drawn in packed token shape as `LTX2Pipeline._create_noised_state` draws it; `decode=False` skips the VAEs.
+    `layout`: the video references' canvas layout (`video_layout`)."""
     device = backbone.device
     transformer = backbone.transformer
     duration = frames / fps
@@ -906,7 +935,8 @@ def _sample(
         for i in range(len(sigmas) - 1):
             sigma = torch.full((1,), float(sigmas[i]), device=device)
             canvas = Canvas(
-                build_stream("video", transformer, x_video, sigma, video_refs, noisy=video_noisy, fps=fps),
+                build_stream("video", transformer, x_video, sigma, video_refs, noisy=video_noisy, fps=fps,
+                             layout=layout),
                 build_stream("audio", transformer, x_audio, sigma, audio_refs, noisy=audio_noisy),
                 direction=direction,
             )

@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     steps: int | None = Field(default=None, gt=0)  # absolute target step; default: the modality's
     rank: int | None = Field(default=None, gt=0)  # default: the modality's (alpha = rank)
     targets: list[str] | None = None  # LoRA module groups ("V.SA", "V.FF", …); default: the modality's (Table 5)
+    # Where the video reference sits on the canvas (avctl.canvas); default: the modality's. Side-by-side needs
+    # downscale 1.
+    layout: Literal["parallel", "side-by-side"] | None = None
     lr: float = Field(default=1e-4, gt=0)
     lr_end: float = Field(default=1e-5, ge=0)  # linear decay from lr to lr_end over `steps`
     batch_size: int = Field(default=1, gt=0)
@@ -95,7 +98,20 @@ class TrainConfig(BaseModel):
         for key, default in (("quantize", "none"), ("text_encoder_8bit", False)):
             if d[key] == default:
                 del d[key]  # likewise
+        if d["layout"] in (None, "parallel"):
+            del d["layout"]  # likewise: train() resolves it to the run's own, so only side-by-side shows
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_layout(modality: Modality, layout: str | None) -> Modality:
+    """The modality as this run trains it: on `layout` when given (`--layout`), refused (BadUsage) where its
+    reference downscale is not 1, since side-by-side puts a full-size reference beside the target."""
+    if layout is None or layout == modality.layout:
+        return modality
+    if layout == "side-by-side" and modality.downscale != 1:
+        raise BadUsage(f"--layout side-by-side needs a full-size reference; {modality.name} has downscale "
+                       f"{modality.downscale}, so train it on the parallel layout")
+    return dataclasses.replace(modality, layout=layout)
 
 
 # ------------------------------------------------------------------------------------------------ the flow math
@@ -583,6 +599,9 @@ def train(
     each rank's loader reads only its own samples. The LoRA gradients are averaged by torch DDP, or the model is
     sharded with FSDP2 (`config.strategy`). The state is gathered to rank 0, which writes it."""
     ranks = ranks or Ranks()
+    modality = with_layout(modality, config.layout)
+    # The run's layout is part of what a resume must match, however it was chosen.
+    config = config.model_copy(update={"layout": modality.layout})
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     total = config.steps or modality.steps
@@ -926,7 +945,8 @@ def make_validator(
             path=out / "lora (training)",
             state_dict={f"transformer.{k}": v for k, v in lora_state_dict(tr).items()},
             metadata={"reference_downscale_factor": str(modality.downscale)},
-            avctl={"streams": list(modality.streams), "strength_direction": modality.strength_direction},
+            avctl={"streams": list(modality.streams), "strength_direction": modality.strength_direction,
+                   "layout": modality.layout},
         )
         # A LoRA trained with the other stream as clean context is validated the same way (audio-intensity: the
         # clip's own video kept at t = 0 while the audio is generated).
