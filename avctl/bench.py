@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from avctl.canvas import Canvas, Reference, StreamCanvas, build_stream
+from avctl.canvas import LAYOUTS, Canvas, Reference, StreamCanvas, build_stream
 from avctl.errors import BadUsage
 from avctl.forward import predict
 from avctl.strength import clear_strength
@@ -116,12 +116,13 @@ def _reference(backbone: Any, inputs: dict[str, Any], s: int) -> torch.Tensor:
     )
 
 
-def _canvas(backbone: Any, inputs: dict[str, Any], ref: torch.Tensor | None, s: int, strength: float) -> Canvas:
+def _canvas(backbone: Any, inputs: dict[str, Any], ref: torch.Tensor | None, s: int, strength: float,
+            layout: str = "parallel") -> Canvas:
     tr = backbone.transformer
     sigma = torch.tensor([0.5], device=inputs["video"].device)
     refs = [Reference(ref, s, strength)] if ref is not None else []
     return Canvas(
-        build_stream("video", tr, inputs["video"], sigma, refs),
+        build_stream("video", tr, inputs["video"], sigma, refs, layout=layout),
         build_stream("audio", tr, inputs["audio"], sigma),
     )
 
@@ -176,6 +177,13 @@ def _bias_bytes(canvas: Canvas, strength: float, heads: int, path: str) -> int:
     return t * 4 * 2  # one [1, 1, 1, T] bias for the target rows + the reference rows' (none at "target")
 
 
+def check_bench_layout(layout: str, downscales: list[int]) -> None:
+    if layout not in LAYOUTS:
+        raise BadUsage(f"--layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout == "side-by-side" and set(downscales) != {1}:
+        raise BadUsage("--layout side-by-side puts a full-size reference beside the target: use --downscale 1")
+
+
 def run_bench(
     backbone: Any,
     downscales: list[int],
@@ -188,7 +196,10 @@ def run_bench(
     measure_memory: bool = True,
     compare_diffusers: bool = True,
     progress: Any = None,
+    layout: str = "parallel",
 ) -> list[BenchRow]:
+    """`layout`: where the video reference sits (avctl.canvas.LAYOUTS); side-by-side takes downscale 1 only."""
+    check_bench_layout(layout, downscales)
     for w in strengths:
         if not 0 <= w <= 1:
             raise BadUsage(f"strength {w} outside [0, 1]")
@@ -208,7 +219,7 @@ def run_bench(
     prepared = []
     for path, s, w in settings:
         ref = _reference(backbone, inputs, s) if s is not None else None
-        canvas = _canvas(backbone, inputs, ref, s or 1, 1.0 if w is None else w)
+        canvas = _canvas(backbone, inputs, ref, s or 1, 1.0 if w is None else w, layout)
         if path == "avctl":
             def step(c: Canvas = canvas) -> None:
                 with torch.no_grad():

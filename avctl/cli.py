@@ -1393,6 +1393,11 @@ def _csv(text: str, kind: type) -> list[Any]:
 def bench_cmd(
     model: ModelOpt = None,
     downscale: Annotated[str, typer.Option(help="Reference downscales to compare, e.g. 1,2,4.")] = "1,2,4",
+    layout: Annotated[
+        str,
+        typer.Option(help="Canvas layout of the reference: parallel, or side-by-side (to the target's right; "
+                     "with --downscale 1)."),
+    ] = "parallel",
     strength: Annotated[str, typer.Option(help="Strengths to compare, e.g. 1,0.5.")] = "1,0.5",
     frames: Annotated[
         int | None, typer.Option(help="Frames. Default: 17 on tiny; otherwise 121 on a GPU, 25 on CPU.")
@@ -1424,8 +1429,8 @@ def bench_cmd(
 
     import torch
 
+    from avctl.bench import check_bench_layout, rows_to_dicts, run_bench
     from avctl.bench import plot as plot_bench
-    from avctl.bench import rows_to_dicts, run_bench
 
     if prepare is not None:
         from avctl.prepare import prepare_throughput
@@ -1440,6 +1445,7 @@ def bench_cmd(
             out.print(f"prepare {prepare}: {fps_rate:.1f} frames/s at {result['size']}×{result['size']} "
                       f"({result['machine']})")
         return
+    check_bench_layout(layout, _csv(downscale, int))  # before the model loads
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype is not None and dtype not in dtypes:
         raise BadUsage(f"--dtype {dtype}: use one of {', '.join(dtypes)}")
@@ -1455,14 +1461,14 @@ def bench_cmd(
     with _progress(json_out) as progress:
         task = progress.add_task("bench", total=None, info="")
         rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
-                         warmup=warmup, measure_memory=memory, compare_diffusers=diffusers,
+                         warmup=warmup, measure_memory=memory, compare_diffusers=diffusers, layout=layout,
                          progress=lambda d, t: progress.update(task, completed=d, total=t))
     device = str(backbone.device)
     if device.startswith("cuda"):
         device = torch.cuda.get_device_name()
     dtype = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
     header = (f"{backbone.model_id} {w}x{h}x{f}, {dtype}, {device}, {torch.get_num_threads()} threads, "
-              f"{platform.machine()}")
+              f"{platform.machine()}" + (f", {layout} layout" if layout != "parallel" else ""))
     if plot is not None:
         plot_bench(rows, plot, header)
     if json_out:

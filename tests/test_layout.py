@@ -129,3 +129,24 @@ def test_side_by_side_on_a_downscaled_modality_is_refused_in_one_line(tmp_path):
     assert r.exit_code == 2, r.output
     assert "--layout side-by-side" in r.output and len(r.output.strip().splitlines()) == 1
     assert not out.exists()  # refused before the dataset, the model or the run folder
+
+
+def test_bench_layout_option_builds_side_by_side_canvases(monkeypatch):
+    import avctl.bench
+
+    layouts: list[str] = []
+    real = avctl.bench.build_stream
+
+    def recording(stream, *args, **kw):
+        if stream == "video":
+            layouts.append(kw.get("layout", "parallel"))
+        return real(stream, *args, **kw)
+
+    monkeypatch.setattr(avctl.bench, "build_stream", recording)
+    args = ["bench", "--model", "tiny", "--downscale", "1", "--strength", "1", "--steps", "1", "--warmup", "0",
+            "--no-memory", "--no-diffusers", "--width", "64", "--height", "64", "--frames", "9", "--json"]
+    r = invoke(*args, "--layout", "side-by-side")
+    assert r.exit_code == 0, r.output
+    assert "side-by-side" in json.loads(r.stdout)["setup"] and set(layouts) == {"side-by-side"}
+    r = invoke("bench", "--model", "tiny", "--downscale", "1,2", "--layout", "side-by-side")
+    assert r.exit_code == 2 and "--downscale 1" in r.output
