@@ -150,3 +150,22 @@ def test_bench_layout_option_builds_side_by_side_canvases(monkeypatch):
     assert "side-by-side" in json.loads(r.stdout)["setup"] and set(layouts) == {"side-by-side"}
     r = invoke("bench", "--model", "tiny", "--downscale", "1,2", "--layout", "side-by-side")
     assert r.exit_code == 2 and "--downscale 1" in r.output
+
+
+def test_training_validation_samples_on_the_runs_layout(run, spy, tmp_path):
+    import dataclasses
+
+    from avctl.dataset import load_manifest
+    from avctl.lora import add_lora
+    from avctl.train import make_validator
+    from tests.tiny import fresh_transformer
+
+    _, data, _ = run
+    _, rows = load_manifest(data)
+    tr = fresh_transformer()
+    add_lora(tr, ("V.SA",), 4)
+    bb = dataclasses.replace(backbone(), transformer=tr)
+    modality = with_layout(get_modality("detail"), "side-by-side")
+    make_validator(bb, data, rows[0], modality, tmp_path, seed=0, steps=1)(1)
+    assert spy and {c["layout"] for c in spy} == {"side-by-side"}
+    assert (tmp_path / "samples" / "step_00001.mp4").is_file()
