@@ -8,7 +8,8 @@ wide as `prepare canny --line-width` draws them (default 3, the demo's setting),
 edge F1 of the output against the clip's plain 1-px Canny edges, avctl.metrics.edge_f1):
     lora        control LoRA (parallel, 2×, --steps) at strength 1 vs the base model (no LoRA), same prompt and seed
     strength    the same LoRA at strength 0, 0.25, 0.5, 0.75, 1
-    layout      parallel canvas vs side-by-side (IC-LoRA-style) at 1×, both --compare-steps, same rank
+    layout      parallel canvas vs side-by-side (IC-LoRA-style) at 1×, both --compare-steps, same rank, each LoRA
+                sampled on the layout it was trained on (its avctl.layout)
     downscale   reference at 1×, 2×, 4× smaller, all --compare-steps: fidelity and training step time
     lines       3-px vs 1-px Canny lines, parallel 2×, both --compare-steps
 
@@ -77,7 +78,8 @@ def variant_key(layout: str, downscale: int, steps: int, line_width: int) -> str
 def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argparse.Namespace, steps: int,
                out: Path) -> dict:
     cfg = TrainConfig(modality=modality.name, out=out, steps=steps, rank=args.rank, lr=args.lr,
-                      lr_end=args.lr / 10, batch_size=args.batch, seed=args.seed, save_every=steps)
+                      lr_end=args.lr / 10, batch_size=args.batch, seed=args.seed, save_every=steps,
+                      layout=modality.layout)
     transformer = copy.deepcopy(backbone.transformer)
     meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash()}
     result = train(cfg, modality, samples, transformer, meta, resume=False)
@@ -191,9 +193,11 @@ def main() -> None:
     if "layout" in claims:
         for layout in ("parallel", "side-by-side"):
             v = variant(layout, 1, args.compare_steps, width)
-            if "f1" not in v:
+            # generate samples each LoRA on its avctl.layout; scores kept from before it did were all parallel
+            if "f1" not in v or v.get("sampled_layout") != layout:
                 v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps, line_width=width,
                                             preset=args.preset)
+                v["sampled_layout"] = layout
             log(f"{layout} 1×, {width}-px lines, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
     if "downscale" in claims:
         results["compare_steps"] = args.compare_steps
