@@ -1206,7 +1206,8 @@ def generate_cmd(
     text_encoder_8bit: TextEncoder8bitOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Generate video + audio from a prompt, steered by control LoRAs and their controls."""
+    """Generate video + audio from a prompt, steered by control LoRAs and their controls. Each LoRA is sampled on
+    the canvas layout it was trained on (its avctl.layout: parallel or side-by-side), recorded in the sidecar."""
     from avctl.quantize import check_quantize_args
 
     check_quantize_args(quantize, text_encoder_8bit)
