@@ -135,3 +135,35 @@ def test_edge_f1_at_output_counts_tolerance_in_output_pixels() -> None:
     output[0, :, 34:] = 255  # an edge about 3-4 px right of the reference line
     assert edge_f1_at_output(reference, output, tolerance_px=5) == 1.0
     assert edge_f1_at_output(reference, output, tolerance_px=1) == 0.0
+
+
+def test_track_error_skill_is_one_when_followed_and_zero_when_static(tmp_path: Path) -> None:
+    from avctl.metrics import evaluate_pair
+    from tests.test_track_epe import panning
+
+    source = panning(8)  # a texture panning 1 px per frame
+    write_video(tmp_path / "source.mp4", source, 12.0)
+    write_video(tmp_path / "control.mp4", np.zeros_like(source), 12.0)
+    write_video(tmp_path / "static.mp4", np.repeat(source[:1], 8, axis=0), 12.0)
+    followed = evaluate_pair("tracks", tmp_path / "control.mp4", tmp_path / "source.mp4",
+                             source=tmp_path / "source.mp4")["metrics"]
+    static = evaluate_pair("tracks", tmp_path / "control.mp4", tmp_path / "static.mp4",
+                           source=tmp_path / "source.mp4")["metrics"]
+    assert followed["track_epe_skill"] >= 0.9 and followed["track_epe_chance"] > 1.0  # the mirror pans the other way
+    assert abs(static["track_epe_skill"]) <= 0.05
+
+
+def test_envelope_correlation_skill_against_the_time_reversed_control(tmp_path: Path) -> None:
+    from avctl.metrics import evaluate_pair
+
+    rate = 16_000
+    t = np.arange(2 * rate) / rate
+    loud = (0.5 * np.clip(t - 0.3, 0.02, 1) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # a swell
+    noise = (0.1 * np.random.default_rng(0).standard_normal(len(t))).astype(np.float32)
+    frames = np.zeros((24, 32, 32, 3), dtype=np.uint8)
+    for name, audio in (("control", loud), ("same", loud), ("noise", noise)):
+        write_video(tmp_path / f"{name}.mp4", frames, 12.0, audio=audio[None], sample_rate=rate)
+    same = evaluate_pair("audio-intensity", tmp_path / "control.mp4", tmp_path / "same.mp4")["metrics"]
+    noisy = evaluate_pair("audio-intensity", tmp_path / "control.mp4", tmp_path / "noise.mp4")["metrics"]
+    assert same["audio_envelope_correlation_skill"] >= 0.9
+    assert abs(noisy["audio_envelope_correlation_skill"]) <= 0.2
