@@ -25,6 +25,8 @@ Evaluation
     evaluate_pair           one output against its control (reads the media, picks the metrics for the modality).
     evaluate_runs           every generated mp4 in a folder that has an `avctl generate` sidecar.
     contact_sheet           a PNG grid of labelled videos with the metric values as caption.
+Every control-fidelity metric M also gets M_chance (M against mismatched controls) and M_skill (0 = chance,
+1 = perfect) from the generic wrapper in `avctl.skill`; see docs/eval.md.
 """
 
 from __future__ import annotations
@@ -1066,7 +1068,8 @@ def evaluate_pair(
       control) and mouth_box_agreement (`avctl.audio.evaluate_who_is_talking`);
       tracks → track_epe of the output against `source`
       (the clip the control was extracted from; not available without it); canny with `source` → also
-      edge_f1_plain (`plain_canny_f1`: against the source's plain 1-px edges, for controls drawn with thick lines);
+      edge_f1_plain (against the source's plain 1-px edges at the output's own size, `plain_canny_edges` and
+      `edge_f1_at_output`; for controls drawn with thick lines);
       other modalities → "control_fidelity" not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
       vbench_is_dynamic (a metric the clip is too short for is listed as not available with the reason). The
@@ -1079,7 +1082,10 @@ def evaluate_pair(
     Control and output may differ in length (generated clips can lose the last frame): the first min(F) frames are
     compared (a video mask shortens that further). Different sizes are compared at the control's size: the output
     is resized to it (masked metrics) or its edges are (edge_f1); a different aspect ratio is stretched.
-    "compared" records the frame counts, the comparison size and the size the flow-based metrics ran at."""
+    Each fidelity metric M above also gets M_chance and M_skill (`avctl.skill.add_skill`: against the mirrored
+    control here; `evaluate_runs` uses the other clips' controls).
+    "compared" records the frame counts, the comparison size, the size the flow-based metrics ran at and how each
+    chance level was formed ("chance")."""
     control, video = Path(control), Path(video)
     if modality == "inpaint" and mask is None:
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
