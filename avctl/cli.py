@@ -1305,7 +1305,8 @@ def eval_cmd(
     source: Annotated[
         Path | None,
         typer.Option(help="The clip the control was extracted from (tracks: end-point error; canny: edge_f1_plain, "
-                     "F1 against its plain 1-px edges)."),
+                     "F1 against its plain 1-px edges at the output's size). Every fidelity metric also gets "
+                     "<metric>_skill: 0 = chance (mismatched or mirrored controls), 1 = perfect; see docs/eval.md."),
     ] = None,
     clip_model: Annotated[
         Path | None,

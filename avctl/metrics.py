@@ -25,6 +25,8 @@ Evaluation
     evaluate_pair           one output against its control (reads the media, picks the metrics for the modality).
     evaluate_runs           every generated mp4 in a folder that has an `avctl generate` sidecar.
     contact_sheet           a PNG grid of labelled videos with the metric values as caption.
+Every control-fidelity metric M also gets M_chance (M against mismatched controls) and M_skill (0 = chance,
+1 = perfect) from the generic wrapper in `avctl.skill`; see docs/eval.md.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import numpy as np
 
 from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
 from avctl.media import VideoClip, atomic_path, probe, read_audio, read_frames_or_image, read_video
+from avctl.skill import Fidelity, add_skill, reverse_audio
 
 FlowMethod = Literal["farneback", "dis"]
 
@@ -708,26 +711,57 @@ NO_SOURCE_CLIP = ("no source clip: `generate --from-video` records it, or pass -
                   "was drawn from")
 
 
-def plain_canny_f1(source: Path, control_frames: np.ndarray, output: np.ndarray) -> float:
-    """Edge F1 of `output` [F, H, W, 3] against plain 1-px Canny edges of the `source` clip, drawn as `avctl prepare
-    canny` draws them by default at the control's size: the source is fitted to the output's size (the rule
-    `generate --from-video` uses) and its edges shrunk to the control's [F, h, w]. A control drawn with thick lines
-    (`--line-width`) makes edge_f1 generous; this one measures the output against the clip's own edges."""
+def plain_canny_edges(source: Path, output: np.ndarray) -> np.ndarray:
+    """Plain 1-px Canny edges [F, H, W] (bool) of the `source` clip at the OUTPUT's size: the source is fitted to the
+    output's size (the rule `generate --from-video` uses) and Canny 100/200 runs there, as `avctl prepare canny`
+    does at bucket size. The first min(F) frames of source and output."""
     from avctl.media import fit_to_bucket
-    from modalities.base import Clip
-    from modalities.canny import CannyExtractor
 
+    output = _check_video("edge_f1_plain output", output)
     clip = read_video(source)
-    count = min(len(clip.frames), len(control_frames), len(output))
+    count = min(len(clip.frames), len(output))
     height, width = output.shape[1:3]
     fitted = fit_to_bucket(clip.frames[:count], width, height)
-    plain = CannyExtractor()(Clip(frames=fitted, fps=clip.fps, key=source.name, seed=0,
-                                  reference_size=tuple(control_frames.shape[1:3]))).frames
-    return edge_f1(plain, output[:count])
+    return np.stack([cv2.Canny(_grey(frame), CANNY_LOW, CANNY_HIGH) > 0 for frame in fitted])
+
+
+def edge_f1_at_output(reference: np.ndarray, output: np.ndarray, tolerance_px: int = 2) -> float:
+    """F1 of the output's own Canny edges (at its own size) against `reference` edges [F, h, w] (bool), with the
+    tolerance in OUTPUT pixels. A reference of another size is resized to the output's (nearest; only mismatched
+    chance pairs need that); the first min(F) frames are compared."""
+    output = _check_video("edge_f1 output", output)
+    count = min(len(reference), len(output))
+    height, width = output.shape[1:3]
+    reference = reference[:count]
+    if reference.shape[1:3] != (height, width):
+        reference = np.stack([cv2.resize(r.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+                              for r in reference])
+    found = np.stack([cv2.Canny(_grey(frame), CANNY_LOW, CANNY_HIGH) > 0 for frame in output[:count]])
+    return tolerant_f1(reference, found, tolerance_px)
+
+
+def plain_canny_f1(source: Path, control_frames: np.ndarray | None, output: np.ndarray) -> float:
+    """Edge F1 of `output` [F, H, W, 3] against the `source` clip's plain 1-px Canny edges, both at the OUTPUT's
+    own size (`plain_canny_edges`, `edge_f1_at_output`), tolerance 2 output pixels. Not at the reference's size:
+    there a 3-px line covers most of a 32-px frame and noise scores well. A control drawn with thick lines
+    (`--line-width`) makes edge_f1 generous; this one measures the output against the clip's own edges.
+    `control_frames` only caps the frame count (None: no cap)."""
+    if control_frames is not None:
+        output = output[: len(control_frames)]
+    return edge_f1_at_output(plain_canny_edges(source, output), output)
+
+
+def _edge_f1_trimmed(control: np.ndarray, output: np.ndarray) -> float:
+    count = min(len(control), len(output))
+    return edge_f1(control[:count], output[:count])
+
+
+def _envelope_metric(control: np.ndarray, output: np.ndarray) -> float:
+    return audio_envelope_correlation(control, output, ENVELOPE_SAMPLE_RATE)
 
 
 def _track_epe_entry(source: Path | None, video: Path, metrics: dict[str, Any], missing: dict[str, str],
-                     compared: dict[str, Any]) -> None:
+                     compared: dict[str, Any], fidelity: dict[str, Fidelity]) -> None:
     """evaluate_pair's tracks branch: track_epe against `source`, or not available with the reason."""
     missing.pop("control_fidelity", None)
     if source is None:
@@ -739,6 +773,8 @@ def _track_epe_entry(source: Path | None, video: Path, metrics: dict[str, Any], 
     compared["source_frames"] = len(source_frames)
     try:
         metrics["track_epe"] = track_epe(source_frames, output_frames)
+        fidelity["track_epe"] = Fidelity(track_epe, source_frames, output_frames, metrics["track_epe"], str(source),
+                                         higher_is_better=False)
     except BadInput as exc:
         missing["track_epe"] = str(exc)
 
@@ -918,6 +954,7 @@ def _evaluate(
     metrics: dict[str, Any] = {}
     missing: dict[str, str] = {}
     compared: dict[str, Any] = {"video_frames": len(output.frames)}
+    fidelity: dict[str, Fidelity] = {}  # the pairs `add_skill` scores against mismatched controls
     control_info = probe(control)
 
     if modality in ("canny", "inpaint"):
@@ -929,11 +966,17 @@ def _evaluate(
         compared.update(control_frames=len(ctrl.frames), frames=count, width=width, height=height)
         if modality == "canny":
             metrics["edge_f1"] = edge_f1(ctrl.frames[:count], output.frames[:count])
+            fidelity["edge_f1"] = Fidelity(_edge_f1_trimmed, ctrl.frames, output.frames, metrics["edge_f1"],
+                                           str(control))
             if source is None:
                 missing["edge_f1_plain"] = source_missing or NO_SOURCE_CLIP
             else:
                 try:
-                    metrics["edge_f1_plain"] = plain_canny_f1(source, ctrl.frames, output.frames)
+                    plain = plain_canny_edges(source, output.frames[:count])  # [F, H, W] at the output's size
+                    metrics["edge_f1_plain"] = edge_f1_at_output(plain, output.frames[:count])
+                    compared.update(plain_width=plain.shape[2], plain_height=plain.shape[1])
+                    fidelity["edge_f1_plain"] = Fidelity(edge_f1_at_output, plain, output.frames[:count],
+                                                         metrics["edge_f1_plain"], str(source))
                 except AvctlError as exc:
                     missing["edge_f1_plain"] = str(exc)
         elif mask is None:
@@ -972,6 +1015,9 @@ def _evaluate(
             try:
                 metrics["audio_envelope_correlation"] = audio_envelope_correlation(
                     control_audio, output_audio, ENVELOPE_SAMPLE_RATE)
+                fidelity["audio_envelope_correlation"] = Fidelity(
+                    _envelope_metric, control_audio, output_audio, metrics["audio_envelope_correlation"],
+                    str(control), mirror=reverse_audio)
             except BadInput as exc:
                 missing["audio_envelope_correlation"] = str(exc)
     elif modality is None:
@@ -998,6 +1044,7 @@ def _evaluate(
         "compared": compared,
         "metrics": metrics,
         "not_available": missing,
+        "_fidelity": fidelity,
     }
 
 
@@ -1021,7 +1068,8 @@ def evaluate_pair(
       control) and mouth_box_agreement (`avctl.audio.evaluate_who_is_talking`);
       tracks → track_epe of the output against `source`
       (the clip the control was extracted from; not available without it); canny with `source` → also
-      edge_f1_plain (`plain_canny_f1`: against the source's plain 1-px edges, for controls drawn with thick lines);
+      edge_f1_plain (against the source's plain 1-px edges at the output's own size, `plain_canny_edges` and
+      `edge_f1_at_output`; for controls drawn with thick lines);
       other modalities → "control_fidelity" not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
       vbench_is_dynamic (a metric the clip is too short for is listed as not available with the reason). The
@@ -1034,7 +1082,10 @@ def evaluate_pair(
     Control and output may differ in length (generated clips can lose the last frame): the first min(F) frames are
     compared (a video mask shortens that further). Different sizes are compared at the control's size: the output
     is resized to it (masked metrics) or its edges are (edge_f1); a different aspect ratio is stretched.
-    "compared" records the frame counts, the comparison size and the size the flow-based metrics ran at."""
+    Each fidelity metric M above also gets M_chance and M_skill (`avctl.skill.add_skill`: against the mirrored
+    control here; `evaluate_runs` uses the other clips' controls).
+    "compared" records the frame counts, the comparison size, the size the flow-based metrics ran at and how each
+    chance level was formed ("chance")."""
     control, video = Path(control), Path(video)
     if modality == "inpaint" and mask is None:
         raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
@@ -1044,7 +1095,9 @@ def evaluate_pair(
     result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, models,
                        source=source)
     if modality == "tracks":
-        _track_epe_entry(source, video, result["metrics"], result["not_available"], result["compared"])
+        _track_epe_entry(source, video, result["metrics"], result["not_available"], result["compared"],
+                         result["_fidelity"])
+    add_skill([result], [result.pop("_fidelity")])
     return result
 
 
@@ -1141,4 +1194,6 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
             continue
         row.update(sidecar=str(sidecar), strength=meta.get("strength"), seed=meta.get("seed"), loras=meta.get("loras"))
         rows.append(row)
+    scored = [row for row in rows if "_fidelity" in row]
+    add_skill(scored, [row.pop("_fidelity") for row in scored])  # chance from the other clips' controls
     return rows

@@ -267,8 +267,9 @@ def test_evaluate_pair_canny_and_depth(canny_pair: tuple[Path, Path], tmp_path: 
     assert set(result) >= {"modality", "control", "video", "metrics", "not_available"}
     assert result["modality"] == "canny" and result["video"] == str(output)
     assert result["compared"] == {"video_frames": 9, "control_frames": 8, "frames": 8, "width": 48, "height": 32,
-                                  "flow_width": 96, "flow_height": 64}
+                                  "flow_width": 96, "flow_height": 64, "chance": {"edge_f1": "mirrored"}}
     assert 0.7 < result["metrics"]["edge_f1"] <= 1.0
+    assert result["metrics"]["edge_f1_skill"] > 0.5 and result["metrics"]["edge_f1_chance"] < 0.7
     assert set(TEMPORAL) <= set(result["metrics"])
     assert set(VBENCH_NOT_AVAILABLE) <= set(result["not_available"])
     json.dumps(result)  # serialisable as it is
