@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 # in all, against 324 s with uv's --compile-bytecode of all of site-packages.
 WARMUP := from avctl.backbone import load_backbone; load_backbone('tiny'); \
 	import avctl.cli, avctl.train, avctl.sample, avctl.metrics, avctl.prepare, avctl.bench, avctl.world; \
-	import modalities.base as m; m.all_modalities(); import matplotlib.pyplot, pytest
+	import avctl.modalities.base as m; m.all_modalities(); import matplotlib.pyplot, pytest
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)

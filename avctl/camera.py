@@ -587,7 +587,7 @@ def estimate_depth(frames: np.ndarray, weights: Path | str | None = None, backen
                    extractor: Any = None) -> np.ndarray:
     """z-depth [F, H, W] from the depth modality's model (Depth-Anything-V2; MissingWeights when absent), one
     disparity→depth mapping for the whole clip. Pass a loaded `extractor` to reuse it."""
-    from modalities.depth import depth_extractor
+    from avctl.modalities.depth import depth_extractor
 
     model = extractor if extractor is not None else depth_extractor(weights=weights, backend=backend)
     return disparity_to_depth(model.predict(frames))
@@ -708,7 +708,7 @@ def camera_video_control_for(source: np.ndarray, camera: str, size: tuple[int, i
 # --------------------------------------------------------------------------------------- camera estimation (OpenCV)
 def _track(frames: np.ndarray, max_tracks: int) -> tuple[np.ndarray, np.ndarray]:
     """Points [N, F, 2] and visibility [N, F] of the tracks that start on frame 0 (the tracks modality's LK)."""
-    from modalities.tracks import track_points
+    from avctl.modalities.tracks import track_points
 
     tracks = track_points(frames, max_tracks=max_tracks)
     first = tracks.visible[:, 0] if len(tracks.points) else np.zeros(0, dtype=bool)

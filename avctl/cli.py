@@ -160,7 +160,7 @@ def command(
 @command("modalities")
 def modalities_cmd(json_out: JsonOpt = False) -> None:
     """List the registered control modalities and their training defaults (the paper's Table 5)."""
-    from modalities.base import all_modalities
+    from avctl.modalities.base import all_modalities
 
     mods = all_modalities()
     if json_out:
@@ -234,7 +234,7 @@ def prepare_cmd(
     from avctl.dataset import vae_factors
     from avctl.media import Bucket
     from avctl.prepare import default_bucket, encode_dataset, prepare
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     mod = get_modality(modality)
     model_name = model or os.environ.get("AVCTL_MODEL")
@@ -395,7 +395,7 @@ def train_cmd(
         train,
         with_layout,
     )
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {
@@ -898,7 +898,7 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     preview and contact sheet. Returns the sidecar."""
     from avctl import media
     from avctl.sample import control_from_video, generate, write_preview
-    from modalities.base import all_modalities
+    from avctl.modalities.base import all_modalities
 
     opts, uses, out_path = plan["opts"], plan["uses"], plan["out"]
     w, h, rate = plan["width"], plan["height"], plan["fps"]
@@ -1436,7 +1436,7 @@ def bench_cmd(
 
     if prepare is not None:
         from avctl.prepare import prepare_throughput
-        from modalities.base import get_modality
+        from avctl.modalities.base import get_modality
 
         fps_rate = prepare_throughput(get_modality(prepare), frames=frames or 49, size=width or 512)
         result = {"modality": prepare, "size": width or 512, "frames": frames or 49, "frames_per_s": fps_rate,

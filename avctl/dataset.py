@@ -29,7 +29,7 @@ import numpy as np
 from avctl.errors import BadInput, BadUsage
 from avctl.io import atomic_write, atomic_write_json, contained
 from avctl.media import Bucket
-from modalities.base import Modality
+from avctl.modalities.base import Modality
 
 MANIFEST = "dataset.jsonl"
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.[A-Za-z0-9]+$")  # avctl.io.temp_name's temp names

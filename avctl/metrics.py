@@ -678,7 +678,7 @@ def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
        these per-frame means. Frame 0 is left out (zero by construction).
     The first min(F) frames are compared; sizes may differ (aspect is stretched, like the other metrics).
     Raises BadInput when there are fewer than 2 frames or no point is tracked past frame 0 in the source."""
-    from modalities.tracks import _LK_CRITERIA, LK_LEVELS, LK_WINDOW, track_coordinates
+    from avctl.modalities.tracks import _LK_CRITERIA, LK_LEVELS, LK_WINDOW, track_coordinates
 
     source = _check_video("track_epe source", source_frames, 2)
     output = _check_video("track_epe output", output_frames, 2)
@@ -868,7 +868,7 @@ class EvalModels:
 def _fidelity_extractor(modality: str, weights: Path | None) -> Any:
     """The modality's extractor, loaded once per process: `eval --runs` re-estimates every video with it."""
     from avctl.prepare import build_extractor
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     return build_extractor(get_modality(modality), weights)
 
@@ -877,7 +877,7 @@ def _model_fidelity(modality: str, control: Path, output: VideoClip, weights: Pa
                     missing: dict[str, str], compared: dict[str, Any]) -> None:
     """evaluate_pair's depth / pose branch: re-run the modality's extractor on the output and compare it with the
     control, or list the metrics as not available with the reason (no model found)."""
-    from modalities.base import Clip
+    from avctl.modalities.base import Clip
 
     names, need = MODEL_FIDELITY[modality]
     try:

@@ -259,7 +259,7 @@ def _pocket_transformer_parameters(config_text: str) -> int:
 
 
 def make_plan(request: PlanRequest) -> Plan:
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     if request.world_size < 1 or request.batch_size < 1:
         raise BadUsage("--world-size and --batch-size must be at least 1")
@@ -359,7 +359,7 @@ def _request_dict(request: PlanRequest) -> dict[str, Any]:
 def advise(request: PlanRequest) -> list[str]:
     """Flag strings that make the run fit, the first of which alone does: single changes that fit on their own
     first (least costly first), then the smallest greedy combination."""
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     rank = request.rank or get_modality(request.modality).rank
     width, height, frames = request.bucket

@@ -163,8 +163,8 @@ def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
     The video VAE also trains on these. LTX-2's VAE has seen line art in its web-scale data, so a canny reference
     reaches its transformer as latents that still hold the lines; a VAE trained on scenes alone had never seen a line
     drawing, and its reconstruction of a canny control held none of the control's edge pixels."""
-    from modalities.base import Clip
-    from modalities.canny import CannyExtractor
+    from avctl.modalities.base import Clip
+    from avctl.modalities.canny import CannyExtractor
 
     extractors = (CannyExtractor(line_width=1), CannyExtractor(line_width=3))
     size = (frames.shape[2], frames.shape[3])

@@ -49,7 +49,7 @@ from avctl.dataset import (
 from avctl.errors import AvctlError, BadInput, BadUsage
 from avctl.io import WriteError, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
-from modalities.base import Clip, Control, Extractor, Modality
+from avctl.modalities.base import Clip, Control, Extractor, Modality
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 # Media found in an input folder that prepare does not take: listed as skipped, never dropped without a word.

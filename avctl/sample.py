@@ -409,7 +409,7 @@ def control_from_video(
     handed over as a `modalities.base.Clip` whose reference size is the output size ÷ the LoRA's downscale.
     Returns (video control [F, h, w, 3] uint8 | None, audio control [2, N] float32 at `audio_rate` | None)."""
     from avctl.media import fit_to_bucket
-    from modalities.base import Clip, get_modality
+    from avctl.modalities.base import Clip, get_modality
 
     name = lora.avctl.get("modality")
     if not isinstance(name, str) or not name:

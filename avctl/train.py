@@ -36,7 +36,7 @@ from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
 from avctl.io import atomic_write
 from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora, target_modules
-from modalities.base import Modality
+from avctl.modalities.base import Modality
 
 STATE_VERSION = 1
 BASE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

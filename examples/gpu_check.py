@@ -62,7 +62,7 @@ def _synthetic_samples(transformer: Any, bucket: tuple[int, int, int], downscale
     """Cache-shaped samples (normalised latents, text embeddings) of the bucket, bf16 like the cache."""
     from avctl.plan import canvas_tokens
     from avctl.train import Sample
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     cfg = transformer.config
     width, height, frames = bucket
@@ -94,7 +94,7 @@ def phase_train(mode: dict[str, Any], device: torch.device, strategy: str | None
     from avctl.backbone import load_backbone
     from avctl.plan import PlanRequest, make_plan
     from avctl.train import Ranks, TrainConfig, train
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     ranks = Ranks()
     device = ranks.device

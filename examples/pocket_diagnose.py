@@ -28,7 +28,7 @@ from avctl.backbone import load_backbone
 from avctl.metrics import edge_f1
 from avctl.train import TrainConfig, train
 from avctl.world import clip_seed, make_clip
-from modalities.canny import CANNY
+from avctl.modalities.canny import CANNY
 
 
 def main() -> None:

@@ -122,8 +122,8 @@ def report(args: argparse.Namespace, train_seconds: float, wall_seconds: float |
     contact_sheet(args.png, rows, n_columns=6, tile_height=96,
                   caption=f"pocket: world clips, their VAE reconstructions (PSNR {np.mean(psnrs):.1f} dB) and "
                           "text-to-video samples (30 steps, cfg 1) from held-out captions")
-    from modalities.base import Clip
-    from modalities.canny import CannyExtractor
+    from avctl.modalities.base import Clip
+    from avctl.modalities.canny import CannyExtractor
 
     half = (pocket.CLIP_SIZE // 2, pocket.CLIP_SIZE // 2)
     controls = [CannyExtractor()(Clip(held.frames[i].numpy(), held.fps, "held", 0, half)).frames for i in range(2)]

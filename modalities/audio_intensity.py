@@ -11,7 +11,7 @@ channels. Weightless and deterministic. A clip without an audio stream is skippe
 from __future__ import annotations
 
 from avctl.audio import ENVELOPE_WINDOW_S, SONIFY_CARRIER_HZ, require_audio, sonify
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 
 class SonifiedEnvelopeExtractor:

@@ -40,7 +40,7 @@ from avctl.camera import (
     sidecar,
 )
 from avctl.errors import BadInput, BadUsage, MissingWeights
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 BACKENDS = ("opencv", "files", "spatialtracker-v2")
 SPATIALTRACKER_NOTE = (
@@ -76,7 +76,7 @@ class CameraImageExtractor:
                 raise BadUsage(f"--weights {weights}: --backend files reads depth from <clip>{DEPTH_SUFFIX} and "
                                "loads no model; drop --weights")
         elif depth_model is None:
-            from modalities.depth import depth_extractor
+            from avctl.modalities.depth import depth_extractor
 
             try:
                 self.depth_model = depth_extractor(weights=weights)

@@ -12,7 +12,7 @@ a `--from-video` source along a preset or trajectory JSON, with per-frame depth 
 
 from __future__ import annotations
 
-from modalities.base import Modality
+from avctl.modalities.base import Modality
 
 CAMERA_VIDEO = Modality(
     name="camera-video",

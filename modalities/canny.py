@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 LOW_THRESHOLD = 100
 HIGH_THRESHOLD = 200

@@ -10,7 +10,7 @@ examples/cut_on_action_bootstrap.sh.
 
 from __future__ import annotations
 
-from modalities.base import Modality
+from avctl.modalities.base import Modality
 
 CUT_ON_ACTION = Modality(
     name="cut-on-action",

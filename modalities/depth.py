@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage, MissingWeights
-from modalities.base import Clip, Control, Modality, weight_places
+from avctl.modalities.base import Clip, Control, Modality, weight_places
 
 BACKEND = "depth-anything-v2"
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"

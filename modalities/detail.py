@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from avctl.dataset import clip_rng
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 MIN_FACTOR = 2.0
 MAX_FACTOR = 4.0

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from avctl.dataset import clip_rng
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 HOLE_COLOUR = (0x66, 0xFF, 0x00)
 MIN_COVERAGE = 0.10

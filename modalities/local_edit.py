@@ -5,7 +5,7 @@ without an explicit mask. Data are pairs, not extracted: `avctl prepare local-ed
 
 from __future__ import annotations
 
-from modalities.base import Modality
+from avctl.modalities.base import Modality
 
 LOCAL_EDIT = Modality(
     name="local-edit",

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
-from modalities.base import Clip, Control, Modality, weight_places
+from avctl.modalities.base import Clip, Control, Modality, weight_places
 
 BACKEND = "dwpose"
 HF_REPO = "yzd-v/DWPose"

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avctl.audio import SEPARATION_BACKENDS, SpeechIsolator, build_isolator, require_audio
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 
 class SpeechExtractor:

@@ -31,7 +31,7 @@ import numpy as np
 
 from avctl.errors import BadUsage
 from avctl.media import atomic_path
-from modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, Modality
 
 MAX_TRACKS = 64
 QUALITY_LEVEL = 0.01  # Shi-Tomasi: corners weaker than 1 % of the strongest are ignored

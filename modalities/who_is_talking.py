@@ -45,7 +45,7 @@ from avctl.audio import (
     voice_activity,
 )
 from avctl.errors import BadInput, BadUsage
-from modalities.base import ALL_GROUPS, Clip, Control, Modality
+from avctl.modalities.base import ALL_GROUPS, Clip, Control, Modality
 
 DETECT_EVERY = 2  # Haar on every 2nd frame; tracking interpolates between
 

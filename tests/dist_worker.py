@@ -17,7 +17,7 @@ import torch
 
 from avctl.cache import release
 from avctl.train import Ranks, TrainConfig, train
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 
 
 def block_parameters(transformer: torch.nn.Module) -> tuple[int, int]:

@@ -24,8 +24,8 @@ from avctl.metrics import audio_envelope_correlation
 from avctl.prepare import build_extractor, prepare
 from avctl.sample import LoraUse, generate, read_keep_audio
 from avctl.train import Sample, TrainConfig, collate, draw_noise, step_loss, train, training_canvas
-from modalities.base import Clip, get_modality
-from modalities.who_is_talking import WhoIsTalkingExtractor
+from avctl.modalities.base import Clip, get_modality
+from avctl.modalities.who_is_talking import WhoIsTalkingExtractor
 from tests.tiny import backbone, fresh_transformer, text
 
 SR = 48_000

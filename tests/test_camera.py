@@ -14,7 +14,7 @@ import pytest
 
 from avctl import camera as C
 from avctl.errors import BadInput, BadUsage, MissingWeights
-from modalities.base import Clip
+from avctl.modalities.base import Clip
 
 BOX = (-0.225, 0.225, -0.175, 0.175)  # x0, x1, y0, y1 of the box face at depth 1 (the subject)
 FOV = 50.0
@@ -331,7 +331,7 @@ def _clip(frames: np.ndarray, tmp_path: Path | None) -> Clip:
 
 
 def test_camera_image_extractor_from_sidecars_and_estimates(tmp_path: Path) -> None:
-    from modalities.camera_image import CAMERA_IMAGE, CameraImageExtractor
+    from avctl.modalities.camera_image import CAMERA_IMAGE, CameraImageExtractor
 
     # background 10× the subject's distance: the far/near ratio a relative-disparity model's depth is mapped to, so
     # the stand-in depth model below gives back this exact scene
@@ -373,7 +373,7 @@ def test_camera_image_extractor_from_sidecars_and_estimates(tmp_path: Path) -> N
 def test_camera_image_without_depth_weights_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    from modalities.camera_image import CameraImageExtractor
+    from avctl.modalities.camera_image import CameraImageExtractor
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("AVCTL_HOME", raising=False)
@@ -382,7 +382,7 @@ def test_camera_image_without_depth_weights_says_what_to_do(tmp_path: Path, monk
 
 
 def test_camera_modalities_keep_table_5() -> None:
-    from modalities.base import get_modality
+    from avctl.modalities.base import get_modality
 
     image, video, cut = (get_modality(n) for n in ("camera-image", "camera-video", "cut-on-action"))
     assert (image.downscale, image.rank, image.targets, image.first_frame_image) == (4, 32, ("V.SA", "V.CA", "V.FF"),

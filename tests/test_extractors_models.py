@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from avctl.errors import BadInput, BadUsage, MissingWeights
-from modalities import depth as depth_mod
-from modalities import pose as pose_mod
-from modalities.base import Clip
-from modalities.pose import draw_pose
+from avctl.modalities import depth as depth_mod
+from avctl.modalities import pose as pose_mod
+from avctl.modalities.base import Clip
+from avctl.modalities.pose import draw_pose
 
 
 def _clip(frames: np.ndarray, reference_size: tuple[int, int]) -> Clip:

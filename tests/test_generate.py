@@ -27,7 +27,7 @@ from avctl.sample import (
     side_by_side,
     sigma_schedule,
 )
-from modalities.canny import CannyExtractor
+from avctl.modalities.canny import CannyExtractor
 from tests.conftest import synthetic_frames, tone, write_synthetic_clip
 from tests.tiny import backbone, fresh_transformer
 
@@ -170,7 +170,7 @@ def test_control_from_video_draws_the_control_as_the_lora_was_trained(tmp_path):
 
 
 def _clip(frames: np.ndarray, size: tuple[int, int]):
-    from modalities.base import Clip
+    from avctl.modalities.base import Clip
 
     return Clip(frames=frames, fps=24.0, key="k", seed=0, reference_size=size)
 

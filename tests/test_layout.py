@@ -15,7 +15,7 @@ from avctl.errors import BadUsage
 from avctl.lora import read_lora
 from avctl.sample import LoraUse, generate
 from avctl.train import TrainConfig, with_layout
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 from tests.conftest import synthetic_frames, write_synthetic_clip
 from tests.tiny import backbone
 

@@ -12,7 +12,7 @@ from avctl.lora import add_lora, lora_state_dict, read_lora, save_lora
 from avctl.sample import LoraUse, generate
 from avctl.strength import StrengthAttnProcessor, set_strength
 from avctl.train import Sample, TrainConfig, train
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 from tests.tiny import fresh_ltx23_transformer, ltx23_backbone, ltx23_text
 
 

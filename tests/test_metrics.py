@@ -36,8 +36,8 @@ from avctl.metrics import (
     vbench_is_dynamic,
     warp_error,
 )
-from modalities.base import Clip
-from modalities.canny import CannyExtractor
+from avctl.modalities.base import Clip
+from avctl.modalities.canny import CannyExtractor
 from tests.conftest import synthetic_frames
 
 TEMPORAL = ("warp_error", "flicker", "temporal_flickering", "motion_smoothness", "dynamic_degree", "vbench_is_dynamic")

@@ -12,10 +12,10 @@ import pytest
 from avctl.errors import BadUsage
 from avctl.media import Bucket, fit_to_bucket, read_video
 from avctl.prepare import prepare
-from modalities.base import ALL_GROUPS, Clip, all_modalities, get_modality
-from modalities.canny import CannyExtractor
-from modalities.detail import DetailExtractor
-from modalities.inpaint import (
+from avctl.modalities.base import ALL_GROUPS, Clip, all_modalities, get_modality
+from avctl.modalities.canny import CannyExtractor
+from avctl.modalities.detail import DetailExtractor
+from avctl.modalities.inpaint import (
     HOLE_COLOUR,
     InpaintMaskExtractor,
     border_mask,
@@ -85,7 +85,7 @@ def test_streams_context_and_data_sources() -> None:
 
 def test_third_party_plugin_is_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "fake_modality.py").write_text(textwrap.dedent("""
-        from modalities.base import Modality
+        from avctl.modalities.base import Modality
 
         FAKE = Modality(name="fake", category="spatial", description="a test plugin", streams=("video",),
                         targets=("V.SA",), rank=8, steps=10, train_samples=1)

@@ -64,8 +64,8 @@ def test_reconstruction_beats_trivial_baselines():
     import cv2
 
     from avctl.metrics import edge_f1
-    from modalities.base import Clip
-    from modalities.canny import CannyExtractor
+    from avctl.modalities.base import Clip
+    from avctl.modalities.canny import CannyExtractor
 
     bb = _pocket()
     psnr, psnr_mean, f1, f1_blur = [], [], [], []
@@ -100,8 +100,8 @@ def test_reconstruction_keeps_colour():
 
 
 def test_control_renderings_are_the_canny_extractor_s_lines_alternating_widths():
-    from modalities.base import Clip
-    from modalities.canny import CannyExtractor
+    from avctl.modalities.base import Clip
+    from avctl.modalities.canny import CannyExtractor
 
     frames = torch.from_numpy(np.stack([make_clip(clip_seed(31337, k), frames=5).frames for k in range(8)]))
     out = pocket.control_renderings(frames, every=4)  # clips 0 (1-px lines) and 4 (3-px lines)

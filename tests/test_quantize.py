@@ -19,7 +19,7 @@ from avctl.quantize import (
     text_encoder_targets,
 )
 from avctl.train import collate, draw_noise, step_loss, train, training_canvas
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 from tests.test_train import cfg, make_samples
 from tests.tiny import backbone, fresh_transformer
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from avctl.cli import app
 from avctl.train import TrainConfig, train
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 from tests.conftest import write_synthetic_clip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from avctl.cache import MEDIA_COMPONENTS, TEXT_COMPONENTS, CachedSamples, to_stored
 from avctl.train import Sample, TrainConfig, default_checkpointing, train
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 from tests.conftest import write_synthetic_clip
 from tests.test_train import make_samples
 from tests.tiny import fresh_transformer
@@ -129,7 +129,7 @@ import json, resource, sys
 import torch
 from avctl.cache import CachedSamples
 from avctl.train import TrainConfig, train
-from modalities.base import get_modality
+from avctl.modalities.base import get_modality
 from tests.tiny import fresh_transformer
 
 paths, steps, out, marks = json.loads(sys.argv[1])
