@@ -233,8 +233,8 @@ def prepare_cmd(
     (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips."""
     from avctl.dataset import vae_factors
     from avctl.media import Bucket
-    from avctl.prepare import default_bucket, encode_dataset, prepare
     from avctl.modalities.base import get_modality
+    from avctl.prepare import default_bucket, encode_dataset, prepare
 
     mod = get_modality(modality)
     model_name = model or os.environ.get("AVCTL_MODEL")
@@ -384,6 +384,7 @@ def train_cmd(
 
     from avctl.cache import cached_prompt, precompute, wait_for_cache
     from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
+    from avctl.modalities.base import get_modality
     from avctl.quantize import check_quantize_args
     from avctl.train import (
         BASE_DTYPES,
@@ -395,7 +396,6 @@ def train_cmd(
         train,
         with_layout,
     )
-    from avctl.modalities.base import get_modality
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {
@@ -897,8 +897,8 @@ def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any
     """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
     preview and contact sheet. Returns the sidecar."""
     from avctl import media
-    from avctl.sample import control_from_video, generate, write_preview
     from avctl.modalities.base import all_modalities
+    from avctl.sample import control_from_video, generate, write_preview
 
     opts, uses, out_path = plan["opts"], plan["uses"], plan["out"]
     w, h, rate = plan["width"], plan["height"], plan["fps"]
@@ -1435,8 +1435,8 @@ def bench_cmd(
     from avctl.bench import plot as plot_bench
 
     if prepare is not None:
-        from avctl.prepare import prepare_throughput
         from avctl.modalities.base import get_modality
+        from avctl.prepare import prepare_throughput
 
         fps_rate = prepare_throughput(get_modality(prepare), frames=frames or 49, size=width or 512)
         result = {"modality": prepare, "size": width or 512, "frames": frames or 49, "frames_per_s": fps_rate,

@@ -867,8 +867,8 @@ class EvalModels:
 @functools.lru_cache(maxsize=2)
 def _fidelity_extractor(modality: str, weights: Path | None) -> Any:
     """The modality's extractor, loaded once per process: `eval --runs` re-estimates every video with it."""
-    from avctl.prepare import build_extractor
     from avctl.modalities.base import get_modality
+    from avctl.prepare import build_extractor
 
     return build_extractor(get_modality(modality), weights)
 

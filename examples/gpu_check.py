@@ -60,9 +60,9 @@ def _rss() -> int:
 
 def _synthetic_samples(transformer: Any, bucket: tuple[int, int, int], downscale: int, n: int = 2) -> list[Any]:
     """Cache-shaped samples (normalised latents, text embeddings) of the bucket, bf16 like the cache."""
+    from avctl.modalities.base import get_modality
     from avctl.plan import canvas_tokens
     from avctl.train import Sample
-    from avctl.modalities.base import get_modality
 
     cfg = transformer.config
     width, height, frames = bucket
@@ -92,9 +92,9 @@ def phase_train(mode: dict[str, Any], device: torch.device, strategy: str | None
     """Training steps on this process's device; under torchrun every rank runs this (`strategy` ddp or fsdp) and
     each reports its own peak (rank 0's is returned, the largest of all in `peak_gib_max`)."""
     from avctl.backbone import load_backbone
+    from avctl.modalities.base import get_modality
     from avctl.plan import PlanRequest, make_plan
     from avctl.train import Ranks, TrainConfig, train
-    from avctl.modalities.base import get_modality
 
     ranks = Ranks()
     device = ranks.device

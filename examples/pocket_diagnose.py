@@ -26,9 +26,9 @@ from pocket_claims import control_for, world_samples
 
 from avctl.backbone import load_backbone
 from avctl.metrics import edge_f1
+from avctl.modalities.canny import CANNY
 from avctl.train import TrainConfig, train
 from avctl.world import clip_seed, make_clip
-from avctl.modalities.canny import CANNY
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from avctl.cache import release
-from avctl.train import Ranks, TrainConfig, train
 from avctl.modalities.base import get_modality
+from avctl.train import Ranks, TrainConfig, train
 
 
 def block_parameters(transformer: torch.nn.Module) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from avctl.cli import app
 from avctl.errors import BadInput, BadUsage
 from avctl.lora import add_lora, lora_state_dict, read_lora, save_lora
 from avctl.media import fit_to_bucket, probe, read_audio, read_video, write_video
+from avctl.modalities.canny import CannyExtractor
 from avctl.sample import (
     LoraUse,
     check_composite,
@@ -27,7 +28,6 @@ from avctl.sample import (
     side_by_side,
     sigma_schedule,
 )
-from avctl.modalities.canny import CannyExtractor
 from tests.conftest import synthetic_frames, tone, write_synthetic_clip
 from tests.tiny import backbone, fresh_transformer
 

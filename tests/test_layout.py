@@ -13,9 +13,9 @@ import avctl.sample
 from avctl.cli import app
 from avctl.errors import BadUsage
 from avctl.lora import read_lora
+from avctl.modalities.base import get_modality
 from avctl.sample import LoraUse, generate
 from avctl.train import TrainConfig, with_layout
-from avctl.modalities.base import get_modality
 from tests.conftest import synthetic_frames, write_synthetic_clip
 from tests.tiny import backbone
 

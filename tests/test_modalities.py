@@ -11,7 +11,6 @@ import pytest
 
 from avctl.errors import BadUsage
 from avctl.media import Bucket, fit_to_bucket, read_video
-from avctl.prepare import prepare
 from avctl.modalities.base import ALL_GROUPS, Clip, all_modalities, get_modality
 from avctl.modalities.canny import CannyExtractor
 from avctl.modalities.detail import DetailExtractor
@@ -22,6 +21,7 @@ from avctl.modalities.inpaint import (
     free_form_mask,
     rectangle_mask,
 )
+from avctl.prepare import prepare
 from tests.conftest import synthetic_frames, write_synthetic_clip
 
 SA, SA_FF, SA_CA_FF = ("V.SA",), ("V.SA", "V.FF"), ("V.SA", "V.CA", "V.FF")

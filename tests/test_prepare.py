@@ -13,8 +13,8 @@ import pytest
 from avctl.dataset import check_dataset, default_bucket, load_manifest
 from avctl.errors import BadInput, BadUsage, MissingWeights
 from avctl.media import Bucket, probe, read_audio, read_video
-from avctl.prepare import AUDIO_SAMPLE_RATE, PrepareSummary, find_sources, prepare
 from avctl.modalities.base import Clip, Control, get_modality
+from avctl.prepare import AUDIO_SAMPLE_RATE, PrepareSummary, find_sources, prepare
 from tests.conftest import write_synthetic_clip
 
 BUCKET = Bucket(64, 64, 9)

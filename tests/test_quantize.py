@@ -9,6 +9,7 @@ import torch
 from avctl.errors import BadUsage
 from avctl.forward import predict
 from avctl.lora import add_lora
+from avctl.modalities.base import get_modality
 from avctl.quantize import (
     adapters_to_fp32,
     check_lora_training,
@@ -19,7 +20,6 @@ from avctl.quantize import (
     text_encoder_targets,
 )
 from avctl.train import collate, draw_noise, step_loss, train, training_canvas
-from avctl.modalities.base import get_modality
 from tests.test_train import cfg, make_samples
 from tests.tiny import backbone, fresh_transformer
 

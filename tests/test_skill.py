@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from avctl.cli import app
 from avctl.media import read_video, write_video
 from avctl.metrics import edge_f1_at_output, evaluate_runs
-from avctl.skill import Fidelity, add_skill, derangement, mirror_video, mismatched, reverse_audio, skill
 from avctl.modalities.base import Clip
 from avctl.modalities.canny import CannyExtractor
+from avctl.skill import Fidelity, add_skill, derangement, mirror_video, mismatched, reverse_audio, skill
 from tests.conftest import synthetic_frames, write_synthetic_clip
 
 runner = CliRunner()

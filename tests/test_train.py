@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from avctl.errors import BadInput, BadUsage
-from avctl.train import Sample, TrainConfig, collate, draw_noise, step_loss, train
 from avctl.modalities.base import get_modality
+from avctl.train import Sample, TrainConfig, collate, draw_noise, step_loss, train
 from tests.tiny import backbone, fresh_transformer, text
 
 CANNY = get_modality("canny")

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from avctl.cli import app
-from avctl.train import TrainConfig, train
 from avctl.modalities.base import get_modality
+from avctl.train import TrainConfig, train
 from tests.conftest import write_synthetic_clip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from avctl.cache import MEDIA_COMPONENTS, TEXT_COMPONENTS, CachedSamples, to_stored
-from avctl.train import Sample, TrainConfig, default_checkpointing, train
 from avctl.modalities.base import get_modality
+from avctl.train import Sample, TrainConfig, default_checkpointing, train
 from tests.conftest import write_synthetic_clip
 from tests.test_train import make_samples
 from tests.tiny import fresh_transformer
