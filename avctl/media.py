@@ -1,26 +1,29 @@
-"""Video and audio in and out, through the ffmpeg binary that imageio-ffmpeg bundles (no PyAV, no torchvision).
+"""Video and audio in and out: PyAV (libav* in process) probes and decodes, the ffmpeg binary that imageio-ffmpeg
+bundles encodes.
 
-Reading: `read_video` decodes to RGB uint8 at a constant frame rate (variable-frame-rate sources are resampled by
-ffmpeg with `-fps_mode cfr`), `read_audio` lets ffmpeg downmix any channel layout and resample to the rate asked.
+Reading: `probe` returns the streams' facts as a `MediaInfo`; `read_video` decodes to RGB uint8 at a constant
+frame rate (a variable-rate source is resampled to its average rate, as ffmpeg's `-fps_mode cfr` would);
+`read_audio` downmixes any channel layout and resamples to the rate asked (libswresample, as `ffmpeg -ac -ar`).
 Writing: `write_video` makes H.264 mp4 (optionally lossless, for control media, and with AAC audio muxed in) and
 `write_wav` 16-bit PCM; both write through `avctl.io` (a temp file renamed into place once the encoded file reads
 back), so a reader never sees half a file. Buckets (`Bucket`) and `fit_to_bucket` are the ltx-trainer rule: resize
-keeping aspect, centre-crop.
+keeping aspect, centre-crop. docs/media.md says which library does which job and why.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import subprocess
 import tempfile
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import av
 import cv2
 import imageio_ffmpeg
 import numpy as np
@@ -28,21 +31,24 @@ import numpy as np
 from avctl.errors import BadInput, BadUsage
 from avctl.io import WriteError, atomic_media, atomic_path, temp_name
 
-_STREAM_LINE = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio): (.*)$")
-
 
 # ----------------------------------------------------------------------------------------------------------- probing
 @dataclass(frozen=True)
 class MediaInfo:
-    """What ffmpeg says about a file's first video and audio streams."""
+    """A media file's first video and first audio stream, as libavformat reads them."""
 
     has_video: bool
     has_audio: bool
-    fps: float  # 0.0 when there is no video stream or ffmpeg reports no rate
-    width: int
+    fps: float  # average frame rate; 0.0 when there is no video stream or no rate is known
+    width: int  # coded size, before any rotation metadata (read_video's frames are rotated)
     height: int
     sample_rate: int  # 0 when there is no audio stream
     duration: float  # container duration in seconds; 0.0 when unknown
+    rate: Fraction = Fraction(0)  # `fps` exactly (30000/1001 for NTSC)
+    frames: int = 0  # video frame count the container states; 0 when it states none
+    channels: int = 0  # audio channels; 0 when there is no audio stream
+    video_codec: str = ""  # decoder names, e.g. "h264", "aac"; "" when the stream is absent
+    audio_codec: str = ""
 
 
 def _ffmpeg() -> str:
@@ -58,64 +64,57 @@ def _check_file(path: Path) -> None:
         raise BadInput(f"{path}: empty file (0 bytes)")
 
 
-@functools.lru_cache(maxsize=256)
-def _ffmpeg_header(resolved: str, inode: int, mtime_ns: int, size: int) -> str:
-    """What `ffmpeg -i` prints about a file (cached by path, inode, mtime and size)."""
-    result = subprocess.run(
-        [_ffmpeg(), "-hide_banner", "-nostdin", "-i", resolved], capture_output=True, text=True, errors="replace"
-    )
-    return result.stderr
+def _reason(exc: Exception) -> str:
+    """libav's own words for an error, without the file name PyAV appends (the caller names the file)."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    # Cover art in audio files is a one-frame "video" stream; it is not a video.
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: not a video or audio file ffmpeg can read ({_reason(exc)})") from exc
 
 
 def probe(path: str | Path) -> MediaInfo:
-    """Stream facts of a media file. Raises BadInput when the file is missing, empty or not readable by ffmpeg."""
+    """Stream facts of a media file. Raises BadInput when the file is missing, empty or not readable by libav."""
     path = Path(path)
     _check_file(path)
-    stat = path.stat()
-    # Reading a clip probes it more than once (video, then audio); an ffmpeg start costs ~0.1 s.
-    header = _ffmpeg_header(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    video_line = audio_line = None
-    for line in header.splitlines():
-        match = _STREAM_LINE.match(line)
-        if not match:
-            continue
-        kind, rest = match.groups()
-        # Cover art in audio files shows up as a one-frame "video" stream; it is not a video.
-        if kind == "Video" and video_line is None and "attached pic" not in rest:
-            video_line = rest
-        elif kind == "Audio" and audio_line is None:
-            audio_line = rest
-    if video_line is None and audio_line is None:
-        last = header.strip().splitlines()[-1] if header.strip() else "no output from ffmpeg"
-        raise BadInput(f"{path}: not a video or audio file ffmpeg can read ({last})")
-
-    fps = width = height = 0
-    if video_line is not None:
-        rate = re.search(r" ([0-9]+(?:\.[0-9]+)?) fps", video_line) or re.search(
-            r" ([0-9]+(?:\.[0-9]+)?) tbr", video_line
+    with _open(path) as container:
+        video = _video_stream(container)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise BadInput(f"{path}: not a video or audio file ffmpeg can read (no video or audio stream)")
+        rate = Fraction(0)
+        if video is not None:
+            # The average rate is what `ffmpeg -i` prints as "fps"; the guessed one (its "tbr") is the fallback.
+            found = video.average_rate or video.guessed_rate
+            rate = fps_fraction(float(found)) if found else Fraction(0)
+        duration = container.duration / av.time_base if container.duration else 0.0
+        return MediaInfo(
+            has_video=video is not None,
+            has_audio=audio is not None,
+            fps=float(rate),
+            width=video.codec_context.width if video is not None else 0,
+            height=video.codec_context.height if video is not None else 0,
+            sample_rate=audio.codec_context.sample_rate if audio is not None else 0,
+            duration=float(duration),
+            rate=rate,
+            frames=video.frames if video is not None else 0,
+            channels=audio.codec_context.channels if audio is not None else 0,
+            video_codec=video.codec_context.name if video is not None else "",
+            audio_codec=audio.codec_context.name if audio is not None else "",
         )
-        fps = float(rate.group(1)) if rate else 0.0
-        size = re.search(r" ([0-9]{1,5})x([0-9]{1,5})[, \[]", video_line + " ")
-        if size:
-            width, height = int(size.group(1)), int(size.group(2))
-    sample_rate = 0
-    if audio_line is not None:
-        rate = re.search(r" ([0-9]+) Hz", audio_line)
-        sample_rate = int(rate.group(1)) if rate else 0
-    duration = 0.0
-    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", header)
-    if found:
-        hours, minutes, seconds = found.groups()
-        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    return MediaInfo(
-        has_video=video_line is not None,
-        has_audio=audio_line is not None,
-        fps=float(fps),
-        width=width,
-        height=height,
-        sample_rate=sample_rate,
-        duration=duration,
-    )
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -138,58 +137,127 @@ class VideoClip:
         return len(self.frames) / self.fps
 
 
+def _decode(container: av.container.InputContainer, stream: av.stream.Stream, errors: list[str]) -> Iterator[Any]:
+    """One stream's frames as the ffmpeg CLI delivers them: a packet the decoder rejects is skipped, and a demuxing
+    error (a truncated or damaged file) ends the stream with what was read. The errors go to `errors`."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.FFmpegError, OSError) as exc:
+            errors.append(_reason(exc))
+            packet = None
+        try:
+            yield from packet.decode() if packet is not None else stream.codec_context.decode(None)  # None: flush
+        except (av.FFmpegError, OSError) as exc:
+            errors.append(_reason(exc))
+        if packet is None:
+            return
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    """[H, W, 3] uint8 RGB, turned upright by the frame's rotation metadata (as ffmpeg's autorotate does)."""
+    image = frame.to_ndarray(format="rgb24")
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+    return np.rot90(image, turns) if turns else image
+
+
+def _constant_rate(frames: Iterable[av.VideoFrame], rate: Fraction, limit: int | None) -> list[np.ndarray]:
+    """Decoded frames on a constant-rate grid from the first frame's time: slot k shows the source frame nearest
+    to k/rate; a gap repeats the frame before it, a crowded slot keeps its nearest frame (ffmpeg's `-fps_mode cfr`).
+    A constant-rate source passes through one frame per slot."""
+    out: list[np.ndarray] = []
+    held: av.VideoFrame | None = None
+    held_slot, held_error = 0, 0.0
+    start: float | None = None
+    previous = 0.0
+    for frame in frames:
+        time = frame.time if frame.time is not None else previous + 1 / float(rate)  # no pts: the next slot
+        previous = time
+        start = time if start is None else start
+        position = (time - start) * float(rate)
+        slot = max(round(position), len(out))  # a frame never goes back before what was already given out
+        if held is not None and slot > held_slot:
+            out.extend([_rgb(held)] * (slot - len(out)))  # the held frame fills its slot and any gap after it
+            held = None
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        error = abs(position - slot)
+        if held is None or error < held_error:
+            held, held_slot, held_error = frame, slot, error
+    if held is not None:
+        out.extend([_rgb(held)] * (held_slot + 1 - len(out)))
+    return out[:limit] if limit is not None else out
+
+
 def read_video(path: str | Path, max_frames: int | None = None) -> VideoClip:
     """Decode a video to RGB frames at its (average) frame rate, resampled to a constant rate when the source has a
     variable one. `max_frames` stops decoding early."""
     path = Path(path)
+    if max_frames is not None and max_frames < 1:
+        raise BadUsage(f"max_frames must be at least 1, got {max_frames}")
     info = probe(path)
     if not info.has_video:
         raise BadInput(f"{path}: has no video stream")
     if info.fps <= 0:
         raise BadInput(f"{path}: ffmpeg reports no frame rate for the video stream; re-encode it with a fixed rate")
-    rate = fps_fraction(info.fps)
-    output_params = ["-fps_mode", "cfr", "-r", str(rate), "-an", "-sn"]
-    if max_frames is not None:
-        if max_frames < 1:
-            raise BadUsage(f"max_frames must be at least 1, got {max_frames}")
-        output_params += ["-frames:v", str(max_frames)]
+    errors: list[str] = []
+    with _open(path) as container:
+        stream = _video_stream(container)
+        assert stream is not None  # probe found it
+        stream.thread_type = "AUTO"  # frame and slice threads; the decoder picks what the codec allows
+        frames = _constant_rate(_decode(container, stream, errors), info.rate, max_frames)
+    if not frames:
+        raise BadInput(f"{path}: could not decode the video ({errors[0]})" if errors else
+                       f"{path}: no decodable video frames")
+    return VideoClip(frames=np.stack(frames), fps=float(info.rate))  # [F, H, W, 3]
 
-    reader = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
-    chunks: list[bytes] = []
-    try:
-        meta = next(reader)
-        width, height = meta["size"]  # after ffmpeg applied any rotation metadata
-        chunks.extend(reader)
-    except (OSError, RuntimeError, StopIteration, IndexError, AttributeError) as exc:
-        detail = str(exc).strip().splitlines()
-        raise BadInput(f"{path}: could not decode the video ({detail[0] if detail else type(exc).__name__})") from exc
-    finally:
-        reader.close()
-    if not chunks:
-        raise BadInput(f"{path}: no decodable video frames")
-    frames = np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(len(chunks), height, width, 3)  # [F, H, W, 3]
-    return VideoClip(frames=frames.copy(), fps=float(rate))
+
+def _layout(channels: int) -> str:
+    return {1: "mono", 2: "stereo"}.get(channels, f"{channels}c")
 
 
 def read_audio(
     path: str | Path, sample_rate: int, channels: int = 2, max_seconds: float | None = None
 ) -> np.ndarray | None:
-    """The first audio stream as float32 [channels, samples] in [-1, 1], downmixed/upmixed and resampled by ffmpeg;
-    None when the file has no audio stream. `max_seconds` stops decoding early."""
+    """The first audio stream as float32 [channels, samples] in [-1, 1], downmixed/upmixed and resampled by
+    libswresample; None when the file has no audio stream. `max_seconds` stops decoding early."""
     path = Path(path)
     if not probe(path).has_audio:
         return None
-    cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn"]
-    if max_seconds is not None:
-        cmd += ["-t", f"{max_seconds:.6f}"]
-    cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(sample_rate), "-"]
-    result = subprocess.run(cmd, capture_output=True)
-    if result.returncode != 0:
-        lines = result.stderr.decode(errors="replace").strip().splitlines()
-        raise BadInput(f"{path}: could not decode the audio ({lines[-1] if lines else 'ffmpeg failed'})")
-    samples = np.frombuffer(result.stdout, dtype="<f4")
-    samples = samples[: len(samples) - len(samples) % channels]
-    audio = samples.reshape(-1, channels).T  # [channels, samples]
+    limit = None if max_seconds is None else max(0, round(max_seconds * sample_rate))
+    resampler = av.AudioResampler(format="fltp", layout=_layout(channels), rate=sample_rate)
+    chunks: list[np.ndarray] = []
+
+    def take(frame: av.AudioFrame | None) -> int:
+        got = [out.to_ndarray() for out in resampler.resample(frame)]  # [channels, samples] each (planar)
+        chunks.extend(got)
+        return sum(chunk.shape[1] for chunk in got)
+
+    errors: list[str] = []
+    have, excess = 0, 0.0
+    with _open(path) as container:
+        stream = container.streams.audio[0]
+        frame = None
+        for frame in _decode(container, stream, errors):
+            have += take(frame)
+            if limit is not None and have >= limit:
+                break
+        else:
+            take(None)  # the resampler's buffered tail
+            if frame is not None and frame.time is not None and stream.duration:
+                # The last AAC frame is whole, but the container says where the sound ends (its padding is cut).
+                end = float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+                excess = max(0.0, frame.time + frame.samples / frame.sample_rate - end)
+    if not chunks and errors:
+        raise BadInput(f"{path}: could not decode the audio ({errors[0]})")
+    audio = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+    if limit is not None:
+        audio = audio[:, :limit]
+    elif excess:
+        audio = audio[:, : audio.shape[1] - round(excess * sample_rate)]
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
