@@ -105,6 +105,56 @@ def test_variable_frame_rate_is_resampled_to_constant(tmp_path: Path) -> None:
     assert np.abs(shown - expected).max() <= 12
 
 
+def test_probe_reports_structured_stream_facts(tmp_path: Path) -> None:
+    ntsc = Fraction(30000, 1001)
+    write_video(tmp_path / "ntsc.mp4", synthetic_frames(10, 64, 48), float(ntsc), audio=tone(10 / float(ntsc)),
+                sample_rate=SAMPLE_RATE)
+    info = probe(tmp_path / "ntsc.mp4")
+    assert (info.rate, info.fps, info.frames, info.width, info.height) == (ntsc, float(ntsc), 10, 64, 48)
+    assert (info.has_audio, info.sample_rate, info.channels) == (True, SAMPLE_RATE, 2)
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")
+    assert info.duration == pytest.approx(10 / float(ntsc), abs=0.05)
+    write_wav(tmp_path / "mono.wav", tone(0.5, 1), 22_050)
+    sound = probe(tmp_path / "mono.wav")
+    assert (sound.has_video, sound.rate, sound.channels, sound.sample_rate) == (False, 0, 1, 22_050)
+
+
+def test_reading_starts_no_ffmpeg_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_synthetic_clip(tmp_path / "clip.mp4", frames=12, width=64, height=48)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    assert probe(path).has_audio
+    assert read_video(path).frames.shape == (12, 48, 64, 3)
+    audio = read_audio(path, 16_000, channels=1)
+    assert audio is not None and audio.shape == (1, 16_000)  # 1 s exactly: the AAC frame padding is cut
+
+
+def test_rotation_metadata_turns_the_frames_upright(tmp_path: Path) -> None:
+    frames = synthetic_frames(6, 64, 48, seed=5)
+    write_video(tmp_path / "flat.mp4", frames, 12.0, lossless=True)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i",
+           str(tmp_path / "flat.mp4"), "-c", "copy", str(tmp_path / "turned.mp4")]
+    subprocess.run(cmd, check=True)
+    flat, turned = read_video(tmp_path / "flat.mp4").frames, read_video(tmp_path / "turned.mp4").frames
+    assert turned.shape == (6, 64, 48, 3)
+    assert np.array_equal(turned, np.rot90(flat, 1, axes=(1, 2)))  # 90° counter-clockwise, as ffmpeg shows it
+
+
+def test_a_truncated_file_gives_what_it_holds_and_mono_upmixes(tmp_path: Path) -> None:
+    path = write_synthetic_clip(tmp_path / "whole.mp4", frames=24, width=64, height=48, fps=12.0)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])  # index first (faststart), data cut short
+    assert 0 < len(read_video(cut).frames) < 24
+    audio = read_audio(cut, 16_000)
+    assert audio is not None and 0 < audio.shape[1] < 2 * 16_000
+    write_wav(tmp_path / "mono.wav", tone(0.5, 1), SAMPLE_RATE)
+    stereo = read_audio(tmp_path / "mono.wav", SAMPLE_RATE, channels=2)
+    assert stereo is not None and stereo.shape == (2, SAMPLE_RATE // 2) and np.array_equal(stereo[0], stereo[1])
+
+
 def test_bad_files_raise_bad_input(tmp_path: Path) -> None:
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("not a video at all")
