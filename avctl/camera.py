@@ -1055,6 +1055,25 @@ def rotation_error(trajectory: Trajectory, frames: np.ndarray, min_points: int =
     return result
 
 
+def rotate_image(image: np.ndarray, trajectory: Trajectory, size: tuple[int, int]) -> np.ndarray:
+    """Views [F, h, w, 3] of a photo taken as infinitely far away (no parallax), seen by the trajectory's cameras
+    (rotation and FOV; translations are ignored): each view is an exact homography of the photo, whose centre is the
+    optical axis of frame 0 and whose pixels are at frame 0's focal length. A synthetic pan, tilt or zoom of a real
+    image with a known camera, for testing camera estimation."""
+    height, width = size
+    rel = trajectory.relative_to_first()
+    focal0 = focal_from_fov(float(rel.fov[0]), height)
+    src_h, src_w = image.shape[:2]
+    source = np.array([[focal0, 0.0, (src_w - 1) / 2.0], [0.0, focal0, (src_h - 1) / 2.0], [0.0, 0.0, 1.0]])
+    views = []
+    for rotation, fov in zip(rel.rotations, rel.fov, strict=True):
+        k = intrinsics(float(fov), height, width)
+        to_photo = source @ rotation @ np.linalg.inv(k)  # view pixel → ray in frame 0's camera → photo pixel
+        views.append(cv2.warpPerspective(image, to_photo, (width, height),
+                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT))
+    return np.stack(views)
+
+
 STILL_DEG_PER_S = 2.0  # a camera turning slower than this is "static" for pan recovery
 PAN_DIRECTION_TOLERANCE = 20.0  # degrees
 PAN_SPEED_TOLERANCE = 0.25  # relative
@@ -1154,6 +1173,7 @@ __all__ = [
     "render_views",
     "rerender_video",
     "resolve_camera",
+    "rotate_image",
     "rotation_error",
     "save_trajectory",
     "score_camera",
