@@ -19,8 +19,10 @@ is nearest wins. Pixels no point reaches are disocclusions (or out of the source
 mask colour used throughout avctl.
 
 Camera accuracy (`rotation_error`): the rotation from frame 0 to each frame of a video, re-estimated from LK tracks
-(homography / essential matrix, OpenCV), against the requested one; `estimate_trajectory` (PnP on tracks lifted
-with depth) is the offline camera estimate `prepare` uses for camera-image when a clip has no camera JSON.
+(homography / essential matrix, OpenCV), against the requested one; `estimate_trajectory` (dense LK tracks; rotation
++ zoom per frame, or PnP on tracks lifted with depth where parallax shows a translation) is the offline camera
+estimate `prepare` uses for camera-image when a clip has no camera JSON. `score_camera` scores an estimate against
+a known camera (the world's truth, `avctl.world`), `rotate_image` makes exact synthetic pans of a photo.
 
 Conventions: pixel centres are at integer coordinates, principal point at the image centre ((W-1)/2, (H-1)/2),
 square pixels. For camera-image the input image is the view of trajectory frame 0 (poses are taken relative to it,
