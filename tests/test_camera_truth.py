@@ -13,6 +13,7 @@ import pytest
 
 from avctl import camera as C
 from avctl.errors import BadInput, BadUsage
+from avctl.metrics import tolerant_f1
 from avctl.world import BACKGROUND_DEPTH, WORLD_FOV, clip_seed, make_clip, write_world_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,9 @@ def test_the_world_truth_moves_the_pixels(move: str) -> None:
     assert error < 2.5 and still > 3 * error, (move, error, still)  # the truth explains the motion, standing still not
     if "zoom" in move:
         assert abs(truth.fov[-1] - truth.fov[0]) > 3
+    # the background's detail stays below Canny's thresholds: the edges are still the shapes' outlines
+    canny = np.stack([cv2.Canny(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), 100, 200) for f in clip.frames])
+    assert tolerant_f1(clip.truth["edges"] > 0, canny > 0, 2) > 0.85
     # z-depth of the background plane: BACKGROUND_DEPTH on the optical axis at frame 0, deeper off-axis when turned
     assert clip.truth["depth"][0][clip.truth["labels"][0] == 0].min() == pytest.approx(BACKGROUND_DEPTH, rel=1e-3)
 
