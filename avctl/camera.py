@@ -19,8 +19,10 @@ is nearest wins. Pixels no point reaches are disocclusions (or out of the source
 mask colour used throughout avctl.
 
 Camera accuracy (`rotation_error`): the rotation from frame 0 to each frame of a video, re-estimated from LK tracks
-(homography / essential matrix, OpenCV), against the requested one; `estimate_trajectory` (PnP on tracks lifted
-with depth) is the offline camera estimate `prepare` uses for camera-image when a clip has no camera JSON.
+(homography / essential matrix, OpenCV), against the requested one; `estimate_trajectory` (dense LK tracks; rotation
++ zoom per frame, or PnP on tracks lifted with depth where parallax shows a translation) is the offline camera
+estimate `prepare` uses for camera-image when a clip has no camera JSON. `score_camera` scores an estimate against
+a known camera (the world's truth, `avctl.world`), `rotate_image` makes exact synthetic pans of a photo.
 
 Conventions: pixel centres are at integer coordinates, principal point at the image centre ((W-1)/2, (H-1)/2),
 square pixels. For camera-image the input image is the view of trajectory frame 0 (poses are taken relative to it,
@@ -728,46 +730,194 @@ def _clear_of_holes(frame: np.ndarray, points: np.ndarray, radius: int = 6) -> n
     return distance[rows, cols] >= radius
 
 
-def estimate_trajectory(frames: np.ndarray, depth: np.ndarray, fov: float = DEFAULT_FOV, min_points: int = 8,
-                        max_tracks: int = 256) -> Trajectory:
-    """Cameras of a real clip [F, H, W, 3] relative to frame 0, from frame 0's z-depth [H, W] (normalised to the
-    subject here): LK tracks from frame 0, their 3-D points from the depth, then PnP + RANSAC per frame under an
-    assumed constant vertical `fov`. Translations are in subject units, consistent with the depth the reference is
-    rendered from. BadInput when fewer than `min_points` tracks survive to some frame (give a camera JSON)."""
-    height, width = frames.shape[1:3]
-    scene = normalise_depth(depth)
-    k = intrinsics(fov, height, width)
-    points, visible = _track(frames, max_tracks)
-    if len(points) < min_points:
-        raise BadInput(f"only {len(points)} trackable points on frame 0 (need {min_points}) to estimate the camera; "
-                       f"give a <clip>{CAMERA_SUFFIX}")
+ESTIMATE_QUALITY = 0.001  # Shi-Tomasi floor, relative to the strongest corner of each grid cell
+ESTIMATE_GRID = 4  # corners are seeded per cell of a 4×4 grid, so one textured region cannot take them all
+FB_LIMIT = 0.5  # px: forward-backward LK round trip above which a match is dropped
+MODEL_NOISE = 0.3  # px: LK's typical error on a good track, the unit of the model-choice cost
+TRUNCATE_AT = 2.0  # px: a match further off than this is an outlier, whichever model
+PNP_COST_RATIO = 0.7  # PnP is chosen when its cost is below this share of rotation + zoom's
+REANCHOR_BELOW = 0.5  # re-seed the anchor frame when fewer than this share of its corners are still tracked
+
+
+def _seed_corners(grey: np.ndarray, count: int) -> np.ndarray:
+    """Up to `count` Shi-Tomasi corners [n, 2] float32 spread over a grid (each cell's own quality floor)."""
+    height, width = grey.shape
+    margin = 2
+    distance = max(2, min(height, width) // 40)
+    per_cell = max(4, count // ESTIMATE_GRID ** 2)
+    found = []
+    for i in range(ESTIMATE_GRID):
+        for j in range(ESTIMATE_GRID):
+            mask = np.zeros_like(grey)
+            y0, y1 = max(margin, height * i // ESTIMATE_GRID), min(height - margin, height * (i + 1) // ESTIMATE_GRID)
+            x0, x1 = max(margin, width * j // ESTIMATE_GRID), min(width - margin, width * (j + 1) // ESTIMATE_GRID)
+            mask[y0:y1, x0:x1] = 255
+            corners = cv2.goodFeaturesToTrack(grey, per_cell, ESTIMATE_QUALITY, distance, mask=mask, blockSize=5)
+            if corners is not None:
+                found.append(corners.reshape(-1, 2))
+    return np.concatenate(found).astype(np.float32) if found else np.zeros((0, 2), np.float32)
+
+
+def _flow(grey0: np.ndarray, grey1: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LK from grey0 to grey1 with a forward-backward check: (moved [n, 2], kept [n] bool)."""
+    if not len(points):
+        return points, np.zeros(0, dtype=bool)
+    # small windows: on small frames a wide one straddles a moving object's strong edges and drags the point along
+    window = int(np.clip(min(grey0.shape) // 8 | 1, 7, 21))
+    params = {"winSize": (window, window), "maxLevel": 3,
+              "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}
+    start = points.reshape(-1, 1, 2).astype(np.float32)
+    moved, ok, _ = cv2.calcOpticalFlowPyrLK(grey0, grey1, start, None, **params)
+    back, ok_back, _ = cv2.calcOpticalFlowPyrLK(grey1, grey0, moved, None, **params)
+    moved, back = moved.reshape(-1, 2), back.reshape(-1, 2)
+    height, width = grey0.shape
+    inside = (moved[:, 0] >= 0) & (moved[:, 0] <= width - 1) & (moved[:, 1] >= 0) & (moved[:, 1] <= height - 1)
+    kept = ok.reshape(-1).astype(bool) & ok_back.reshape(-1).astype(bool) & inside
+    kept &= np.linalg.norm(back - points.reshape(-1, 2), axis=1) <= FB_LIMIT
+    return moved, kept
+
+
+def _bearings(points: np.ndarray, focal: float, centre: tuple[float, float]) -> np.ndarray:
+    rays = np.c_[(points[:, 0] - centre[0]) / focal, (points[:, 1] - centre[1]) / focal, np.ones(len(points))]
+    return rays / np.linalg.norm(rays, axis=1, keepdims=True)
+
+
+def _rotation_zoom(p0: np.ndarray, p1: np.ndarray, focal: float, centre: tuple[float, float],
+                   min_points: int) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """Camera rotation and zoom between two views from matched pixels [n, 2]: x₁ ≈ K₁ R K₀⁻¹ x₀ with K₀'s `focal`
+    known and K₁'s focal = zoom · focal. A robust homography picks the inliers (moving objects are outliers) and its
+    linear part gives the zoom; the rotation is the best one between the inliers' bearing vectors. Returns (R camera
+    0 → camera 1 coordinates, zoom, residual [n] px of every match) or None when no model has `min_points`
+    inliers."""
+    h, mask = None, None
+    for robust in (getattr(cv2, "USAC_MAGSAC", cv2.RANSAC), cv2.RANSAC):  # MAGSAC++ gives up on a few
+        try:
+            h, mask = cv2.findHomography(p0.astype(np.float64), p1.astype(np.float64), robust, 1.0)
+        except cv2.error:
+            continue
+        if h is not None and mask is not None and int(mask.sum()) >= min_points:
+            break
+    if h is None or mask is None or int(mask.sum()) < min_points:
+        return None
+    k = np.array([[focal, 0.0, centre[0]], [0.0, focal, centre[1]], [0.0, 0.0, 1.0]])
+    a = np.linalg.inv(k) @ h @ k  # ∝ diag(zoom, zoom, 1) R
+    zoom = float((np.linalg.norm(a[0]) + np.linalg.norm(a[1])) / (2.0 * np.linalg.norm(a[2])))
+    inliers = mask.reshape(-1) > 0
+    b0 = _bearings(p0, focal, centre)
+    seen = (p1 - np.array(centre)) / focal  # frame 1's points at frame 0's focal
+    for _ in range(3):  # the homography has 8 degrees of freedom, the camera 4: refit on the camera model's inliers
+        rotation = _kabsch(b0[inliers], _bearings(p1[inliers], zoom * focal, centre))
+        mapped = b0 @ rotation.T
+        unit = mapped[:, :2] / np.maximum(mapped[:, 2:], 1e-9)  # where the rotation alone puts them, focal 1
+        zoom = float((unit[inliers] * seen[inliers]).sum() / max((unit[inliers] ** 2).sum(), 1e-12))
+        residual = np.linalg.norm(zoom * focal * unit + np.array(centre) - p1, axis=1)
+        if int((residual <= 1.5).sum()) < min_points:
+            break
+        inliers = residual <= 1.5
+    return rotation, zoom, residual
+
+
+def _model_cost(residual: np.ndarray, parameters: int) -> float:
+    """A robust information criterion for one frame's fit: truncated squared residuals in units of the tracking
+    noise (MODEL_NOISE px; an outlier costs as much as a TRUNCATE_AT-px miss) plus ln(n) per free parameter (BIC),
+    so a model with more parameters must buy them with a clearly better fit."""
+    clipped = np.minimum((residual / MODEL_NOISE) ** 2, (TRUNCATE_AT / MODEL_NOISE) ** 2)
+    return float(clipped.sum() + parameters * math.log(max(len(residual), 2)))
+
+
+def _pnp(points: np.ndarray, visible: np.ndarray, depth: np.ndarray, k: np.ndarray,
+         min_points: int) -> tuple[list[np.ndarray], list[np.ndarray], float] | None:
+    """Cameras from frame 0's tracks [n, F, 2] lifted with its z-depth: PnP + RANSAC per frame. Returns (rotations,
+    centres, cost: `_model_cost` summed over frames) or None where some frame has no consistent pose."""
+    height, width = depth.shape
     start = points[:, 0]
     cols = np.clip(np.round(start[:, 0]).astype(int), 0, width - 1)
     rows = np.clip(np.round(start[:, 1]).astype(int), 0, height - 1)
-    z = scene[rows, cols].astype(np.float64)
+    z = depth[rows, cols].astype(np.float64)
     world = np.stack([(start[:, 0] - k[0, 2]) / k[0, 0] * z, (start[:, 1] - k[1, 2]) / k[1, 1] * z, z], axis=1)
-    rotations, translations = [np.eye(3)], [np.zeros(3)]
+    rotations, centres, cost = [np.eye(3)], [np.zeros(3)], 0.0
     rvec, tvec = np.zeros((3, 1)), np.zeros((3, 1))
-    for t in range(1, len(frames)):
-        seen = visible[:, t].copy()
-        seen[seen] = _clear_of_holes(frames[t], points[seen, t])
+    for t in range(1, points.shape[1]):
+        seen = visible[:, t]
         if seen.sum() < min_points:
-            raise BadInput(f"camera estimate lost: {int(seen.sum())} of frame 0's points are still tracked at frame "
-                           f"{t} (need {min_points}); give a <clip>{CAMERA_SUFFIX}")
+            return None
         ok, rvec, tvec, inliers = cv2.solvePnPRansac(
             world[seen], points[seen, t].astype(np.float64), k, None, rvec=rvec.copy(), tvec=tvec.copy(),
             useExtrinsicGuess=t > 1, reprojectionError=1.0, iterationsCount=200, flags=cv2.SOLVEPNP_ITERATIVE)
         if not ok or inliers is None or len(inliers) < min_points:
-            raise BadInput(f"camera estimate failed at frame {t} (PnP found no consistent pose); give a "
-                           f"<clip>{CAMERA_SUFFIX}")
+            return None
         inl = inliers.reshape(-1)
         rvec, tvec = cv2.solvePnPRefineLM(world[seen][inl], points[seen, t][inl].astype(np.float64), k, None, rvec,
                                           tvec)
+        projected = cv2.projectPoints(world[seen], rvec, tvec, k, None)[0].reshape(-1, 2)
+        cost += _model_cost(np.linalg.norm(projected - points[seen, t], axis=1), 6)
         world_to_cam = cv2.Rodrigues(rvec)[0]
         rotations.append(world_to_cam.T)
-        translations.append((-world_to_cam.T @ tvec).reshape(3))
-    return Trajectory(np.array(rotations), np.array(translations), np.full(len(frames), fov),
-                      name="opencv-pnp estimate")
+        centres.append((-world_to_cam.T @ tvec).reshape(3))
+    return rotations, centres, cost
+
+
+def estimate_trajectory(frames: np.ndarray, depth: np.ndarray | None = None, fov: float = DEFAULT_FOV,
+                        min_points: int = 8, max_tracks: int = 256) -> Trajectory:
+    """Cameras of a real clip [F, H, W, 3] relative to frame 0, whose vertical FOV is `fov`.
+
+    Dense corners (a grid of Shi-Tomasi seeds, low quality floor) are tracked with forward-backward-checked LK from
+    an anchor frame, re-seeded when half are lost. Two models compete over the frames tracked from frame 0:
+    rotation + zoom (a robust homography per frame against its anchor: pans, tilts, zooms, any depth; FOV follows
+    the zoom) and, when frame 0's z-depth [H, W] is given, PnP + RANSAC on the tracks lifted with it (translation
+    in subject units, constant FOV). PnP wins only when it fits clearly better by a robust information criterion
+    (`_model_cost` below PNP_COST_RATIO of rotation's): without parallax a sideways move and a pan look alike.
+    BadInput (one line) when fewer
+    than `min_points` matches fit some frame (give a <clip>.camera.json)."""
+    count, height, width = frames.shape[:3]
+    greys = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    focal0 = focal_from_fov(fov, height)
+    rotations, focals = [np.eye(3)], [focal0]
+    anchor, seeds = 0, _seed_corners(greys[0], max_tracks)
+    seeds = seeds[_clear_of_holes(frames[0], seeds)]
+    if len(seeds) < min_points:
+        raise BadInput(f"only {len(seeds)} trackable points on frame 0 (need {min_points}) to estimate the camera; "
+                       f"give a <clip>{CAMERA_SUFFIX}")
+    track = np.zeros((len(seeds), count, 2), np.float32)  # frame 0's corners, for PnP
+    track[:, 0] = seeds
+    on = np.zeros((len(seeds), count), dtype=bool)
+    on[:, 0] = True
+    current, alive = seeds.copy(), np.ones(len(seeds), dtype=bool)
+    rotation_cost, rotation_from_zero = 0.0, True
+    for t in range(1, count):
+        if alive.sum() < max(min_points, REANCHOR_BELOW * len(seeds)) and anchor < t - 1:
+            anchor, seeds = t - 1, _seed_corners(greys[t - 1], max_tracks)
+            seeds = seeds[_clear_of_holes(frames[t - 1], seeds)]
+            current, alive = seeds.copy(), np.ones(len(seeds), dtype=bool)
+        moved, kept = _flow(greys[t - 1], greys[t], current[alive])
+        index = np.flatnonzero(alive)
+        current[index[kept]] = moved[kept]
+        alive[index[~kept]] = False
+        alive[alive] = _clear_of_holes(frames[t], current[alive])
+        if anchor == 0:
+            track[alive, t], on[alive, t] = current[alive], True
+        if alive.sum() < min_points:
+            raise BadInput(f"camera estimate lost at frame {t}: {int(alive.sum())} points tracked (need "
+                           f"{min_points}); give a <clip>{CAMERA_SUFFIX}")
+        fit = _rotation_zoom(seeds[alive], current[alive], focals[anchor], centre, min_points)
+        if fit is None:
+            raise BadInput(f"camera estimate failed at frame {t}: no rotation fits {int(alive.sum())} tracked "
+                           f"points; give a <clip>{CAMERA_SUFFIX}")
+        relative, zoom, residual = fit
+        rotations.append(rotations[anchor] @ relative.T)
+        focals.append(zoom * focals[anchor])
+        rotation_cost += _model_cost(residual, 4)
+        rotation_from_zero &= anchor == 0
+    fovs = np.degrees(2.0 * np.arctan(height / 2.0 / np.array(focals)))
+    if depth is not None and rotation_from_zero and count > 1:
+        found = _pnp(track, on, normalise_depth(depth), intrinsics(fov, height, width), min_points)
+        # without parallax (a distant plane, a flat wall) a sideways move and a pan look alike and PnP's two extra
+        # parameters per frame buy it a little anyway: it must fit clearly better
+        if found is not None and found[2] < PNP_COST_RATIO * rotation_cost:
+            return Trajectory(np.array(found[0]), np.array(found[1]), np.full(count, fov),
+                              name="opencv-pnp estimate")
+    return Trajectory(np.array(rotations), np.zeros((count, 3)), fovs, name="opencv rotation + zoom estimate")
 
 
 def _angle(rotation: np.ndarray) -> float:
@@ -907,6 +1057,88 @@ def rotation_error(trajectory: Trajectory, frames: np.ndarray, min_points: int =
     return result
 
 
+def rotate_image(image: np.ndarray, trajectory: Trajectory, size: tuple[int, int]) -> np.ndarray:
+    """Views [F, h, w, 3] of a photo taken as infinitely far away (no parallax), seen by the trajectory's cameras
+    (rotation and FOV; translations are ignored): each view is an exact homography of the photo, whose centre is the
+    optical axis of frame 0 and whose pixels are at frame 0's focal length. A synthetic pan, tilt or zoom of a real
+    image with a known camera, for testing camera estimation."""
+    height, width = size
+    rel = trajectory.relative_to_first()
+    focal0 = focal_from_fov(float(rel.fov[0]), height)
+    src_h, src_w = image.shape[:2]
+    source = np.array([[focal0, 0.0, (src_w - 1) / 2.0], [0.0, focal0, (src_h - 1) / 2.0], [0.0, 0.0, 1.0]])
+    views = []
+    for rotation, fov in zip(rel.rotations, rel.fov, strict=True):
+        k = intrinsics(float(fov), height, width)
+        to_photo = source @ rotation @ np.linalg.inv(k)  # view pixel → ray in frame 0's camera → photo pixel
+        views.append(cv2.warpPerspective(image, to_photo, (width, height),
+                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT))
+    return np.stack(views)
+
+
+STILL_DEG_PER_S = 2.0  # a camera turning slower than this is "static" for pan recovery
+PAN_DIRECTION_TOLERANCE = 20.0  # degrees
+PAN_SPEED_TOLERANCE = 0.25  # relative
+
+
+def pan_rate(trajectory: Trajectory, fps: float) -> tuple[float, float]:
+    """(yaw, pitch) rates in °/s (yaw > 0 turns right, pitch > 0 turns down) of where the camera looks, relative to
+    frame 0: least squares through the origin over all frames, so one bad frame does not decide it."""
+    rel = trajectory.relative_to_first()
+    look = rel.rotations[:, :, 2]  # the optical axis in frame 0's camera coordinates
+    yaw = np.degrees(np.arctan2(look[:, 0], look[:, 2]))
+    pitch = np.degrees(np.arctan2(look[:, 1], np.hypot(look[:, 0], look[:, 2])))
+    t = np.arange(len(rel)) / fps
+    norm = float((t * t).sum())
+    if norm == 0.0:
+        return 0.0, 0.0
+    return float((t * yaw).sum() / norm), float((t * pitch).sum() / norm)
+
+
+def score_camera(estimate: Trajectory, truth: Trajectory, fps: float) -> dict[str, Any]:
+    """An estimated camera against the true one (same frame count; both taken relative to their frame 0).
+
+    Returns rotation_error_deg / rotation_error_max_deg (angle of R_estᵀ R_true per frame, mean and max over frames
+    1…), translation_direction_error_deg (angle between the final camera displacements; None unless the truth
+    translates; 90 when the estimate does not move), fov_error_deg (mean |FOV_est − FOV_true|; None unless the truth
+    zooms), and pan recovery: true and estimated (yaw, pitch) rates (`pan_rate`), the direction error, the speed
+    ratio, and pan_recovered — direction within PAN_DIRECTION_TOLERANCE° and speed within PAN_SPEED_TOLERANCE of the
+    truth, or both slower than STILL_DEG_PER_S when the truth does not turn."""
+    if len(estimate) != len(truth):
+        raise BadInput(f"the estimate has {len(estimate)} cameras, the truth {len(truth)}")
+    est, true = estimate.relative_to_first(), truth.relative_to_first()
+    per_frame = [_angle(a.T @ b) for a, b in zip(est.rotations[1:], true.rotations[1:], strict=True)]
+    moved = true.translations[-1]
+    translation_error = None
+    if np.linalg.norm(moved) > 1e-9:
+        guess = est.translations[-1]
+        size = float(np.linalg.norm(guess) * np.linalg.norm(moved))
+        translation_error = 90.0 if size < 1e-12 else math.degrees(
+            math.acos(float(np.clip(guess @ moved / size, -1.0, 1.0))))
+    zooms = float(true.fov.max() - true.fov.min()) > 0.5
+    true_rate, est_rate = np.array(pan_rate(truth, fps)), np.array(pan_rate(estimate, fps))
+    true_speed, est_speed = float(np.linalg.norm(true_rate)), float(np.linalg.norm(est_rate))
+    if true_speed < STILL_DEG_PER_S:
+        direction_error, ratio = None, None
+        recovered = est_speed < STILL_DEG_PER_S
+    else:
+        cos = float(true_rate @ est_rate) / max(true_speed * est_speed, 1e-12)
+        direction_error = math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0)))) if est_speed > 0 else 180.0
+        ratio = est_speed / true_speed
+        recovered = direction_error <= PAN_DIRECTION_TOLERANCE and abs(ratio - 1.0) <= PAN_SPEED_TOLERANCE
+    return {
+        "rotation_error_deg": float(np.mean(per_frame)) if per_frame else 0.0,
+        "rotation_error_max_deg": float(np.max(per_frame)) if per_frame else 0.0,
+        "translation_direction_error_deg": translation_error,
+        "fov_error_deg": float(np.mean(np.abs(est.fov - true.fov))) if zooms else None,
+        "true_pan_deg_s": true_rate.tolist(),
+        "estimated_pan_deg_s": est_rate.tolist(),
+        "pan_direction_error_deg": direction_error,
+        "pan_speed_ratio": ratio,
+        "pan_recovered": bool(recovered),
+    }
+
+
 def sidecar(video: str | Path, suffix: str) -> Path:
     """The per-clip sidecar next to a video: `clip.mp4` → `clip<suffix>` (e.g. clip.camera.json)."""
     video = Path(video)
@@ -935,6 +1167,7 @@ __all__ = [
     "load_depth",
     "load_trajectory",
     "normalise_depth",
+    "pan_rate",
     "preset",
     "presets_help",
     "relative_rotation",
@@ -942,8 +1175,10 @@ __all__ = [
     "render_views",
     "rerender_video",
     "resolve_camera",
+    "rotate_image",
     "rotation_error",
     "save_trajectory",
+    "score_camera",
     "sidecar",
     "splat",
     "trajectory_from_dict",

@@ -7,9 +7,10 @@ its first frame; it renders frame 0 along those cameras (`avctl.camera.render_im
 real video is the target. Where they come from (`--backend`):
 
 * `opencv` (default): cameras from `<clip>.camera.json` next to the video (avctl's trajectory JSON, one camera per
-  frame from the clip's first frame; e.g. exported from SpatialTrackerV2 or COLMAP), else estimated with OpenCV —
-  LK tracks from frame 0 lifted to 3-D with its depth, then PnP + RANSAC per frame under an assumed
-  `DEFAULT_FOV`° vertical FOV (no per-frame FOV: zooms are not recovered). Depth from `<clip>.depth.npy` ([H, W] or
+  frame from the clip's first frame; e.g. exported from SpatialTrackerV2 or COLMAP), else estimated with OpenCV
+  (`estimate_trajectory`): dense LK tracks, then per frame a rotation + zoom (pans, tilts, zooms: the FOV follows the
+  zoom from `DEFAULT_FOV`° at frame 0), or PnP + RANSAC on frame 0's tracks lifted with its depth where that fits
+  clearly better (parallax: a translation). Depth from `<clip>.depth.npy` ([H, W] or
   [F, H, W] z-depth at the video's size) when present, else the depth modality's model (Depth-Anything-V2, from
   `--weights` or the local cache; MissingWeights when absent).
 * `files`: both from the sidecars only, no model; a clip without them is skipped with the reason.
@@ -60,7 +61,8 @@ class CameraImageExtractor:
     """Clip → the first frame rendered along the clip's cameras (see the module docstring for the backends)."""
 
     backend = "opencv"
-    version = (f"1 (cameras: <clip>{CAMERA_SUFFIX} else OpenCV LK + PnP at {DEFAULT_FOV:g}° vertical FOV; depth: "
+    version = (f"2 (cameras: <clip>{CAMERA_SUFFIX} else OpenCV LK, rotation + zoom or PnP, {DEFAULT_FOV:g}° vertical "
+               f"FOV at frame 0; depth: "
                f"<clip>{DEPTH_SUFFIX} else Depth-Anything-V2; z-buffered point splatting, holes #66FF00)")
 
     def __init__(self, weights: Path | None = None, backend: str | None = None, depth_model: Any = None) -> None:
@@ -132,6 +134,7 @@ CAMERA_IMAGE = Modality(
     first_frame_image=True,
     extractor=CameraImageExtractor,
     extractor_note=f"first frame unprojected with depth and rendered along the clip's cameras (torch z-buffered "
-    f"splatting, holes #66FF00): cameras from <clip>{CAMERA_SUFFIX} or an OpenCV LK + PnP estimate, depth from "
+    f"splatting, holes #66FF00): cameras from <clip>{CAMERA_SUFFIX} or an OpenCV estimate (LK; rotation + zoom, or "
+    f"PnP where parallax shows), depth from "
     f"<clip>{DEPTH_SUFFIX} or Depth-Anything-V2 (--backend files: sidecars only; SpatialTrackerV2 not shipped)",
 )

@@ -357,12 +357,17 @@ def test_camera_image_extractor_from_sidecars_and_estimates(tmp_path: Path) -> N
     estimated = guessing(_clip(video, None))
     assert model.calls == 1 and estimated.frames is not None and estimated.frames.shape == (5, 24, 32, 3)
     assert np.array_equal(estimated.frames[0], expected[0])
-    guessed_holes, true_holes = np.all(estimated.frames[-1] == GREEN, -1), np.all(expected[-1] == GREEN, -1)
+    # the disocclusion, without the frame's edge columns: a move left also uncovers a sliver at the left edge, and
+    # whether that sliver fills a whole column of the 32-px reference turns on a fraction of a pixel
+    guessed_holes = np.all(estimated.frames[-1] == GREEN, -1)[:, 1:-1]
+    true_holes = np.all(expected[-1] == GREEN, -1)[:, 1:-1]
     assert abs(guessed_holes.mean() - true_holes.mean()) < 0.25 * true_holes.mean()
     centres = np.nonzero(guessed_holes)[1].mean(), np.nonzero(true_holes)[1].mean()
     assert max(centres) < 16 and abs(centres[0] - centres[1]) < 4  # both left of the box, as a move left reveals
     found = guessing.cameras(_clip(video, None), None, C.normalise_depth(depth))
     assert abs(found.translations[-1][0] - cams.translations[-1][0]) < 0.05  # moved left about as far
+    assert found.name == "opencv-pnp estimate"  # parallax: the translation model wins
+    assert max(C._angle(r) for r in found.rotations) < 0.3  # and the camera did not turn
 
     with pytest.raises(BadUsage, match="licence"):
         CameraImageExtractor(backend="spatialtracker-v2")
