@@ -185,7 +185,9 @@ def prepare_cmd(
         list[Path],
         typer.Argument(help="Video files or folders (searched recursively); for paired modalities (local-edit, "
                        "cut-on-action, camera-video) a pairs manifest: .jsonl lines {\"source\", \"target\", "
-                       "\"caption\"?} or a .csv with source,target[,caption] columns, paths relative to it."),
+                       "\"caption\"?} or a .csv with source,target[,caption] columns, paths relative to it. "
+                       "camera-video also builds its pairs from plain videos (depth + camera, re-rendered along a "
+                       "sampled camera path; docs/camera_training.md)."),
     ],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Dataset folder. Default: datasets/<modality>.")] = None,
     bucket: Annotated[
@@ -275,6 +277,10 @@ def prepare_cmd(
                                for i in items[:3])
             table.add_row(key, str(len(items)), detail)
         err.print(table)
+        err.print(f"{len(data['done'])} new samples from {data['inputs']} inputs ({len(data['skipped'])} skipped, "
+                  f"{len(data['failed'])} failed, {len(data['existing'])} already done)")
+        for note, counts in data.get("made_from", {}).items():
+            err.print(f"{note}: " + ", ".join(f"{value} ×{n}" for value, n in sorted(counts.items())))
         err.print(f"dataset: {target / 'dataset.jsonl'}")
         if data.get("frames_per_s"):
             err.print(f"extraction: {data['frames_per_s']:g} frames/s")

@@ -415,10 +415,10 @@ def control_from_video(
     if not isinstance(name, str) or not name:
         raise BadUsage(f"{lora.path}: no avctl.modality in its metadata, so no extractor is known; give --control")
     modality = get_modality(name)
-    if modality.extractor is None:
+    if modality.extractor is None or modality.paired:  # a paired modality's extractor builds training pairs
         note = f" ({modality.extractor_note})" if modality.extractor_note else ""
-        raise BadUsage(f"--from-video: modality {name!r} ({lora.path.name}) has no extractor{note}; make the control "
-                       "yourself and pass it with --control")
+        raise BadUsage(f"--from-video: modality {name!r} ({lora.path.name}) has no extractor for generation{note}; "
+                       "make the control yourself and pass it with --control")
     if len(source) < frames:
         raise BadInput(f"{key}: the source video has {len(source)} frames, the generation needs {frames}; pass "
                        "--frames")

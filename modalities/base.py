@@ -54,6 +54,8 @@ class Control:
     mask: np.ndarray | None = None  # [F, h, w] uint8, 255 = hole (inpaint); None when not applicable
     audio: np.ndarray | None = None  # [channels, samples] float32 reference audio
     sample_rate: int | None = None
+    # What the control was made from, e.g. {"depth": "world truth"}: `prepare` counts each value in its summary.
+    notes: dict[str, str] | None = None
 
 
 class Extractor(Protocol):
