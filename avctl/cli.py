@@ -220,6 +220,11 @@ def prepare_cmd(
                      "small clips, e.g. 64 px on the pocket model, 3 makes the edges survive the VAE. Recorded in "
                      "avctl.json and in the LoRA."),
     ] = None,
+    variants: Annotated[
+        int,
+        typer.Option(min=1, help="Samples made per video, each with its own random draws (camera-video: its sampled "
+                     "source camera path; inpaint: its mask). Variant k > 0 is named <clip>.vk."),
+    ] = 1,
     encode: Annotated[
         bool,
         typer.Option("--precompute", "--encode",
@@ -254,7 +259,7 @@ def prepare_cmd(
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
                           progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
-                          options={"speakers": speakers, "line_width": line_width})
+                          options={"speakers": speakers, "line_width": line_width}, variants=variants)
         if encode and summary.rows:
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, _load_backbone(model, components=set(), vae_tiling=vae_tiling),

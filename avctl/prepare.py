@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -571,6 +571,7 @@ def prepare(
     backend: str | None = None,
     options: dict[str, Any] | None = None,
     factors: tuple[int, int] = (VAE_SPATIAL, VAE_TEMPORAL),
+    variants: int = 1,
 ) -> PrepareSummary:
     """Build (or resume) the dataset for `modality` in `out` from `inputs` (videos and folders, or pairs manifests
     for a paired modality). Raises BadInput/BadUsage when nothing can start (unsupported modality, bad bucket, no
@@ -578,15 +579,24 @@ def prepare(
     listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip.
     `options`: extra extractor keyword arguments (None values dropped), e.g. {"speakers": PATH} for
     who-is-talking; an extractor that does not declare one refuses it with BadUsage. `factors`: the (spatial,
-    temporal) compression of the VAE that will encode the dataset (dataset.vae_factors); the bucket must fit it."""
+    temporal) compression of the VAE that will encode the dataset (dataset.vae_factors); the bucket must fit it.
+    `variants`: samples made per video, each with its own key (`<key>#k`) and so its own random draws (e.g.
+    camera-video's source camera path, inpaint's mask); variant k > 0 is named `<rel>.vk`."""
     if workers < 1:
         raise BadUsage(f"--workers must be at least 1, got {workers}")
+    if variants < 1:
+        raise BadUsage(f"--variants must be at least 1, got {variants}")
     pairs = pairs_given(modality, inputs)
     if pairs and (weights is not None or backend is not None):
         raise BadUsage(f"--weights/--backend: {modality.name!r} is made from pairs of videos and runs no extractor; "
                        "drop them")
+    if pairs and variants > 1:
+        raise BadUsage("--variants: pairs from a manifest are taken as given, one sample each; drop --variants")
     out = Path(out)
     sources, early_skips = _sources_for(modality, list(inputs), out, bucket, factors)
+    found = len(sources) + len(early_skips)
+    sources = [replace(s, rel=f"{s.rel}.v{k}", key=f"{s.key}#{k}") if k else s
+               for s in sources for k in range(variants)]
 
     if pairs:
         identity, extractor = dict(PAIRS_IDENTITY), None
@@ -604,7 +614,7 @@ def prepare(
         "avctl_version": __version__,
     }
     summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips),
-                             inputs=len(sources) + len(early_skips))
+                             inputs=found)
     extracted: dict[str, Any] = {"frames": 0, "seconds": 0.0}
     # One run at a time per folder: a second one waits here, then reads the rows the first one wrote.
     with folder_lock(out, f"avctl prepare {modality.name}"):

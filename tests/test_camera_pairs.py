@@ -61,14 +61,26 @@ def test_prepare_camera_video_builds_pairs_from_plain_world_videos(tmp_path: Pat
     assert summary["existing"] == ["world_0000", "world_0001"] and summary["inputs"] == 3
     assert "no depth" in summary["skipped"][0]["reason"] and summary["skipped"][0]["clip"] == "world_0002"
 
+    r = runner.invoke(app, ["prepare", "camera-video", str(clips), "--out", str(out), "--bucket", "64x64x9",
+                            "--variants", "2", "--json"], env={"AVCTL_NO_PROGRESS": "1"})
+    summary = json.loads(r.stdout)
+    assert summary["done"] == ["world_0000.v1", "world_0001.v1"] and len(summary["existing"]) == 2
+    rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    first = [read_video(out / f"reference/world_0001{v}.mp4").frames for v in ("", ".v1")]
+    assert not np.array_equal(*first)  # another sampled source path
+
+    last_holes = []
     for row in rows:
         target = read_video(out / row["video"]).frames
         reference = read_video(out / row["reference_video"]).frames
         holes = _holes(reference)
         assert reference.shape == target.shape
-        assert holes[0].mean() < 0.01 and holes[-1].mean() > 0.02  # frame 0 is shared; the paths then part
+        assert holes[0].mean() < 0.01  # frame 0: the source path starts at the target's camera
+        last_holes.append(holes[-1].mean())
         # off the holes the reference shows the target's own content, seen from the target's camera
         assert np.abs(reference.astype(float) - target.astype(float)).mean(-1)[~holes].mean() < 8
+    assert max(last_holes) > 0.05  # the paths part: the source misses some of what the target sees
 
 
 def test_pair_reference_geometry() -> None:
