@@ -116,3 +116,14 @@ def test_generate_from_video_does_not_run_the_pair_builder() -> None:
     frames = np.zeros((9, 64, 64, 3), np.uint8)
     with pytest.raises(BadUsage, match="no extractor for generation"):
         control_from_video(lora, frames, 24.0, width=64, height=64, frames=9, seed=0, key="s")
+
+
+def test_variants_are_refused_for_manifest_pairs(tmp_path: Path) -> None:
+    from avctl.errors import BadUsage
+    from avctl.media import Bucket
+    from avctl.modalities.base import get_modality
+    from avctl.prepare import prepare
+
+    with pytest.raises(BadUsage, match="--variants"):
+        prepare(get_modality("camera-video"), [tmp_path / "pairs.jsonl"], tmp_path / "d", Bucket(64, 64, 9), None,
+                variants=2)
