@@ -542,6 +542,8 @@ def _sources_for(modality: Modality, inputs: list[Path], out: Path, bucket: Buck
                        "pass video files or folders")
     bucket.check(*factors, modality.downscale)
     return find_sources(inputs, out)
+
+
 def pairs_given(modality: Modality, inputs: Iterable[str | Path]) -> bool:
     """Whether this run takes ready-made (source, target) pairs from manifests: always for a paired modality without
     an extractor; for one with an extractor (which builds pairs from plain videos) when a manifest is given."""
