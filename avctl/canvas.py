@@ -181,11 +181,15 @@ def build_stream(
     with_loss: bool = True,
     fps: float = 24.0,
     layout: Literal["parallel", "side-by-side"] = "parallel",
+    clean_frames: int = 0,
 ) -> StreamCanvas:
     """Put one stream's target (already noised to `sigma` when `noisy`) and its references on the canvas.
 
     target_latents: video [B, C, F, H, W] or audio [B, C, T, M], normalised. sigma: [B].
     `noisy=False` makes the target clean context (timestep 0); `with_loss=False` keeps it out of the loss.
+    `clean_frames` (video): the target's first latent frames are given (first-frame image conditioning): their
+    tokens, the first clean_frames·H·W in (f, h, w) order, get timestep 0 and no loss; the caller puts their clean
+    latents in `target_latents`. Training and sampling both condition through this, so the layouts match.
     """
     b, device = target_latents.shape[0], target_latents.device
     if stream == "video":
@@ -199,6 +203,12 @@ def build_stream(
     n_target = tokens[0].shape[1]
     timesteps = [_per_token_timestep(sigma, n_target, noisy)]
     masks = [torch.full((b, n_target), with_loss, dtype=torch.bool, device=device)]
+    if clean_frames:
+        if stream != "video" or not 0 < clean_frames <= grid[0]:
+            raise ValueError(f"clean_frames {clean_frames}: only a video target's first latent frames can be given")
+        n_clean = clean_frames * grid[1] * grid[2]
+        timesteps[0][:, :n_clean] = 0.0
+        masks[0][:, :n_clean] = False
     segments = [Segment(0, n_target, None)]
 
     start = n_target

@@ -185,7 +185,9 @@ def prepare_cmd(
         list[Path],
         typer.Argument(help="Video files or folders (searched recursively); for paired modalities (local-edit, "
                        "cut-on-action, camera-video) a pairs manifest: .jsonl lines {\"source\", \"target\", "
-                       "\"caption\"?} or a .csv with source,target[,caption] columns, paths relative to it."),
+                       "\"caption\"?} or a .csv with source,target[,caption] columns, paths relative to it. "
+                       "camera-video also builds its pairs from plain videos (depth + camera, re-rendered along a "
+                       "sampled camera path; docs/camera_training.md)."),
     ],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Dataset folder. Default: datasets/<modality>.")] = None,
     bucket: Annotated[
@@ -218,6 +220,11 @@ def prepare_cmd(
                      "small clips, e.g. 64 px on the pocket model, 3 makes the edges survive the VAE. Recorded in "
                      "avctl.json and in the LoRA."),
     ] = None,
+    variants: Annotated[
+        int,
+        typer.Option(min=1, help="Samples made per video, each with its own random draws (camera-video: its sampled "
+                     "source camera path; inpaint: its mask). Variant k > 0 is named <clip>.vk."),
+    ] = 1,
     encode: Annotated[
         bool,
         typer.Option("--precompute", "--encode",
@@ -252,7 +259,7 @@ def prepare_cmd(
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
                           progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
-                          options={"speakers": speakers, "line_width": line_width})
+                          options={"speakers": speakers, "line_width": line_width}, variants=variants)
         if encode and summary.rows:
             encoding = progress.add_task("encode", total=summary.rows, info="")
             counts = encode_dataset(target, _load_backbone(model, components=set(), vae_tiling=vae_tiling),
@@ -275,6 +282,10 @@ def prepare_cmd(
                                for i in items[:3])
             table.add_row(key, str(len(items)), detail)
         err.print(table)
+        err.print(f"{len(data['done'])} new samples from {data['inputs']} inputs ({len(data['skipped'])} skipped, "
+                  f"{len(data['failed'])} failed, {len(data['existing'])} already done)")
+        for note, counts in data.get("made_from", {}).items():
+            err.print(f"{note}: " + ", ".join(f"{value} ×{n}" for value, n in sorted(counts.items())))
         err.print(f"dataset: {target / 'dataset.jsonl'}")
         if data.get("frames_per_s"):
             err.print(f"extraction: {data['frames_per_s']:g} frames/s")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,10 @@ class PrepareSummary:
     rows: int = 0
     # Frames extracted per second of extractor time (per worker) in this run; None when no extractor ran.
     frames_per_s: float | None = None
+    inputs: int = 0  # videos (or manifest pairs) found, skipped ones included
+    # What this run's controls were made from (`Control.notes`): note → value → clips,
+    # e.g. {"depth": {"world truth": 2}}
+    made_from: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +97,8 @@ class PrepareSummary:
             "skipped": [dict(item) for item in self.skipped],
             "failed": [dict(item) for item in self.failed],
             "frames_per_s": self.frames_per_s,
+            "inputs": self.inputs,
+            "made_from": {k: dict(v) for k, v in self.made_from.items()},
         }
 
 
@@ -123,6 +129,7 @@ class _Settings:
     bucket: Bucket
     downscale: int
     seed: int
+    pairs: bool = False  # ready-made pairs from a manifest: no extractor runs
 
 
 # ---------------------------------------------------------------------------------------------------------- inputs
@@ -374,6 +381,8 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
             control = extractor(clip)
             timing = {"frames": bucket.frames, "extract_s": time.perf_counter() - started}
             _check_control(control, bucket.frames, reference_size, backend)
+            if control.notes:
+                timing["notes"] = {str(k): str(v) for k, v in control.notes.items()}
         except BadInput as exc:  # the extractor found this clip unusable (e.g. nothing to detect)
             return {"rel": job.rel, "status": "skipped", "reason": f"{source}: {exc}"}
         except Exception as exc:  # an extractor bug must cost one clip, not the run
@@ -467,7 +476,7 @@ _worker_state: tuple[_Settings, Extractor | None] | AvctlError | None = None
 def _init_worker(modality: Modality, settings: _Settings, weights: Path | None, backend: str | None,
                  options: dict[str, Any] | None = None) -> None:
     global _worker_state
-    if modality.extractor is None:  # pairs: nothing to load
+    if modality.extractor is None or settings.pairs:  # pairs: nothing to load
         _worker_state = (settings, None)
         return
     try:
@@ -514,11 +523,12 @@ def _sources_for(modality: Modality, inputs: list[Path], out: Path, bucket: Buck
     """Videos for an extracting modality, pairs for a paired one, after checking the bucket; BadInput/BadUsage when
     the modality, the bucket or the inputs do not fit."""
     manifests = [path for path in inputs if is_pairs_manifest(path)]
-    if modality.paired:
+    if pairs_given(modality, inputs):
         if not manifests or len(manifests) != len(inputs):
+            videos = " (or only videos, from which it builds the pairs)" if modality.extractor is not None else ""
             raise BadInput(f"prepare for {modality.name!r} needs a pairs manifest (source and target videos): pass "
                            "one .jsonl with {\"source\", \"target\", \"caption\"?} per line or a .csv with "
-                           f"source,target[,caption] columns, not videos ({modality.extractor_note})")
+                           f"source,target[,caption] columns{videos}, not videos ({modality.extractor_note})")
         bucket.check(*factors, modality.downscale)
         pairs, skipped = find_pairs(manifests)
         if not pairs and not skipped:
@@ -532,6 +542,14 @@ def _sources_for(modality: Modality, inputs: list[Path], out: Path, bucket: Buck
                        "pass video files or folders")
     bucket.check(*factors, modality.downscale)
     return find_sources(inputs, out)
+
+
+def pairs_given(modality: Modality, inputs: Iterable[str | Path]) -> bool:
+    """Whether this run takes ready-made (source, target) pairs from manifests: always for a paired modality without
+    an extractor; for one with an extractor (which builds pairs from plain videos) when a manifest is given."""
+    return modality.paired and (modality.extractor is None or any(is_pairs_manifest(p) for p in inputs))
+
+
 def _check_compatible(out: Path, existing: dict[str, Any], info: dict[str, Any]) -> None:
     different = [name for name in _COMPATIBLE_FIELDS if existing.get(name) != info.get(name)]
     if different:
@@ -555,6 +573,7 @@ def prepare(
     backend: str | None = None,
     options: dict[str, Any] | None = None,
     factors: tuple[int, int] = (VAE_SPATIAL, VAE_TEMPORAL),
+    variants: int = 1,
 ) -> PrepareSummary:
     """Build (or resume) the dataset for `modality` in `out` from `inputs` (videos and folders, or pairs manifests
     for a paired modality). Raises BadInput/BadUsage when nothing can start (unsupported modality, bad bucket, no
@@ -562,16 +581,26 @@ def prepare(
     listed in the summary instead. `progress(done, total)` is called with 0 first, then after each clip.
     `options`: extra extractor keyword arguments (None values dropped), e.g. {"speakers": PATH} for
     who-is-talking; an extractor that does not declare one refuses it with BadUsage. `factors`: the (spatial,
-    temporal) compression of the VAE that will encode the dataset (dataset.vae_factors); the bucket must fit it."""
+    temporal) compression of the VAE that will encode the dataset (dataset.vae_factors); the bucket must fit it.
+    `variants`: samples made per video, each with its own key (`<key>#k`) and so its own random draws (e.g.
+    camera-video's source camera path, inpaint's mask); variant k > 0 is named `<rel>.vk`."""
     if workers < 1:
         raise BadUsage(f"--workers must be at least 1, got {workers}")
-    if modality.paired and (weights is not None or backend is not None):
+    if variants < 1:
+        raise BadUsage(f"--variants must be at least 1, got {variants}")
+    pairs = pairs_given(modality, inputs)
+    if pairs and (weights is not None or backend is not None):
         raise BadUsage(f"--weights/--backend: {modality.name!r} is made from pairs of videos and runs no extractor; "
                        "drop them")
+    if pairs and variants > 1:
+        raise BadUsage("--variants: pairs from a manifest are taken as given, one sample each; drop --variants")
     out = Path(out)
     sources, early_skips = _sources_for(modality, list(inputs), out, bucket, factors)
+    found = len(sources) + len(early_skips)
+    sources = [replace(s, rel=f"{s.rel}.v{k}", key=f"{s.key}#{k}") if k else s
+               for s in sources for k in range(variants)]
 
-    if modality.paired:
+    if pairs:
         identity, extractor = dict(PAIRS_IDENTITY), None
     else:
         identity, extractor = _extractor_identity(modality, weights, backend, options)
@@ -586,7 +615,8 @@ def prepare(
         "audio_sample_rate": AUDIO_SAMPLE_RATE,
         "avctl_version": __version__,
     }
-    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips))
+    summary = PrepareSummary(out=out, modality=modality.name, bucket=str(bucket), skipped=list(early_skips),
+                             inputs=found)
     extracted: dict[str, Any] = {"frames": 0, "seconds": 0.0}
     # One run at a time per folder: a second one waits here, then reads the rows the first one wrote.
     with folder_lock(out, f"avctl prepare {modality.name}"):
@@ -632,7 +662,8 @@ def _prepare_locked(
     if started:
         write_manifest(out, rows.values())
 
-    settings = _Settings(out=str(out), bucket=bucket, downscale=modality.downscale, seed=seed)
+    settings = _Settings(out=str(out), bucket=bucket, downscale=modality.downscale, seed=seed,
+                         pairs=any(job.reference_source is not None for job in jobs))
 
     def record(result: dict[str, Any], completed: int) -> None:
         nonlocal started
@@ -645,6 +676,10 @@ def _prepare_locked(
             summary.done.append(result["rel"])
         else:
             getattr(summary, result["status"]).append({"clip": result["rel"], "reason": result["reason"]})
+        if result["status"] == "done":
+            for key, value in result.get("notes", {}).items():
+                counts = summary.made_from.setdefault(key, {})
+                counts[value] = counts.get(value, 0) + 1
         if "extract_s" in result:
             extracted["frames"] += int(result["frames"])
             extracted["seconds"] += float(result["extract_s"])
@@ -656,7 +691,7 @@ def _prepare_locked(
     if progress is not None:
         progress(0, len(jobs))
     if workers == 1 or len(jobs) <= 1:
-        if jobs and extractor is None and not modality.paired:
+        if extractor is None and any(job.reference_source is None for job in jobs):
             extractor = build_extractor(modality, weights, backend, options)
         for completed, job in enumerate(jobs, start=1):
             record(_process(job, settings, extractor), completed)

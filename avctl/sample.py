@@ -415,10 +415,10 @@ def control_from_video(
     if not isinstance(name, str) or not name:
         raise BadUsage(f"{lora.path}: no avctl.modality in its metadata, so no extractor is known; give --control")
     modality = get_modality(name)
-    if modality.extractor is None:
+    if modality.extractor is None or modality.paired:  # a paired modality's extractor builds training pairs
         note = f" ({modality.extractor_note})" if modality.extractor_note else ""
-        raise BadUsage(f"--from-video: modality {name!r} ({lora.path.name}) has no extractor{note}; make the control "
-                       "yourself and pass it with --control")
+        raise BadUsage(f"--from-video: modality {name!r} ({lora.path.name}) has no extractor for generation{note}; "
+                       "make the control yourself and pass it with --control")
     if len(source) < frames:
         raise BadInput(f"{key}: the source video has {len(source)} frames, the generation needs {frames}; pass "
                        "--frames")
@@ -913,14 +913,12 @@ def _sample(
         x_video = unpack_video(noise_scale * v_noise + (1 - noise_scale) * v0, grid)
         x_audio = unpack_audio(noise_scale * a_noise + (1 - noise_scale) * a0, backbone.audio_latent_channels)
     # First-frame conditioning: the image's latent is the target's first latent frame (the causal VAE encodes
-    # pixel frame 0 alone into it), clean: its tokens — the first H'·W' in (f, h, w) order — carry timestep 0
-    # and are written back after every step, so the sampler never moves them.
+    # pixel frame 0 alone into it), clean: its tokens carry timestep 0 (`build_stream(clean_frames=1)`, as in
+    # training) and are written back after every step, so the sampler never moves them.
     clean_first: torch.Tensor | None = None
-    n_clean = 0
     if image is not None:
         clean_first = encode(image).to(device, dtype)  # [1, C, 1, H', W']
         x_video[:, :, :1] = clean_first
-        n_clean = grid[1] * grid[2]
     # Given media: the stream's target is its clean latent, at timestep 0, and the sampler never moves it.
     if kept_video is not None:
         x_video = encode(kept_video).to(device, dtype)
@@ -936,12 +934,10 @@ def _sample(
             sigma = torch.full((1,), float(sigmas[i]), device=device)
             canvas = Canvas(
                 build_stream("video", transformer, x_video, sigma, video_refs, noisy=video_noisy, fps=fps,
-                             layout=layout),
+                             layout=layout, clean_frames=1 if clean_first is not None else 0),
                 build_stream("audio", transformer, x_audio, sigma, audio_refs, noisy=audio_noisy),
                 direction=direction,
             )
-            if n_clean:
-                canvas.video.timestep[:, :n_clean] = 0.0
             # Each stream's noise level as the model's `sigma` (the pipeline passes σ·1000; clean context 0).
             s_video = sigma * 1000.0 if video_noisy else torch.zeros_like(sigma)
             s_audio = sigma * 1000.0 if audio_noisy else torch.zeros_like(sigma)

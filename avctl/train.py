@@ -149,8 +149,14 @@ def training_canvas(
         with_loss = name in modality.trained_streams
         has_ref = name in modality.streams
         refs = [Reference(batch["reference"], modality.downscale if name == "video" else 1)] if has_ref else []
+        clean_frames = 0
         if with_loss or has_ref or modality.context == "noised":
             x_in, is_noisy = noised(x, noise[name], sigma), True
+            if name == "video" and modality.first_frame_image:
+                # The first latent frame is the conditioning image, as `generate --image` gives it: clean, t = 0,
+                # no loss (the causal VAE encodes pixel frame 0 alone into it, so the cached target holds it).
+                clean_frames = 1
+                x_in = torch.cat([x[:, :, :1], x_in[:, :, 1:]], dim=2)
         elif modality.context == "clean":
             x_in, is_noisy = x, False
         else:  # absent
@@ -158,7 +164,7 @@ def training_canvas(
             continue
         streams[name] = build_stream(
             name, transformer, x_in, sigma, refs, noisy=is_noisy, with_loss=with_loss,
-            fps=float(batch["fps"]), layout=modality.layout,
+            fps=float(batch["fps"]), layout=modality.layout, clean_frames=clean_frames,
         )
         if with_loss:
             velocity = noise[name] - x
@@ -873,6 +879,7 @@ def lora_metadata(modality: Modality, rank: int, steps: int, model_meta: dict[st
         "context": modality.context,
         "layout": modality.layout,
         "strength_direction": modality.strength_direction,
+        **({"first_frame_image": True} if modality.first_frame_image else {}),
         "audio_ref_time": AUDIO_REF_TIME,
         "rank": rank,
         "alpha": rank,
@@ -954,7 +961,8 @@ def make_validator(
         try:
             result = generate(bb, caption, [LoraUse(live, 1.0, control, control_audio)],
                               width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed,
-                              schedule="shifted", keep_video=target.frames if keep else None)
+                              schedule="shifted", keep_video=target.frames if keep else None,
+                              first_frame=target.frames[0] if modality.first_frame_image else None)
         finally:
             if bb is not backbone:
                 bb.vae = bb.audio_vae = bb.vocoder = None

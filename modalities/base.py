@@ -54,6 +54,8 @@ class Control:
     mask: np.ndarray | None = None  # [F, h, w] uint8, 255 = hole (inpaint); None when not applicable
     audio: np.ndarray | None = None  # [channels, samples] float32 reference audio
     sample_rate: int | None = None
+    # What the control was made from, e.g. {"depth": "world truth"}: `prepare` counts each value in its summary.
+    notes: dict[str, str] | None = None
 
 
 class Extractor(Protocol):
@@ -99,7 +101,9 @@ class Modality:
     context: Context = "noised"
     strength_direction: Direction = "target"
     paired: bool = False  # data come as (source, target) pairs from a manifest instead of extraction
-    first_frame_image: bool = False  # also conditions on an input image as the first frame
+    # First-frame conditioning (the paper's camera-image): the target's first latent frame is the input image,
+    # clean at timestep 0 and out of the loss, in training (the clip's own frame 0) and in `generate --image`.
+    first_frame_image: bool = False
     # Builds the default extractor (called once per worker); None when this modality's data are paired media.
     extractor: Callable[..., Extractor] | None = field(default=None, compare=False, repr=False)
     extractor_note: str = ""  # what the default extractor is, or where its data come from

@@ -77,7 +77,8 @@ def test_streams_context_and_data_sources() -> None:
     weightless = {"canny", "detail", "inpaint", "tracks", "audio-intensity"}
     # their weights are not shipped (or need a sidecar / optional package): building them without must say so
     model_backed = {"depth", "pose", "camera-image", "speech-ambient", "who-is-talking"}
-    assert {n for n, m in registry.items() if m.extractor is not None} == weightless | model_backed
+    pair_builders = {"camera-video"}  # paired, and also builds its pairs from plain videos (depth files or model)
+    assert {n for n, m in registry.items() if m.extractor is not None} == weightless | model_backed | pair_builders
     for name in weightless:
         extractor = registry[name].extractor()
         assert isinstance(extractor.backend, str) and isinstance(extractor.version, str)
