@@ -40,7 +40,7 @@ from avctl.camera import (
     sidecar,
 )
 from avctl.errors import BadInput, BadUsage, MissingWeights
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
 BACKENDS = ("opencv", "files", "spatialtracker-v2")
 SPATIALTRACKER_NOTE = (
@@ -118,6 +118,32 @@ class CameraImageExtractor:
         return Control(frames=camera_control(clip.frames[0], trajectory, depth, clip.reference_size))
 
 
+def camera_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for the camera modalities: rotation error between the requested trajectory (`inp.camera`, the
+    preset or .json generated with) and the one re-estimated from the output with OpenCV
+    (`avctl.camera.rotation_error`)."""
+    from avctl.camera import resolve_camera, rotation_error
+
+    result = FidelityResult()
+    if inp.camera is None:
+        result.missing["rotation_error_deg"] = ("camera accuracy needs the requested trajectory: pass --camera with "
+                                                "the preset or .json the video was generated with")
+        return result
+    frames = inp.output.frames
+    found = rotation_error(resolve_camera(inp.camera, len(frames), inp.fov), frames)
+    result.compared.update(camera=inp.camera, frames_estimated=found["frames_estimated"],
+                           frames_failed=found["frames_failed"], camera_method=found.get("method"))
+    if found["rotation_error_deg"] is None:
+        result.missing["rotation_error_deg"] = found.get("reason") or "no frame's camera could be estimated"
+        return result
+    result.metrics["rotation_error_deg"] = found["rotation_error_deg"]
+    result.metrics["rotation_error_max_deg"] = found["rotation_error_max_deg"]
+    return result
+
+
+CAMERA_FIDELITY_NOTE = ("rotation_error_deg (mean) and rotation_error_max_deg: the requested trajectory (--camera) "
+                        "vs the one re-estimated from the output")
+
 CAMERA_IMAGE = Modality(
     name="camera-image",
     category="camera",
@@ -134,4 +160,7 @@ CAMERA_IMAGE = Modality(
     extractor_note=f"first frame unprojected with depth and rendered along the clip's cameras (torch z-buffered "
     f"splatting, holes #66FF00): cameras from <clip>{CAMERA_SUFFIX} or an OpenCV LK + PnP estimate, depth from "
     f"<clip>{DEPTH_SUFFIX} or Depth-Anything-V2 (--backend files: sidecars only; SpatialTrackerV2 not shipped)",
+    fidelity=camera_fidelity,
+    fidelity_note=CAMERA_FIDELITY_NOTE,
+    camera_from="image",
 )

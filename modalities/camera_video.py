@@ -13,6 +13,7 @@ a `--from-video` source along a preset or trajectory JSON, with per-frame depth 
 from __future__ import annotations
 
 from avctl.modalities.base import Modality
+from avctl.modalities.camera_image import CAMERA_FIDELITY_NOTE, camera_fidelity
 
 CAMERA_VIDEO = Modality(
     name="camera-video",
@@ -30,4 +31,7 @@ CAMERA_VIDEO = Modality(
     extractor_note="paired media from a pairs manifest (.jsonl / .csv): reference = one camera re-rendered from the "
     "other camera's trajectory (per-frame depth point cloud, holes #66FF00; avctl.camera.rerender_video makes it, "
     "optionally retimed), target = the other camera's real video (e.g. SynCamVideo)",
+    fidelity=camera_fidelity,
+    fidelity_note=CAMERA_FIDELITY_NOTE,
+    camera_from="video",
 )

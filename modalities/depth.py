@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from avctl.errors import BadUsage, MissingWeights
-from avctl.modalities.base import Clip, Control, Modality, weight_places
+from avctl.errors import BadInput, BadUsage, MissingWeights
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality, weight_places
 
 BACKEND = "depth-anything-v2"
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
@@ -155,6 +155,31 @@ def depth_extractor(weights: Path | None = None, backend: str | None = None) -> 
                          + _download_hint(repo_id, places[:1] or []))
 
 
+def depth_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for depth: depth re-estimated on the output with this modality's own extractor, against the
+    control (`avctl.metrics.depth_agreement`); not available when the model is not found (none ships)."""
+    from avctl.metrics import cached_extractor, depth_agreement, read_control_video
+
+    result = FidelityResult()
+    names = ("depth_correlation", "depth_aligned_rmse")
+    try:
+        extractor = cached_extractor(inp.modality, inp.weights)
+    except MissingWeights as exc:
+        for name in names:
+            result.missing[name] = ("re-estimating depth on the output needs the depth extractor's model "
+                                    f"(Depth-Anything-V2): {exc}")
+        return result
+    control, count = read_control_video(inp.control, inp.output.frames, result.compared, inp.modality.name)
+    result.compared["fidelity_model"] = getattr(extractor, "version", inp.modality.name)
+    try:
+        result.metrics.update(depth_agreement(control[:count],
+                                              extractor.predict(np.ascontiguousarray(inp.output.frames[:count]))))
+    except BadInput as exc:
+        for name in names:
+            result.missing[name] = str(exc)
+    return result
+
+
 DEPTH = Modality(
     name="depth",
     category="spatial",
@@ -169,4 +194,7 @@ DEPTH = Modality(
     extractor=depth_extractor,
     extractor_note="Depth-Anything-V2-Small (transformers, hub weights from the local cache or a weights dir; "
     "no weightless fallback), per frame, normalised over the whole clip, near = white, INTER_AREA to half size",
+    fidelity=depth_fidelity,
+    fidelity_note="depth_correlation and depth_aligned_rmse: depth re-estimated on the output vs the control "
+    "(needs the extractor's weights)",
 )

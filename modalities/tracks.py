@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avctl.errors import BadUsage
+from avctl.errors import BadInput, BadUsage
 from avctl.media import atomic_path
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
 MAX_TRACKS = 64
 QUALITY_LEVEL = 0.01  # Shi-Tomasi: corners weaker than 1 % of the strongest are ignored
@@ -231,6 +231,73 @@ class LKTracksExtractor:
         return Control(frames=render_tracks(tracks, clip.frames.shape[1:3], clip.reference_size))
 
 
+def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
+    """Track end-point error in output pixels (lower = the output follows the source's motion more closely).
+
+    1. Track the SOURCE (the clip the tracks control was extracted from) with the tracks extractor's own tracker
+       (`track_coordinates`: Shi-Tomasi + LK with its forward-backward and appearance checks).
+    2. Take the points alive on source frame 0, scale them to the output's size, and follow them through the OUTPUT
+       with pyramidal LK, forward only, frame t → t+1 (same window and pyramid as the tracker); a point whose LK step
+       fails keeps its last position (losing a point is not rewarded).
+    3. For each frame t ≥ 1 with at least one of those points alive in the source track, the mean Euclidean distance
+       between its output position and its source position scaled to the output size; the metric is the mean of
+       these per-frame means. Frame 0 is left out (zero by construction).
+    The first min(F) frames are compared; sizes may differ (aspect is stretched, like the other metrics).
+    Raises BadInput when there are fewer than 2 frames or no point is tracked past frame 0 in the source."""
+    source, output = np.asarray(source_frames), np.asarray(output_frames)
+    for name, frames in (("source", source), ("output", output)):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
+            raise BadInput(f"track_epe {name}: needs uint8 [F, H, W, 3] RGB frames with F ≥ 2, got {frames.dtype} "
+                           f"{tuple(frames.shape)}")
+    count = min(len(source), len(output))
+    source, output = source[:count], output[:count]
+    points, alive = track_coordinates(source)  # [F, N, 2], [F, N]
+    start = alive[0]
+    points, alive = points[:, start], alive[:, start]  # only the tracks that start on frame 0
+    if not alive[1:].any():
+        raise BadInput("track_epe: no point of the source is tracked past frame 0 (too little texture or motion "
+                       "too large); nothing to compare")
+    scale = np.array([output.shape[2] / source.shape[2], output.shape[1] / source.shape[1]], dtype=np.float32)
+    expected = points * scale  # [F, n, 2] in output pixels
+    params = {"winSize": (LK_WINDOW, LK_WINDOW), "maxLevel": LK_LEVELS, "criteria": _LK_CRITERIA}
+    current = expected[0].copy()  # [n, 2]
+    previous = cv2.cvtColor(output[0], cv2.COLOR_RGB2GRAY)
+    errors: list[float] = []
+    for t in range(1, count):
+        following = cv2.cvtColor(output[t], cv2.COLOR_RGB2GRAY)
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, following, current.reshape(-1, 1, 2), None, **params)
+        ok = status.reshape(-1) == 1
+        current = np.where(ok[:, None], moved.reshape(-1, 2), current).astype(np.float32)
+        previous = following
+        if alive[t].any():
+            errors.append(float(np.linalg.norm(current[alive[t]] - expected[t, alive[t]], axis=1).mean()))
+    return float(np.mean(errors))
+
+
+def track_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for tracks: track_epe of the output against the source clip the control was extracted from
+    (not available without it), with chance and skill against the mirrored source."""
+    from avctl.media import read_video
+    from avctl.skill import Fidelity
+
+    result = FidelityResult()
+    if inp.source is None:
+        result.missing["track_epe"] = inp.source_missing or (
+            "no source clip given: track_epe compares the output's motion with the tracks of the clip the control "
+            "was extracted from; pass source=<that clip>")
+        return result
+    source = read_video(inp.source).frames
+    result.compared["source_frames"] = len(source)
+    try:
+        value = result.metrics["track_epe"] = track_epe(source, inp.output.frames)
+    except BadInput as exc:
+        result.missing["track_epe"] = str(exc)
+        return result
+    result.chance["track_epe"] = Fidelity(track_epe, source, inp.output.frames, value, str(inp.source),
+                                          higher_is_better=False)
+    return result
+
+
 TRACKS = Modality(
     name="tracks",
     category="motion",
@@ -246,4 +313,7 @@ TRACKS = Modality(
     extractor_note="OpenCV Shi-Tomasi + pyramidal LK with a 1-px forward-backward check, drawn as LTXVDrawTracks "
     "draws (age-coloured dots, 50-frame trails, BGR) at bucket size, INTER_AREA-shrunk (weightless); AllTracker "
     "(--backend alltracker) is not shipped",
+    fidelity=track_fidelity,
+    fidelity_note="track_epe: the source clip's tracks followed through the output with LK, mean end-point error "
+    "in output pixels (needs the source clip)",
 )
