@@ -8,7 +8,10 @@ approximated by a number: `evaluate_pair` lists it under "not_available" with th
 
 Control fidelity
     edge_f1                 Canny edges of the output against the control's edges, with a pixel tolerance.
-    masked_psnr/ssim        output against the inpainting reference, outside the hole only.
+    masked_psnr/ssim        output against the inpainting reference, outside the hole only (an empty mask: the
+                            whole frame).
+    lowres_psnr             output against the reference after shrinking both (coarse content only).
+    colour_histogram_correlation   hue-saturation histograms of two videos (same colours, any viewpoint).
     audio_envelope_correlation   Pearson correlation of 20 ms RMS envelopes in dB.
     depth_agreement         depth re-estimated on the output vs the depth control (correlation, aligned RMSE).
     pose_agreement          skeletons re-detected on the output vs the pose control (tolerant pixel F1).
@@ -301,6 +304,33 @@ def masked_ssim(reference: np.ndarray, output: np.ndarray, mask: np.ndarray) -> 
         total += float(ssim_map[keep].sum())
         count += int(keep.sum())
     return total / count
+
+
+def lowres_psnr(reference: np.ndarray, output: np.ndarray, factor: float) -> float:
+    """PSNR in dB of the output against the reference after both are shrunk by `factor` (INTER_AREA, to the
+    reference's size ÷ factor; the output is first resized to the reference's size): agreement of the coarse
+    content only, the detail above that scale left free. The first min(F) frames; identical → +inf."""
+    reference = _check_video("lowres_psnr reference", reference)
+    output = _check_video("lowres_psnr output", output)
+    count = min(len(reference), len(output))
+    height, width = reference.shape[1:3]
+    small = (max(2, round(width / factor)), max(2, round(height / factor)))
+    a = resize_frames(reference[:count], *small)
+    b = resize_frames(resize_frames(output[:count], width, height), *small)
+    return masked_psnr(a, b, np.zeros(a.shape[1:3], np.uint8))
+
+
+def colour_histogram_correlation(a: np.ndarray, b: np.ndarray, bins: tuple[int, int] = (30, 32)) -> float:
+    """Correlation (OpenCV HISTCMP_CORREL, 1 = same) of the hue-saturation histograms of two videos, each pooled
+    over all its frames: whether they show the same colours, wherever and from whichever viewpoint."""
+    def histogram(frames: np.ndarray) -> np.ndarray:
+        hsv = np.concatenate([cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in frames])  # frames stacked along y
+        hist = cv2.calcHist([hsv], [0, 1], None, list(bins), [0, 180, 0, 256])
+        return cv2.normalize(hist, hist).astype(np.float32)
+
+    a = _check_video("colour_histogram_correlation a", a)
+    b = _check_video("colour_histogram_correlation b", b)
+    return float(cv2.compareHist(histogram(a), histogram(b), cv2.HISTCMP_CORREL))
 
 
 # ---------------------------------------------------------------------------------------------------------- flow
