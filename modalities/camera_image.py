@@ -76,10 +76,10 @@ class CameraImageExtractor:
                 raise BadUsage(f"--weights {weights}: --backend files reads depth from <clip>{DEPTH_SUFFIX} and "
                                "loads no model; drop --weights")
         elif depth_model is None:
-            from avctl.modalities.depth import depth_extractor
+            from avctl.depth_model import load_depth_model
 
             try:
-                self.depth_model = depth_extractor(weights=weights)
+                self.depth_model = load_depth_model(weights=weights)
             except MissingWeights as exc:
                 raise MissingWeights(f"camera-image needs depth: {exc}; or put a <clip>{DEPTH_SUFFIX} next to every "
                                      "clip and use --backend files") from exc
