@@ -587,11 +587,11 @@ def load_depth(path: str | Path) -> np.ndarray:
 
 def estimate_depth(frames: np.ndarray, weights: Path | str | None = None, backend: str | None = None,
                    extractor: Any = None) -> np.ndarray:
-    """z-depth [F, H, W] from the depth modality's model (Depth-Anything-V2; MissingWeights when absent), one
-    disparity→depth mapping for the whole clip. Pass a loaded `extractor` to reuse it."""
-    from avctl.modalities.depth import depth_extractor
+    """z-depth [F, H, W] from the monocular depth model (`avctl.depth_model`, Depth-Anything-V2; MissingWeights when
+    absent), one disparity→depth mapping for the whole clip. Pass a loaded `extractor` to reuse it."""
+    from avctl.depth_model import load_depth_model
 
-    model = extractor if extractor is not None else depth_extractor(weights=weights, backend=backend)
+    model = extractor if extractor is not None else load_depth_model(weights=weights, backend=backend)
     return disparity_to_depth(model.predict(frames))
 
 
@@ -667,7 +667,7 @@ def camera_video_control(frames: np.ndarray, trajectory: Trajectory, depth: np.n
 
 def depth_for(frames: np.ndarray, depth: str | Path | None = None, weights: Path | str | None = None) -> np.ndarray:
     """z-depth for `frames` [F, H, W, 3] (one image: F = 1): the `--depth` file when given ([H, W] is used for
-    every frame), else the depth modality's model. Without either: MissingWeights naming both ways out."""
+    every frame), else the depth model (`avctl.depth_model`). Without either: MissingWeights naming both ways out."""
     if depth is not None:
         found = load_depth(depth)
         if found.ndim == 3 and len(found) < len(frames):
@@ -709,8 +709,8 @@ def camera_video_control_for(source: np.ndarray, camera: str, size: tuple[int, i
 
 # --------------------------------------------------------------------------------------- camera estimation (OpenCV)
 def _track(frames: np.ndarray, max_tracks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Points [N, F, 2] and visibility [N, F] of the tracks that start on frame 0 (the tracks modality's LK)."""
-    from avctl.modalities.tracks import track_points
+    """Points [N, F, 2] and visibility [N, F] of the tracks that start on frame 0 (`avctl.tracking`'s LK)."""
+    from avctl.tracking import track_points
 
     tracks = track_points(frames, max_tracks=max_tracks)
     first = tracks.visible[:, 0] if len(tracks.points) else np.zeros(0, dtype=bool)

@@ -790,14 +790,20 @@ def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> di
     }
 
 
-CAMERA_MODALITIES = ("camera-image", "camera-video")
+def _camera_from(use: Any) -> str | None:
+    """What `--camera` renders this LoRA's control from ("image" or "video": its modality's `camera_from`), or None
+    for a modality `--camera` does not serve (or one not installed)."""
+    from avctl.modalities.base import all_modalities
+
+    found = all_modalities().get(use.lora.avctl.get("modality"))
+    return found.camera_from if found is not None else None
 
 
 def _camera_use(uses: list[Any], control_paths: list[Path | None]) -> int | None:
-    """Index of the camera LoRA whose control `--camera` renders (the first camera-image / camera-video LoRA
-    without a --control), or None."""
+    """Index of the camera LoRA whose control `--camera` renders (the first LoRA of a modality with `camera_from`,
+    e.g. camera-image / camera-video, without a --control), or None."""
     for k, (use, path) in enumerate(zip(uses, control_paths, strict=True)):
-        if path is None and use.lora.avctl.get("modality") in CAMERA_MODALITIES:
+        if path is None and _camera_from(use) is not None:
             return k
     return None
 
@@ -817,11 +823,11 @@ def _check_camera(opts: dict[str, Any], uses: list[Any], control_paths: list[Pat
                        "give such a --lora")
     if not 0 < float(opts.get("fov") or 0) < 180:
         raise BadUsage(f"--fov {opts.get('fov')}: must be in (0, 180) degrees")
-    modality = uses[k].lora.avctl.get("modality")
-    if modality == "camera-image" and image is None:
-        raise BadUsage("--camera with a camera-image LoRA renders --image along the trajectory; give --image")
-    if modality == "camera-video" and source is None:
-        raise BadUsage("--camera with a camera-video LoRA re-renders --from-video along the trajectory; give "
+    modality, render_from = uses[k].lora.avctl.get("modality"), _camera_from(uses[k])
+    if render_from == "image" and image is None:
+        raise BadUsage(f"--camera with a {modality} LoRA renders --image along the trajectory; give --image")
+    if render_from == "video" and source is None:
+        raise BadUsage(f"--camera with a {modality} LoRA re-renders --from-video along the trajectory; give "
                        "--from-video")
     if opts.get("frames"):
         resolve_camera(str(opts["camera"]), int(opts["frames"]), float(opts["fov"]))  # a bad preset or JSON: now
@@ -840,7 +846,7 @@ def _camera_control(backbone: Any, plan: dict[str, Any], f: int) -> tuple[int, A
     s, h, w = lora.downscale, plan["height"], plan["width"]
     depth = opts.get("depth")
     device = str(backbone.device)
-    if lora.avctl.get("modality") == "camera-image":
+    if _camera_from(uses[k]) == "image":
         control, trajectory = camera_image_control(plan["image"], str(opts["camera"]), f, (h // s, w // s),
                                                    depth=depth, fov=float(opts["fov"]), device=device)
     else:

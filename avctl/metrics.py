@@ -8,7 +8,10 @@ approximated by a number: `evaluate_pair` lists it under "not_available" with th
 
 Control fidelity
     edge_f1                 Canny edges of the output against the control's edges, with a pixel tolerance.
-    masked_psnr/ssim        output against the inpainting reference, outside the hole only.
+    masked_psnr/ssim        output against the inpainting reference, outside the hole only (an empty mask: the
+                            whole frame).
+    lowres_psnr             output against the reference after shrinking both (coarse content only).
+    colour_histogram_correlation   hue-saturation histograms of two videos (same colours, any viewpoint).
     audio_envelope_correlation   Pearson correlation of 20 ms RMS envelopes in dB.
     depth_agreement         depth re-estimated on the output vs the depth control (correlation, aligned RMSE).
     pose_agreement          skeletons re-detected on the output vs the pose control (tolerant pixel F1).
@@ -22,7 +25,8 @@ Temporal quality (on the output alone)
 The last three are weightless substitutes: their numbers follow VBench's protocol but are not comparable digit for
 digit with VBench runs that used AMT-S / RAFT.
 Evaluation
-    evaluate_pair           one output against its control (reads the media, picks the metrics for the modality).
+    evaluate_pair           one output against its control (reads the media; the control-fidelity metrics come from
+                            the modality's own `Modality.fidelity` hook, built from the functions here).
     evaluate_runs           every generated mp4 in a folder that has an `avctl generate` sidecar.
     contact_sheet           a PNG grid of labelled videos with the metric values as caption.
 Every control-fidelity metric M also gets M_chance (M against mismatched controls) and M_skill (0 = chance,
@@ -43,8 +47,8 @@ import cv2
 import numpy as np
 
 from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
-from avctl.media import VideoClip, atomic_path, probe, read_audio, read_frames_or_image, read_video
-from avctl.skill import Fidelity, add_skill, reverse_audio
+from avctl.media import atomic_path, probe, read_audio, read_frames_or_image, read_video
+from avctl.skill import Fidelity, add_skill
 
 FlowMethod = Literal["farneback", "dis"]
 
@@ -78,14 +82,6 @@ VBENCH_NOT_AVAILABLE = {
     "(sa_0_4_vit_l_14_linear.pth), which avctl does not ship; there is no credible weightless substitute",
     "imaging_quality": "VBench imaging quality needs MUSIQ weights (musiq_spaq_ckpt-358bb6af.pth), which avctl does "
     "not ship; for the BRISQUE substitute install opencv-contrib-python and pass --brisque-model DIR",
-}
-
-#: Control-fidelity metrics that re-estimate the control on the output with the modality's own extractor model:
-#: modality → (metric names, what is needed).
-MODEL_FIDELITY = {
-    "depth": (("depth_correlation", "depth_aligned_rmse"),
-              "re-estimating depth on the output needs the depth extractor's model (Depth-Anything-V2)"),
-    "pose": (("pose_skeleton_f1",), "re-detecting pose on the output needs the pose extractor's models (DWPose)"),
 }
 
 BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
@@ -308,6 +304,33 @@ def masked_ssim(reference: np.ndarray, output: np.ndarray, mask: np.ndarray) -> 
         total += float(ssim_map[keep].sum())
         count += int(keep.sum())
     return total / count
+
+
+def lowres_psnr(reference: np.ndarray, output: np.ndarray, factor: float) -> float:
+    """PSNR in dB of the output against the reference after both are shrunk by `factor` (INTER_AREA, to the
+    reference's size ÷ factor; the output is first resized to the reference's size): agreement of the coarse
+    content only, the detail above that scale left free. The first min(F) frames; identical → +inf."""
+    reference = _check_video("lowres_psnr reference", reference)
+    output = _check_video("lowres_psnr output", output)
+    count = min(len(reference), len(output))
+    height, width = reference.shape[1:3]
+    small = (max(2, round(width / factor)), max(2, round(height / factor)))
+    a = resize_frames(reference[:count], *small)
+    b = resize_frames(resize_frames(output[:count], width, height), *small)
+    return masked_psnr(a, b, np.zeros(a.shape[1:3], np.uint8))
+
+
+def colour_histogram_correlation(a: np.ndarray, b: np.ndarray, bins: tuple[int, int] = (30, 32)) -> float:
+    """Correlation (OpenCV HISTCMP_CORREL, 1 = same) of the hue-saturation histograms of two videos, each pooled
+    over all its frames: whether they show the same colours, wherever and from whichever viewpoint."""
+    def histogram(frames: np.ndarray) -> np.ndarray:
+        hsv = np.concatenate([cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in frames])  # frames stacked along y
+        hist = cv2.calcHist([hsv], [0, 1], None, list(bins), [0, 180, 0, 256])
+        return cv2.normalize(hist, hist).astype(np.float32)
+
+    a = _check_video("colour_histogram_correlation a", a)
+    b = _check_video("colour_histogram_correlation b", b)
+    return float(cv2.compareHist(histogram(a), histogram(b), cv2.HISTCMP_CORREL))
 
 
 # ---------------------------------------------------------------------------------------------------------- flow
@@ -664,49 +687,6 @@ def read_mask(path: Path, width: int, height: int) -> np.ndarray:
     return masks
 
 
-# ----------------------------------------------------------------------------------------------------------- tracks
-def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
-    """Track end-point error in output pixels (lower = the output follows the source's motion more closely).
-
-    1. Track the SOURCE (the clip the tracks control was extracted from) with the tracks extractor's own tracker
-       (`modalities.tracks.track_coordinates`: Shi-Tomasi + LK with its forward-backward and appearance checks).
-    2. Take the points alive on source frame 0, scale them to the output's size, and follow them through the OUTPUT
-       with pyramidal LK, forward only, frame t → t+1 (same window and pyramid as the tracker); a point whose LK step
-       fails keeps its last position (losing a point is not rewarded).
-    3. For each frame t ≥ 1 with at least one of those points alive in the source track, the mean Euclidean distance
-       between its output position and its source position scaled to the output size; the metric is the mean of
-       these per-frame means. Frame 0 is left out (zero by construction).
-    The first min(F) frames are compared; sizes may differ (aspect is stretched, like the other metrics).
-    Raises BadInput when there are fewer than 2 frames or no point is tracked past frame 0 in the source."""
-    from avctl.modalities.tracks import _LK_CRITERIA, LK_LEVELS, LK_WINDOW, track_coordinates
-
-    source = _check_video("track_epe source", source_frames, 2)
-    output = _check_video("track_epe output", output_frames, 2)
-    count = min(len(source), len(output))
-    source, output = source[:count], output[:count]
-    points, alive = track_coordinates(source)  # [F, N, 2], [F, N]
-    start = alive[0]
-    points, alive = points[:, start], alive[:, start]  # only the tracks that start on frame 0
-    if not alive[1:].any():
-        raise BadInput("track_epe: no point of the source is tracked past frame 0 (too little texture or motion "
-                       "too large); nothing to compare")
-    scale = np.array([output.shape[2] / source.shape[2], output.shape[1] / source.shape[1]], dtype=np.float32)
-    expected = points * scale  # [F, n, 2] in output pixels
-    params = {"winSize": (LK_WINDOW, LK_WINDOW), "maxLevel": LK_LEVELS, "criteria": _LK_CRITERIA}
-    current = expected[0].copy()  # [n, 2]
-    previous = _grey(output[0])
-    errors: list[float] = []
-    for t in range(1, count):
-        following = _grey(output[t])
-        moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, following, current.reshape(-1, 1, 2), None, **params)
-        ok = status.reshape(-1) == 1
-        current = np.where(ok[:, None], moved.reshape(-1, 2), current).astype(np.float32)
-        previous = following
-        if alive[t].any():
-            errors.append(float(np.linalg.norm(current[alive[t]] - expected[t, alive[t]], axis=1).mean()))
-    return float(np.mean(errors))
-
-
 NO_SOURCE_CLIP = ("no source clip: `generate --from-video` records it, or pass --source with the clip the control "
                   "was drawn from")
 
@@ -751,32 +731,38 @@ def plain_canny_f1(source: Path, control_frames: np.ndarray | None, output: np.n
     return edge_f1_at_output(plain_canny_edges(source, output), output)
 
 
-def _edge_f1_trimmed(control: np.ndarray, output: np.ndarray) -> float:
+def edge_f1_trimmed(control: np.ndarray, output: np.ndarray) -> float:
+    """`edge_f1` on the first min(F) frames of both (the form `avctl.skill` scores mismatched controls with)."""
     count = min(len(control), len(output))
     return edge_f1(control[:count], output[:count])
 
 
-def _envelope_metric(control: np.ndarray, output: np.ndarray) -> float:
+def envelope_metric(control: np.ndarray, output: np.ndarray) -> float:
+    """`audio_envelope_correlation` of mono audio at ENVELOPE_SAMPLE_RATE."""
     return audio_envelope_correlation(control, output, ENVELOPE_SAMPLE_RATE)
 
 
-def _track_epe_entry(source: Path | None, video: Path, metrics: dict[str, Any], missing: dict[str, str],
-                     compared: dict[str, Any], fidelity: dict[str, Fidelity]) -> None:
-    """evaluate_pair's tracks branch: track_epe against `source`, or not available with the reason."""
-    missing.pop("control_fidelity", None)
-    if source is None:
-        missing["track_epe"] = ("no source clip given: track_epe compares the output's motion with the tracks of the "
-                                "clip the control was extracted from; pass source=<that clip>")
-        return
-    source_frames = read_video(source).frames
-    output_frames = read_video(video).frames
-    compared["source_frames"] = len(source_frames)
-    try:
-        metrics["track_epe"] = track_epe(source_frames, output_frames)
-        fidelity["track_epe"] = Fidelity(track_epe, source_frames, output_frames, metrics["track_epe"], str(source),
-                                         higher_is_better=False)
-    except BadInput as exc:
-        missing["track_epe"] = str(exc)
+def read_control_video(control: Path, output: np.ndarray, compared: dict[str, Any],
+                       what: str) -> tuple[np.ndarray, int]:
+    """A video control's frames [F, h, w, 3] and how many frames to compare with `output` (the first min(F)),
+    recording both counts and the control's size in `compared`. `what` names the control in the error."""
+    if not probe(control).has_video:
+        raise BadInput(f"{control}: has no video stream, but a {what} control is a video")
+    frames = read_video(control).frames
+    count = min(len(frames), len(output))
+    height, width = frames.shape[1:3]
+    compared.update(control_frames=len(frames), frames=count, width=width, height=height)
+    return frames, count
+
+
+@functools.lru_cache(maxsize=2)
+def cached_extractor(modality: Any, weights: Path | None) -> Any:
+    """A modality's extractor, loaded once per process, for fidelity metrics that re-estimate the control on the
+    output (`eval --runs` re-estimates every video with it). MissingWeights when its model is not found."""
+    from avctl.prepare import build_extractor
+
+    return build_extractor(modality, weights)
+
 
 
 def flow_frames(frames: np.ndarray, short_side: int = FLOW_SHORT_SIDE) -> np.ndarray:
@@ -864,70 +850,6 @@ class EvalModels:
     fov: float = 50.0  # vertical FOV of frame 0 for a camera preset
 
 
-@functools.lru_cache(maxsize=2)
-def _fidelity_extractor(modality: str, weights: Path | None) -> Any:
-    """The modality's extractor, loaded once per process: `eval --runs` re-estimates every video with it."""
-    from avctl.modalities.base import get_modality
-    from avctl.prepare import build_extractor
-
-    return build_extractor(get_modality(modality), weights)
-
-
-def _model_fidelity(modality: str, control: Path, output: VideoClip, weights: Path | None, metrics: dict[str, Any],
-                    missing: dict[str, str], compared: dict[str, Any]) -> None:
-    """evaluate_pair's depth / pose branch: re-run the modality's extractor on the output and compare it with the
-    control, or list the metrics as not available with the reason (no model found)."""
-    from avctl.modalities.base import Clip
-
-    names, need = MODEL_FIDELITY[modality]
-    try:
-        extractor = _fidelity_extractor(modality, weights)
-    except MissingWeights as exc:
-        for name in names:
-            missing[name] = f"{need}: {exc}"
-        return
-    ctrl = read_video(control)
-    count = min(len(ctrl.frames), len(output.frames))
-    height, width = ctrl.frames.shape[1:3]
-    compared.update(control_frames=len(ctrl.frames), frames=count, width=width, height=height,
-                    fidelity_model=getattr(extractor, "version", modality))
-    frames = np.ascontiguousarray(output.frames[:count])
-    if modality == "depth":
-        try:
-            metrics.update(depth_agreement(ctrl.frames[:count], extractor.predict(frames)))
-        except BadInput as exc:
-            for name in names:
-                missing[name] = str(exc)
-        return
-    clip = Clip(frames=frames, fps=output.fps, key=control.name, seed=0, reference_size=(height, width))
-    try:
-        drawn = extractor(clip).frames
-    except BadInput:  # no person found on the output: nothing drawn, which the F1 then scores
-        drawn = np.zeros((count, height, width, 3), dtype=np.uint8)
-    metrics["pose_skeleton_f1"] = pose_agreement(ctrl.frames[:count], drawn)
-
-
-def _camera_accuracy(output: VideoClip, models: EvalModels, metrics: dict[str, Any], missing: dict[str, str],
-                     compared: dict[str, Any]) -> None:
-    """evaluate_pair's camera branch: rotation error between the requested trajectory and the one re-estimated from
-    the output with OpenCV (`avctl.camera.rotation_error`)."""
-    from avctl.camera import resolve_camera, rotation_error
-
-    if models.camera is None:
-        missing["rotation_error_deg"] = ("camera accuracy needs the requested trajectory: pass --camera with the "
-                                         "preset or .json the video was generated with")
-        return
-    trajectory = resolve_camera(models.camera, len(output.frames), models.fov)
-    found = rotation_error(trajectory, output.frames)
-    compared.update(camera=models.camera, frames_estimated=found["frames_estimated"],
-                    frames_failed=found["frames_failed"], camera_method=found.get("method"))
-    if found["rotation_error_deg"] is None:
-        missing["rotation_error_deg"] = found.get("reason") or "no frame's camera could be estimated"
-        return
-    metrics["rotation_error_deg"] = found["rotation_error_deg"]
-    metrics["rotation_error_max_deg"] = found["rotation_error_max_deg"]
-
-
 def brisque(frames: np.ndarray, model_dir: Path, samples: int = 8) -> float:
     """Mean BRISQUE score (0–100, lower = better looking) of up to `samples` evenly spaced frames, with OpenCV
     contrib's `cv2.quality.QualityBRISQUE_compute` and the model files `BRISQUE_FILES` in `model_dir`."""
@@ -946,6 +868,15 @@ def brisque(frames: np.ndarray, model_dir: Path, samples: int = 8) -> float:
     return float(np.mean(scores))
 
 
+def _registered(modality: str | None) -> Any:
+    """The installed Modality of that name, or None (no name recorded, or the plugin is not installed)."""
+    if modality is None:
+        return None
+    from avctl.modalities.base import all_modalities
+
+    return all_modalities().get(modality)
+
+
 def _evaluate(
     modality: str | None, control: Path, video: Path, mask: Path | None, mask_missing: str | None,
     models: EvalModels = EvalModels(), source: Path | None = None, source_missing: str | None = None,
@@ -955,76 +886,24 @@ def _evaluate(
     missing: dict[str, str] = {}
     compared: dict[str, Any] = {"video_frames": len(output.frames)}
     fidelity: dict[str, Fidelity] = {}  # the pairs `add_skill` scores against mismatched controls
-    control_info = probe(control)
-
-    if modality in ("canny", "inpaint"):
-        if not control_info.has_video:
-            raise BadInput(f"{control}: has no video stream, but a {modality} control is a video")
-        ctrl = read_video(control)
-        count = min(len(ctrl.frames), len(output.frames))
-        height, width = ctrl.frames.shape[1:3]
-        compared.update(control_frames=len(ctrl.frames), frames=count, width=width, height=height)
-        if modality == "canny":
-            metrics["edge_f1"] = edge_f1(ctrl.frames[:count], output.frames[:count])
-            fidelity["edge_f1"] = Fidelity(_edge_f1_trimmed, ctrl.frames, output.frames, metrics["edge_f1"],
-                                           str(control))
-            if source is None:
-                missing["edge_f1_plain"] = source_missing or NO_SOURCE_CLIP
-            else:
-                try:
-                    plain = plain_canny_edges(source, output.frames[:count])  # [F, H, W] at the output's size
-                    metrics["edge_f1_plain"] = edge_f1_at_output(plain, output.frames[:count])
-                    compared.update(plain_width=plain.shape[2], plain_height=plain.shape[1])
-                    fidelity["edge_f1_plain"] = Fidelity(edge_f1_at_output, plain, output.frames[:count],
-                                                         metrics["edge_f1_plain"], str(source))
-                except AvctlError as exc:
-                    missing["edge_f1_plain"] = str(exc)
-        elif mask is None:
-            reason = mask_missing or "no mask given"
-            missing["masked_psnr"] = missing["masked_ssim"] = reason
-        else:
-            holes = read_mask(mask, width, height)
-            if len(holes) > 1:
-                count = min(count, len(holes))
-                holes = holes[:count]
-                compared["frames"] = count
-            reference = ctrl.frames[:count]
-            out = resize_frames(output.frames[:count], width, height)
-            try:
-                metrics["masked_psnr"] = masked_psnr(reference, out, holes)
-                metrics["masked_ssim"] = masked_ssim(reference, out, holes)
-            except BadInput as exc:
-                raise BadInput(f"{mask}: {exc}") from exc
-    elif modality in MODEL_FIDELITY:
-        _model_fidelity(modality, control, output, models.weights, metrics, missing, compared)
-    elif modality in ("camera-image", "camera-video"):
-        _camera_accuracy(output, models, metrics, missing, compared)
-    elif modality == "who-is-talking":
-        from avctl.audio import evaluate_who_is_talking
-
-        found, reasons = evaluate_who_is_talking(control, video)
-        metrics.update(found)
-        missing.update(reasons)
-    elif modality in ("audio-intensity", "speech-ambient"):
-        control_audio = read_audio(control, ENVELOPE_SAMPLE_RATE, channels=1)
-        output_audio = read_audio(video, ENVELOPE_SAMPLE_RATE, channels=1)
-        if control_audio is None or output_audio is None:
-            which = control if control_audio is None else video
-            missing["audio_envelope_correlation"] = f"{which} has no audio stream"
-        else:
-            try:
-                metrics["audio_envelope_correlation"] = audio_envelope_correlation(
-                    control_audio, output_audio, ENVELOPE_SAMPLE_RATE)
-                fidelity["audio_envelope_correlation"] = Fidelity(
-                    _envelope_metric, control_audio, output_audio, metrics["audio_envelope_correlation"],
-                    str(control), mirror=reverse_audio)
-            except BadInput as exc:
-                missing["audio_envelope_correlation"] = str(exc)
-    elif modality is None:
+    probe(control)  # a missing or unreadable control: one clear line
+    found = _registered(modality)
+    if modality is None:
         missing["control_fidelity"] = ("the LoRA records no modality, so no control-fidelity metric can be chosen; "
                                        "pass the modality explicitly")
-    else:
+    elif found is None or found.fidelity is None:
         missing["control_fidelity"] = f"no offline control-fidelity metric is implemented for modality {modality!r}"
+    else:
+        from avctl.modalities.base import EvalInput
+
+        result = found.fidelity(EvalInput(
+            modality=found, control=control, video=video, output=output, mask=mask, mask_missing=mask_missing,
+            source=source, source_missing=source_missing, weights=models.weights, camera=models.camera,
+            fov=models.fov))
+        metrics.update(result.metrics)
+        missing.update(result.missing)
+        compared.update(result.compared)
+        fidelity.update(result.chance)
 
     _temporal_metrics(output.frames, output.fps, metrics, missing, compared)
     missing.update(VBENCH_NOT_AVAILABLE)
@@ -1056,21 +935,12 @@ def evaluate_pair(
     """Evaluate one generated video against its control.
 
     Returns {"modality", "control", "video", "compared", "metrics": {name: value}, "not_available": {name: reason}}:
-    - canny → edge_f1 (see its size rule); inpaint → masked_psnr and masked_ssim against the control (the reference
-      with the hole painted over), outside the mask (`mask` required: the mask/<clip>.mp4 `avctl prepare` writes, or
-      an image); audio-intensity / speech-ambient → audio_envelope_correlation of the control's (the sonified
-      envelope / the speech track) and the output's audio;
-      depth → depth_correlation and depth_aligned_rmse, pose → pose_skeleton_f1, by re-running the modality's
-      extractor on the output (`weights` as for `avctl prepare --weights`; not available when no model is found,
-      since none ships); camera-image / camera-video → rotation_error_deg (mean) and rotation_error_max_deg between
-      `camera` (the preset or trajectory .json generated with) and the camera re-estimated from the output;
-      who-is-talking → vad_box_accuracy / vad_box_f1 (voice activity in the output's audio vs a coloured box in the
-      control) and mouth_box_agreement (`avctl.audio.evaluate_who_is_talking`);
-      tracks → track_epe of the output against `source`
-      (the clip the control was extracted from; not available without it); canny with `source` → also
-      edge_f1_plain (against the source's plain 1-px edges at the output's own size, `plain_canny_edges` and
-      `edge_f1_at_output`; for controls drawn with thick lines);
-      other modalities → "control_fidelity" not available.
+    - the modality's own control-fidelity metrics, from its `Modality.fidelity` hook (`avctl modalities` lists
+      them; docs/eval.md describes each): e.g. edge F1 for canny, masked PSNR/SSIM for a `masked` modality (`mask`
+      required: the mask/<clip>.mp4 `avctl prepare` writes, or an image), depth / pose agreement by re-running the
+      extractor on the output (`weights` as for `avctl prepare --weights`), rotation error against `camera` (the
+      preset or trajectory .json generated with) and `fov`, metrics against `source` (the clip the control was
+      extracted from). A modality without a hook → "control_fidelity" not available.
     - always, on the output: warp_error, flicker, temporal_flickering, motion_smoothness, dynamic_degree and
       vbench_is_dynamic (a metric the clip is too short for is listed as not available with the reason). The
       flow-based ones (warp_error, motion_smoothness, dynamic_degree, vbench_is_dynamic) run on the output shrunk to
@@ -1087,16 +957,14 @@ def evaluate_pair(
     "compared" records the frame counts, the comparison size, the size the flow-based metrics ran at and how each
     chance level was formed ("chance")."""
     control, video = Path(control), Path(video)
-    if modality == "inpaint" and mask is None:
-        raise BadInput(f"{video}: inpaint evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
+    found = _registered(modality)
+    if found is not None and found.masked and mask is None:
+        raise BadInput(f"{video}: {modality} evaluation needs the hole mask; pass the mask/<clip>.mp4 that `avctl "
                        "prepare` wrote next to the control")
     models = EvalModels(clip_model, weights, brisque_model, camera, fov)
     source = Path(source) if source is not None else None
     result = _evaluate(modality, control, video, Path(mask) if mask is not None else None, None, models,
                        source=source)
-    if modality == "tracks":
-        _track_epe_entry(source, video, result["metrics"], result["not_available"], result["compared"],
-                         result["_fidelity"])
     add_skill([result], [result.pop("_fidelity")])
     return result
 
@@ -1134,11 +1002,12 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
                   brisque_model: Path | None = None) -> list[dict[str, Any]]:
     """Evaluate every `*.mp4` directly in `runs_dir` that has a `<stem>.json` sidecar from `avctl generate`, against
     its first control with the first modality (`evaluate_pair`), adding "sidecar", "strength", "seed" and "loras"
-    from the sidecar. For inpaint, the mask is looked up where `avctl prepare` puts it (a control at
-    <dataset>/reference/<rel>.mp4 → <dataset>/mask/<rel>.mp4); when there is none, the masked metrics are listed as
-    not available. Videos that cannot be evaluated (no sidecar, no control, unreadable media) come back as
-    {"video", "skipped": reason} rows, so one bad file does not stop the batch. A canny generation made with
-    --from-video also gets edge_f1_plain against that source clip. Hidden files (temp files) are ignored.
+    from the sidecar. For a `masked` modality (inpaint), the mask is looked up where `avctl prepare` puts it (a
+    control at <dataset>/reference/<rel>.mp4 → <dataset>/mask/<rel>.mp4); when there is none, the masked metrics
+    are listed as not available. Videos that cannot be evaluated (no sidecar, no control, unreadable media) come back as
+    {"video", "skipped": reason} rows, so one bad file does not stop the batch. A generation made with
+    --from-video passes that clip as the modality's `source` (canny: edge_f1_plain; tracks: track_epe). Hidden
+    files (temp files) are ignored.
     Rows are in file-name order."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -1172,9 +1041,10 @@ def evaluate_runs(runs_dir: Path, clip_model: Path | None = None, weights: Path 
         modality = (modalities[0] if modalities else None) if isinstance(modalities, list) else modalities
         if not isinstance(modality, str):
             modality = None  # a LoRA without avctl metadata records null
-        mask = _dataset_mask(control) if modality == "inpaint" else None
+        masked = getattr(_registered(modality), "masked", False)
+        mask = _dataset_mask(control) if masked else None
         mask_missing = None
-        if modality == "inpaint" and mask is None:
+        if masked and mask is None:
             mask_missing = (f"no mask found for {control} (expected <dataset>/mask/<clip>.mp4 next to "
                             "<dataset>/reference/<clip>.mp4); evaluate this video on its own with its mask")
         recorded = meta.get("from_video")

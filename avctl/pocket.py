@@ -156,6 +156,9 @@ def world_data(n: int, seed: int, size: int = CLIP_SIZE, frames: int = CLIP_FRAM
     )
 
 
+RENDERED_MODALITY = "canny"  # the control the pocket world's VAE also learns to reconstruct (`control_renderings`)
+
+
 def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
     """Canny renderings of every `every`-th clip, alternately with 1-px and 3-px lines, drawn by the canny modality's
     own extractor (what `avctl prepare canny [--line-width 3]` writes), as [N // every, F, H, W, 3] uint8.
@@ -163,10 +166,11 @@ def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
     The video VAE also trains on these. LTX-2's VAE has seen line art in its web-scale data, so a canny reference
     reaches its transformer as latents that still hold the lines; a VAE trained on scenes alone had never seen a line
     drawing, and its reconstruction of a canny control held none of the control's edge pixels."""
-    from avctl.modalities.base import Clip
-    from avctl.modalities.canny import CannyExtractor
+    from avctl.modalities.base import Clip, get_modality
+    from avctl.prepare import build_extractor
 
-    extractors = (CannyExtractor(line_width=1), CannyExtractor(line_width=3))
+    canny = get_modality(RENDERED_MODALITY)  # through the registry, as `avctl prepare` reaches it
+    extractors = tuple(build_extractor(canny, options={"line_width": width}) for width in (1, 3))
     size = (frames.shape[2], frames.shape[3])
     out = []
     for j, i in enumerate(range(0, len(frames), every)):

@@ -11,7 +11,8 @@ channels. Weightless and deterministic. A clip without an audio stream is skippe
 from __future__ import annotations
 
 from avctl.audio import ENVELOPE_WINDOW_S, SONIFY_CARRIER_HZ, require_audio, sonify
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.errors import BadInput
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
 
 class SonifiedEnvelopeExtractor:
@@ -24,6 +25,33 @@ class SonifiedEnvelopeExtractor:
         return Control(audio=sonify(audio, clip.sample_rate, channels=max(1, audio.shape[0])),
                        sample_rate=clip.sample_rate)
 
+
+def envelope_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for an audio control: audio_envelope_correlation of the control's and the output's audio (20 ms
+    RMS envelopes in dB at 16 kHz mono), with chance and skill against the time-reversed control."""
+    from avctl.media import read_audio
+    from avctl.metrics import ENVELOPE_SAMPLE_RATE, audio_envelope_correlation, envelope_metric
+    from avctl.skill import Fidelity, reverse_audio
+
+    result = FidelityResult()
+    control = read_audio(inp.control, ENVELOPE_SAMPLE_RATE, channels=1)
+    output = read_audio(inp.video, ENVELOPE_SAMPLE_RATE, channels=1)
+    if control is None or output is None:
+        result.missing["audio_envelope_correlation"] = f"{inp.control if control is None else inp.video} has no " \
+                                                       "audio stream"
+        return result
+    try:
+        value = audio_envelope_correlation(control, output, ENVELOPE_SAMPLE_RATE)
+    except BadInput as exc:
+        result.missing["audio_envelope_correlation"] = str(exc)
+        return result
+    result.metrics["audio_envelope_correlation"] = value
+    result.chance["audio_envelope_correlation"] = Fidelity(envelope_metric, control, output, value, str(inp.control),
+                                                           mirror=reverse_audio)
+    return result
+
+
+ENVELOPE_FIDELITY_NOTE = "audio_envelope_correlation: the control's vs the output's 20 ms RMS envelope (dB)"
 
 AUDIO_INTENSITY = Modality(
     name="audio-intensity",
@@ -39,4 +67,6 @@ AUDIO_INTENSITY = Modality(
     extractor=SonifiedEnvelopeExtractor,
     extractor_note="the 20 ms RMS energy envelope of the clip's audio, sonified as a 500 Hz tone whose loudness "
     "follows it (weightless); needs an audio stream",
+    fidelity=envelope_fidelity,
+    fidelity_note=ENVELOPE_FIDELITY_NOTE,
 )

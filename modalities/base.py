@@ -58,6 +58,38 @@ class Control:
     notes: dict[str, str] | None = None
 
 
+@dataclass
+class EvalInput:
+    """What a modality's fidelity metric receives from `avctl eval`: one generated video and what it was made from."""
+
+    modality: Modality
+    control: Path  # the control file generation used
+    video: Path  # the generated video
+    output: Any  # avctl.media.VideoClip: `video`, already read
+    mask: Path | None = None  # a hole mask (modalities with `masked`), as `avctl prepare` writes mask/<clip>.mp4
+    mask_missing: str | None = None  # why there is no mask, when the caller knows
+    source: Path | None = None  # the clip the control was extracted from (`generate --from-video`, `eval --source`)
+    source_missing: str | None = None  # why there is no source clip, when the caller knows
+    weights: Path | None = None  # extractor weights, as `avctl prepare --weights`, for metrics that re-estimate
+    camera: str | None = None  # the camera PRESET[@STRENGTH] or trajectory .json generated with
+    fov: float = 50.0  # vertical FOV of frame 0 for a camera preset
+
+
+@dataclass
+class FidelityResult:
+    """What a modality's fidelity metric returns; `avctl eval` merges it into its report."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)  # name → value
+    missing: dict[str, str] = field(default_factory=dict)  # name → why it is not available
+    compared: dict[str, Any] = field(default_factory=dict)  # what was compared (frame counts, sizes, models)
+    # name → avctl.skill.Fidelity: the metrics that also get <name>_chance and <name>_skill against mismatched controls
+    chance: dict[str, Any] = field(default_factory=dict)
+
+
+#: A modality's offline control-fidelity metric (`Modality.fidelity`).
+FidelityMetric = Callable[[EvalInput], FidelityResult]
+
+
 class Extractor(Protocol):
     """Turns a clip into its control. Model-backed extractors load once (`from_pretrained`) and are then called
     per clip; weightless ones are plain callables."""
@@ -107,6 +139,12 @@ class Modality:
     # Builds the default extractor (called once per worker); None when this modality's data are paired media.
     extractor: Callable[..., Extractor] | None = field(default=None, compare=False, repr=False)
     extractor_note: str = ""  # what the default extractor is, or where its data come from
+    # Its offline control-fidelity metric for `avctl eval` (see docs/eval.md); None: eval reports none.
+    fidelity: FidelityMetric | None = field(default=None, compare=False, repr=False)
+    fidelity_note: str = ""  # the metric(s) `fidelity` reports, for `avctl modalities`
+    masked: bool = False  # the control comes with a hole mask (mask/<clip>.mp4); eval needs it
+    # What `generate --camera` renders this modality's control from: the first-frame image or the --from-video clip.
+    camera_from: Literal["image", "video"] | None = None
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.targets if t not in TARGET_GROUPS]
@@ -144,6 +182,7 @@ class Modality:
             "paired": self.paired,
             "first_frame_image": self.first_frame_image,
             "extractor": self.extractor_note,
+            "fidelity": self.fidelity_note,
         }
 
 

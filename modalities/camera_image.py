@@ -41,7 +41,7 @@ from avctl.camera import (
     sidecar,
 )
 from avctl.errors import BadInput, BadUsage, MissingWeights
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
 BACKENDS = ("opencv", "files", "spatialtracker-v2")
 SPATIALTRACKER_NOTE = (
@@ -78,10 +78,10 @@ class CameraImageExtractor:
                 raise BadUsage(f"--weights {weights}: --backend files reads depth from <clip>{DEPTH_SUFFIX} and "
                                "loads no model; drop --weights")
         elif depth_model is None:
-            from avctl.modalities.depth import depth_extractor
+            from avctl.depth_model import load_depth_model
 
             try:
-                self.depth_model = depth_extractor(weights=weights)
+                self.depth_model = load_depth_model(weights=weights)
             except MissingWeights as exc:
                 raise MissingWeights(f"camera-image needs depth: {exc}; or put a <clip>{DEPTH_SUFFIX} next to every "
                                      "clip and use --backend files") from exc
@@ -120,6 +120,32 @@ class CameraImageExtractor:
         return Control(frames=camera_control(clip.frames[0], trajectory, depth, clip.reference_size))
 
 
+def camera_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for the camera modalities: rotation error between the requested trajectory (`inp.camera`, the
+    preset or .json generated with) and the one re-estimated from the output with OpenCV
+    (`avctl.camera.rotation_error`)."""
+    from avctl.camera import resolve_camera, rotation_error
+
+    result = FidelityResult()
+    if inp.camera is None:
+        result.missing["rotation_error_deg"] = ("camera accuracy needs the requested trajectory: pass --camera with "
+                                                "the preset or .json the video was generated with")
+        return result
+    frames = inp.output.frames
+    found = rotation_error(resolve_camera(inp.camera, len(frames), inp.fov), frames)
+    result.compared.update(camera=inp.camera, frames_estimated=found["frames_estimated"],
+                           frames_failed=found["frames_failed"], camera_method=found.get("method"))
+    if found["rotation_error_deg"] is None:
+        result.missing["rotation_error_deg"] = found.get("reason") or "no frame's camera could be estimated"
+        return result
+    result.metrics["rotation_error_deg"] = found["rotation_error_deg"]
+    result.metrics["rotation_error_max_deg"] = found["rotation_error_max_deg"]
+    return result
+
+
+CAMERA_FIDELITY_NOTE = ("rotation_error_deg (mean) and rotation_error_max_deg: the requested trajectory (--camera) "
+                        "vs the one re-estimated from the output")
+
 CAMERA_IMAGE = Modality(
     name="camera-image",
     category="camera",
@@ -137,4 +163,7 @@ CAMERA_IMAGE = Modality(
     f"splatting, holes #66FF00): cameras from <clip>{CAMERA_SUFFIX} or an OpenCV estimate (LK; rotation + zoom, or "
     f"PnP where parallax shows), depth from "
     f"<clip>{DEPTH_SUFFIX} or Depth-Anything-V2 (--backend files: sidecars only; SpatialTrackerV2 not shipped)",
+    fidelity=camera_fidelity,
+    fidelity_note=CAMERA_FIDELITY_NOTE,
+    camera_from="image",
 )

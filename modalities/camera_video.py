@@ -57,6 +57,7 @@ from avctl.camera import (
 )
 from avctl.errors import BadInput, BadUsage, MissingWeights
 from avctl.modalities.base import Clip, Control, Modality
+from avctl.modalities.camera_image import CAMERA_FIDELITY_NOTE, camera_fidelity
 
 BACKEND = "rerender"
 SOURCE_PRESETS = tuple(name for name in PRESETS if name != "static")
@@ -211,4 +212,7 @@ CAMERA_VIDEO = Modality(
     "cameras from <clip>.camera.json or an OpenCV estimate; avctl.camera.rerender_video), or from a pairs manifest "
     "(.jsonl / .csv: source = one camera already re-rendered into the target camera, target = the other camera's "
     "real video, e.g. SynCamVideo)",
+    fidelity=camera_fidelity,
+    fidelity_note=CAMERA_FIDELITY_NOTE,
+    camera_from="video",
 )

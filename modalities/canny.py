@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
 LOW_THRESHOLD = 100
 HIGH_THRESHOLD = 200
@@ -52,6 +52,39 @@ class CannyExtractor:
         return Control(frames=out)
 
 
+def edge_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for canny: edge_f1 against the control (at the control's size) and, with the source clip,
+    edge_f1_plain against the source's plain 1-px edges at the output's own size (for controls drawn with thick
+    lines); both get chance and skill (`avctl.skill`)."""
+    from avctl.errors import AvctlError
+    from avctl.metrics import (
+        NO_SOURCE_CLIP,
+        edge_f1,
+        edge_f1_at_output,
+        edge_f1_trimmed,
+        plain_canny_edges,
+        read_control_video,
+    )
+    from avctl.skill import Fidelity
+
+    result = FidelityResult()
+    output = inp.output.frames
+    control, count = read_control_video(inp.control, output, result.compared, inp.modality.name)
+    value = result.metrics["edge_f1"] = edge_f1(control[:count], output[:count])
+    result.chance["edge_f1"] = Fidelity(edge_f1_trimmed, control, output, value, str(inp.control))
+    if inp.source is None:
+        result.missing["edge_f1_plain"] = inp.source_missing or NO_SOURCE_CLIP
+        return result
+    try:
+        plain = plain_canny_edges(inp.source, output[:count])  # [F, H, W] at the output's size
+        value = result.metrics["edge_f1_plain"] = edge_f1_at_output(plain, output[:count])
+        result.compared.update(plain_width=plain.shape[2], plain_height=plain.shape[1])
+        result.chance["edge_f1_plain"] = Fidelity(edge_f1_at_output, plain, output[:count], value, str(inp.source))
+    except AvctlError as exc:
+        result.missing["edge_f1_plain"] = str(exc)
+    return result
+
+
 CANNY = Modality(
     name="canny",
     category="spatial",
@@ -65,4 +98,7 @@ CANNY = Modality(
     context="noised",
     extractor=CannyExtractor,
     extractor_note="OpenCV Canny 100/200 at bucket size, INTER_AREA-shrunk to the half-size reference (weightless)",
+    fidelity=edge_fidelity,
+    fidelity_note="edge_f1 (output's Canny edges vs the control's, 2 px tolerance); with the source clip also "
+    "edge_f1_plain (vs the source's 1-px edges at the output's size)",
 )

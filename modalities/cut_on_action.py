@@ -10,7 +10,20 @@ examples/cut_on_action_bootstrap.sh.
 
 from __future__ import annotations
 
-from avctl.modalities.base import Modality
+from avctl.modalities.base import EvalInput, FidelityResult, Modality
+
+
+def scene_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for cut-on-action: colour_histogram_correlation of the output and the reference (the other
+    camera): the same scene seen from elsewhere keeps its colours, wherever they move in the frame."""
+    from avctl.metrics import colour_histogram_correlation, read_control_video
+
+    result = FidelityResult()
+    control, count = read_control_video(inp.control, inp.output.frames, result.compared, inp.modality.name)
+    result.metrics["colour_histogram_correlation"] = colour_histogram_correlation(control[:count],
+                                                                                  inp.output.frames[:count])
+    return result
+
 
 CUT_ON_ACTION = Modality(
     name="cut-on-action",
@@ -28,4 +41,6 @@ CUT_ON_ACTION = Modality(
     extractor_note="paired media from a pairs manifest (.jsonl / .csv): two synchronized cameras of one scene with a "
     "large viewpoint change (MultiCamVideo), source camera → reference, other camera → target; then self-generated "
     "wider-angle pairs (examples/cut_on_action_bootstrap.sh)",
+    fidelity=scene_fidelity,
+    fidelity_note="colour_histogram_correlation: hue-saturation histograms of output and reference (same scene)",
 )

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from avctl.dataset import clip_rng
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.errors import BadInput
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
 HOLE_COLOUR = (0x66, 0xFF, 0x00)
 MIN_COVERAGE = 0.10
@@ -114,6 +115,31 @@ class InpaintMaskExtractor:
         return Control(frames=reference, mask=mask)
 
 
+def masked_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for inpaint: masked_psnr and masked_ssim of the output (resized to the control's size) against
+    the control outside the hole mask; a video mask shortens the comparison to its length."""
+    from avctl.metrics import masked_psnr, masked_ssim, read_control_video, read_mask, resize_frames
+
+    result = FidelityResult()
+    control, count = read_control_video(inp.control, inp.output.frames, result.compared, inp.modality.name)
+    if inp.mask is None:
+        result.missing["masked_psnr"] = result.missing["masked_ssim"] = inp.mask_missing or "no mask given"
+        return result
+    height, width = control.shape[1:3]
+    holes = read_mask(inp.mask, width, height)
+    if len(holes) > 1:
+        count = min(count, len(holes))
+        holes = holes[:count]
+        result.compared["frames"] = count
+    output = resize_frames(inp.output.frames[:count], width, height)
+    try:
+        result.metrics["masked_psnr"] = masked_psnr(control[:count], output, holes)
+        result.metrics["masked_ssim"] = masked_ssim(control[:count], output, holes)
+    except BadInput as exc:
+        raise BadInput(f"{inp.mask}: {exc}") from exc
+    return result
+
+
 INPAINT = Modality(
     name="inpaint",
     category="editing",
@@ -127,4 +153,7 @@ INPAINT = Modality(
     context="noised",
     extractor=InpaintMaskExtractor,
     extractor_note="random rectangle, free-form and border masks covering 10–60 %, holes painted #66FF00 (weightless)",
+    masked=True,
+    fidelity=masked_fidelity,
+    fidelity_note="masked_psnr and masked_ssim against the control outside the hole (needs the mask)",
 )

@@ -5,7 +5,26 @@ without an explicit mask. Data are pairs, not extracted: `avctl prepare local-ed
 
 from __future__ import annotations
 
-from avctl.modalities.base import Modality
+from avctl.modalities.base import EvalInput, FidelityResult, Modality
+
+
+def reference_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for local-edit: reference_psnr and reference_ssim of the output (resized to the reference's
+    size) against the original video, over the whole frame. The edit's region is not on record, so these say how
+    much of the original is kept, which an edit confined to one object leaves high."""
+    import numpy as np
+
+    from avctl.metrics import masked_psnr, masked_ssim, read_control_video, resize_frames
+
+    result = FidelityResult()
+    control, count = read_control_video(inp.control, inp.output.frames, result.compared, inp.modality.name)
+    height, width = control.shape[1:3]
+    output = resize_frames(inp.output.frames[:count], width, height)
+    keep_all = np.zeros((height, width), np.uint8)
+    result.metrics["reference_psnr"] = masked_psnr(control[:count], output, keep_all)
+    result.metrics["reference_ssim"] = masked_ssim(control[:count], output, keep_all)
+    return result
+
 
 LOCAL_EDIT = Modality(
     name="local-edit",
@@ -22,4 +41,6 @@ LOCAL_EDIT = Modality(
     extractor=None,
     extractor_note="paired media: (original → reference, edited → target) videos such as the ROSE dataset, from a "
     "pairs manifest (.jsonl / .csv)",
+    fidelity=reference_fidelity,
+    fidelity_note="reference_psnr and reference_ssim: output vs the original video, whole frame",
 )

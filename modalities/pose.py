@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
-from avctl.modalities.base import Clip, Control, Modality, weight_places
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality, weight_places
 
 BACKEND = "dwpose"
 HF_REPO = "yzd-v/DWPose"
@@ -363,6 +363,31 @@ def pose_extractor(weights: Path | None = None, backend: str | None = None) -> D
                          f"{_download_hint(places[0] if places else '$AVCTL_HOME/weights/' + BACKEND)}")
 
 
+def pose_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for pose: skeletons re-detected on the output with this modality's own extractor and drawn the
+    same way, against the control (`avctl.metrics.pose_agreement`); not available when the models are not found."""
+    from avctl.metrics import cached_extractor, pose_agreement, read_control_video
+
+    result = FidelityResult()
+    try:
+        extractor = cached_extractor(inp.modality, inp.weights)
+    except MissingWeights as exc:
+        result.missing["pose_skeleton_f1"] = ("re-detecting pose on the output needs the pose extractor's models "
+                                              f"(DWPose): {exc}")
+        return result
+    control, count = read_control_video(inp.control, inp.output.frames, result.compared, inp.modality.name)
+    result.compared["fidelity_model"] = getattr(extractor, "version", inp.modality.name)
+    height, width = control.shape[1:3]
+    clip = Clip(frames=np.ascontiguousarray(inp.output.frames[:count]), fps=inp.output.fps, key=inp.control.name,
+                seed=0, reference_size=(height, width))
+    try:
+        drawn = extractor(clip).frames
+    except BadInput:  # no person found on the output: nothing drawn, which the F1 then scores
+        drawn = np.zeros((count, height, width, 3), dtype=np.uint8)
+    result.metrics["pose_skeleton_f1"] = pose_agreement(control[:count], drawn)
+    return result
+
+
 POSE = Modality(
     name="pose",
     category="spatial",
@@ -377,4 +402,7 @@ POSE = Modality(
     extractor=pose_extractor,
     extractor_note="DWPose (yolox_l.onnx + dw-ll_ucoco_384.onnx from HF yzd-v/DWPose via onnxruntime; weights dir or "
     "local cache, no fallback), DWPose/OpenPose drawing at bucket size, INTER_AREA to half size",
+    fidelity=pose_fidelity,
+    fidelity_note="pose_skeleton_f1: skeletons re-detected on the output vs the control (needs the extractor's "
+    "weights)",
 )

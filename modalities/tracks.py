@@ -1,6 +1,6 @@
 """Sparse tracks (paper §7): point tracks drawn as coloured dots on black, reference at half resolution.
 
-The shipped backend, "opencv-lk", is an offline, weightless point tracker:
+The shipped backend, "opencv-lk", is an offline, weightless point tracker (`avctl.tracking`):
 
 * Shi-Tomasi corners (`cv2.goodFeaturesToTrack`) on frame 0, at most `MAX_TRACKS`, at least `min_distance` apart;
 * each step t → t+1 runs pyramidal Lucas-Kanade (`cv2.calcOpticalFlowPyrLK`) forward, then backward from where the
@@ -23,141 +23,30 @@ AllTracker (the paper's tracker) is not shipped: `--backend alltracker` is refus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from avctl.errors import BadUsage
+from avctl.errors import BadInput, BadUsage
 from avctl.media import atomic_path
-from avctl.modalities.base import Clip, Control, Modality
+from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
+from avctl.tracking import (  # the tracker lives in the library (the camera estimate uses it too); re-exported
+    _LK_CRITERIA,
+    APPEARANCE_MAX_ERROR,  # noqa: F401
+    FB_MAX_ERROR,
+    LK_LEVELS,
+    LK_WINDOW,
+    MAX_TRACKS,
+    Tracks,
+    lk_step,  # noqa: F401
+    track_coordinates,
+    track_points,
+)
 
-MAX_TRACKS = 64
-QUALITY_LEVEL = 0.01  # Shi-Tomasi: corners weaker than 1 % of the strongest are ignored
-FB_MAX_ERROR = 1.0  # px: forward-backward round-trip error above which a point is dropped
-# Mean absolute grey-level difference (0-255) between a point's window now and when it was seeded above which it is
-# dropped: an occluder with texture of its own can give a consistent but wrong round trip, never a close match.
-APPEARANCE_MAX_ERROR = 16.0
-LK_WINDOW = 21
-LK_LEVELS = 3
-RESEED_BELOW = 0.5  # re-seed when fewer than this fraction of MAX_TRACKS are alive ...
-RESEED_EVERY = 4  # ... at most once every this many frames (sparse: no burst of one-frame tracks)
 TRAIL_FRAMES = 50  # LTXVDrawTracks' trail length
 MIN_RADIUS, MAX_RADIUS, RADIUS_SHORT_SIDE = 2.0, 8.0, 1080  # LTXVDrawTracks' radii, at a 1080-px short side
-_MARGIN = LK_WINDOW // 2
-_BLOCK_SIZE = 7  # Shi-Tomasi neighbourhood
 _SHIFT = 4  # cv2.circle fixed-point bits: 1/16 px centres and radii
-_LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
-
-
-@dataclass
-class Tracks:
-    """Point tracks of one clip: `points` [N, F, 2] float32 (x, y) in pixels, `visible` [N, F] bool. A track is
-    visible on one contiguous run of frames: from the frame it was seeded on until it was dropped."""
-
-    points: np.ndarray
-    visible: np.ndarray
-
-
-def _min_distance(height: int, width: int) -> int:
-    return max(6, min(height, width) // 16)
-
-
-def _seed(grey: np.ndarray, count: int, avoid: np.ndarray) -> np.ndarray:
-    """Up to `count` Shi-Tomasi corners [n, 2] float32, kept `min_distance` away from the points in `avoid`. The
-    quality floor is relative to the strongest corner of the whole frame, so the corners the living tracks already
-    hold do not lower it to noise."""
-    height, width = grey.shape
-    distance = _min_distance(height, width)
-    mask = np.zeros((height, width), dtype=np.uint8)
-    mask[_MARGIN : height - _MARGIN, _MARGIN : width - _MARGIN] = 255  # LK needs its whole window inside the frame
-    for x, y in avoid:
-        cv2.circle(mask, (round(float(x)), round(float(y))), distance, 0, -1)
-    strength = cv2.cornerMinEigenVal(grey, _BLOCK_SIZE)  # [H, W]: what goodFeaturesToTrack ranks by
-    floor = QUALITY_LEVEL * float(strength[_MARGIN : height - _MARGIN, _MARGIN : width - _MARGIN].max(initial=0.0))
-    corners = cv2.goodFeaturesToTrack(grey, maxCorners=count, qualityLevel=QUALITY_LEVEL, minDistance=distance,
-                                      mask=mask, blockSize=_BLOCK_SIZE)
-    if corners is None or floor <= 0:
-        return np.zeros((0, 2), dtype=np.float32)
-    corners = corners.reshape(-1, 2)
-    strong = strength[corners[:, 1].astype(int), corners[:, 0].astype(int)] >= floor
-    return corners[strong].astype(np.float32)
-
-
-def lk_step(previous: np.ndarray, following: np.ndarray, points: np.ndarray,
-            max_error: float = FB_MAX_ERROR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Track [n, 2] points from grey frame `previous` to `following`. Returns (new points [n, 2], kept [n] bool,
-    forward-backward round-trip error [n] in px, inf where LK failed either way). Kept: LK succeeded both ways,
-    the round trip erred at most `max_error` px and the point stays half an LK window inside the frame."""
-    if len(points) == 0:
-        return points.copy(), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32)
-    height, width = previous.shape
-    params = {"winSize": (LK_WINDOW, LK_WINDOW), "maxLevel": LK_LEVELS, "criteria": _LK_CRITERIA}
-    start = points.reshape(-1, 1, 2).astype(np.float32)
-    forward, status_f, _ = cv2.calcOpticalFlowPyrLK(previous, following, start, None, **params)
-    back, status_b, _ = cv2.calcOpticalFlowPyrLK(following, previous, forward, None, **params)
-    forward, back = forward.reshape(-1, 2), back.reshape(-1, 2)
-    error = np.linalg.norm(back - points, axis=1).astype(np.float32)
-    ok = (status_f.reshape(-1) == 1) & (status_b.reshape(-1) == 1)
-    error[~ok] = np.inf
-    inside = ((forward[:, 0] >= _MARGIN) & (forward[:, 0] <= width - 1 - _MARGIN)
-              & (forward[:, 1] >= _MARGIN) & (forward[:, 1] <= height - 1 - _MARGIN))
-    return forward, ok & inside & (error <= max_error), error
-
-
-def _patch(grey: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """The LK window around `point` (sub-pixel), float32 [LK_WINDOW, LK_WINDOW]."""
-    return cv2.getRectSubPix(grey, (LK_WINDOW, LK_WINDOW), (float(point[0]), float(point[1]))).astype(np.float32)
-
-
-def track_points(frames: np.ndarray, max_tracks: int = MAX_TRACKS,
-                 max_appearance_error: float = APPEARANCE_MAX_ERROR) -> Tracks:
-    """Track Shi-Tomasi corners through [F, H, W, 3] uint8 RGB frames (see the module docstring). A point is also
-    dropped when its window differs from the one it was seeded with by more than `max_appearance_error` grey levels
-    on average: that catches the tracks LK lets slide onto an occluder's edge, one consistent small step at a time."""
-    greys = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
-    count = len(greys)
-    all_points: list[np.ndarray] = []  # per track: [F, 2]
-    all_visible: list[np.ndarray] = []  # per track: [F]
-    templates: list[np.ndarray] = []  # per track: its seed window
-
-    def start_tracks(seeds: np.ndarray, frame: int) -> list[int]:
-        ids = []
-        for seed in seeds:
-            points = np.zeros((count, 2), dtype=np.float32)
-            visible = np.zeros(count, dtype=bool)
-            points[frame], visible[frame] = seed, True
-            all_points.append(points)
-            all_visible.append(visible)
-            templates.append(_patch(greys[frame], seed))
-            ids.append(len(all_points) - 1)
-        return ids
-
-    alive = start_tracks(_seed(greys[0], max_tracks, np.zeros((0, 2))), 0)
-    for t in range(count - 1):
-        current = np.array([all_points[i][t] for i in alive], dtype=np.float32).reshape(-1, 2)
-        moved, kept, _ = lk_step(greys[t], greys[t + 1], current)
-        survivors = []
-        for i, new, keep in zip(alive, moved, kept, strict=True):
-            if keep and float(np.abs(_patch(greys[t + 1], new) - templates[i]).mean()) <= max_appearance_error:
-                all_points[i][t + 1], all_visible[i][t + 1] = new, True
-                survivors.append(i)
-        alive = survivors
-        if len(alive) < RESEED_BELOW * max_tracks and (t + 1) % RESEED_EVERY == 0:
-            living = np.array([all_points[i][t + 1] for i in alive], dtype=np.float32).reshape(-1, 2)
-            alive += start_tracks(_seed(greys[t + 1], max_tracks - len(alive), living), t + 1)
-    if not all_points:
-        return Tracks(points=np.zeros((0, count, 2), np.float32), visible=np.zeros((0, count), bool))
-    return Tracks(points=np.stack(all_points), visible=np.stack(all_visible))
-
-
-def track_coordinates(frames: np.ndarray, max_tracks: int = MAX_TRACKS) -> tuple[np.ndarray, np.ndarray]:
-    """The coordinates the tracks control is drawn from, frame-major: (points [F, N, 2] float32 (x, y) in pixels of
-    `frames` (bucket pixels for the extractor), alive [F, N] bool). Same tracker as the extractor (`track_points`);
-    a point's coordinates where it is not alive are 0 and meaningless."""
-    tracks = track_points(frames, max_tracks)
-    return np.ascontiguousarray(tracks.points.transpose(1, 0, 2)), np.ascontiguousarray(tracks.visible.T)
 
 
 def write_track_coordinates(path: str | Path, frames: np.ndarray, max_tracks: int = MAX_TRACKS) -> Path:
@@ -231,6 +120,73 @@ class LKTracksExtractor:
         return Control(frames=render_tracks(tracks, clip.frames.shape[1:3], clip.reference_size))
 
 
+def track_epe(source_frames: np.ndarray, output_frames: np.ndarray) -> float:
+    """Track end-point error in output pixels (lower = the output follows the source's motion more closely).
+
+    1. Track the SOURCE (the clip the tracks control was extracted from) with the tracks extractor's own tracker
+       (`track_coordinates`: Shi-Tomasi + LK with its forward-backward and appearance checks).
+    2. Take the points alive on source frame 0, scale them to the output's size, and follow them through the OUTPUT
+       with pyramidal LK, forward only, frame t → t+1 (same window and pyramid as the tracker); a point whose LK step
+       fails keeps its last position (losing a point is not rewarded).
+    3. For each frame t ≥ 1 with at least one of those points alive in the source track, the mean Euclidean distance
+       between its output position and its source position scaled to the output size; the metric is the mean of
+       these per-frame means. Frame 0 is left out (zero by construction).
+    The first min(F) frames are compared; sizes may differ (aspect is stretched, like the other metrics).
+    Raises BadInput when there are fewer than 2 frames or no point is tracked past frame 0 in the source."""
+    source, output = np.asarray(source_frames), np.asarray(output_frames)
+    for name, frames in (("source", source), ("output", output)):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
+            raise BadInput(f"track_epe {name}: needs uint8 [F, H, W, 3] RGB frames with F ≥ 2, got {frames.dtype} "
+                           f"{tuple(frames.shape)}")
+    count = min(len(source), len(output))
+    source, output = source[:count], output[:count]
+    points, alive = track_coordinates(source)  # [F, N, 2], [F, N]
+    start = alive[0]
+    points, alive = points[:, start], alive[:, start]  # only the tracks that start on frame 0
+    if not alive[1:].any():
+        raise BadInput("track_epe: no point of the source is tracked past frame 0 (too little texture or motion "
+                       "too large); nothing to compare")
+    scale = np.array([output.shape[2] / source.shape[2], output.shape[1] / source.shape[1]], dtype=np.float32)
+    expected = points * scale  # [F, n, 2] in output pixels
+    params = {"winSize": (LK_WINDOW, LK_WINDOW), "maxLevel": LK_LEVELS, "criteria": _LK_CRITERIA}
+    current = expected[0].copy()  # [n, 2]
+    previous = cv2.cvtColor(output[0], cv2.COLOR_RGB2GRAY)
+    errors: list[float] = []
+    for t in range(1, count):
+        following = cv2.cvtColor(output[t], cv2.COLOR_RGB2GRAY)
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, following, current.reshape(-1, 1, 2), None, **params)
+        ok = status.reshape(-1) == 1
+        current = np.where(ok[:, None], moved.reshape(-1, 2), current).astype(np.float32)
+        previous = following
+        if alive[t].any():
+            errors.append(float(np.linalg.norm(current[alive[t]] - expected[t, alive[t]], axis=1).mean()))
+    return float(np.mean(errors))
+
+
+def track_fidelity(inp: EvalInput) -> FidelityResult:
+    """`avctl eval` for tracks: track_epe of the output against the source clip the control was extracted from
+    (not available without it), with chance and skill against the mirrored source."""
+    from avctl.media import read_video
+    from avctl.skill import Fidelity
+
+    result = FidelityResult()
+    if inp.source is None:
+        result.missing["track_epe"] = inp.source_missing or (
+            "no source clip given: track_epe compares the output's motion with the tracks of the clip the control "
+            "was extracted from; pass source=<that clip>")
+        return result
+    source = read_video(inp.source).frames
+    result.compared["source_frames"] = len(source)
+    try:
+        value = result.metrics["track_epe"] = track_epe(source, inp.output.frames)
+    except BadInput as exc:
+        result.missing["track_epe"] = str(exc)
+        return result
+    result.chance["track_epe"] = Fidelity(track_epe, source, inp.output.frames, value, str(inp.source),
+                                          higher_is_better=False)
+    return result
+
+
 TRACKS = Modality(
     name="tracks",
     category="motion",
@@ -246,4 +202,7 @@ TRACKS = Modality(
     extractor_note="OpenCV Shi-Tomasi + pyramidal LK with a 1-px forward-backward check, drawn as LTXVDrawTracks "
     "draws (age-coloured dots, 50-frame trails, BGR) at bucket size, INTER_AREA-shrunk (weightless); AllTracker "
     "(--backend alltracker) is not shipped",
+    fidelity=track_fidelity,
+    fidelity_note="track_epe: the source clip's tracks followed through the output with LK, mean end-point error "
+    "in output pixels (needs the source clip)",
 )

@@ -21,6 +21,7 @@ from avctl.errors import BadInput, BadUsage, MissingWeights
 from avctl.lora import read_lora
 from avctl.media import Bucket, read_audio, read_video, write_video, write_wav
 from avctl.metrics import audio_envelope_correlation
+from avctl.modalities import who_is_talking as W
 from avctl.modalities.base import Clip, get_modality
 from avctl.modalities.who_is_talking import WhoIsTalkingExtractor
 from avctl.prepare import build_extractor, prepare
@@ -276,7 +277,7 @@ def test_renderer_colours_each_speaker_per_frame():
     speaking[0, [0, 1, 2]] = True
     speaking[1, [2, 3]] = True
     speaking[2, [4]] = True
-    ref = A.render_who_is_talking(boxes, speaking, (80, 100), (40, 50))  # drawn at half size
+    ref = W.render_who_is_talking(boxes, speaking, (80, 100), (40, 50))  # drawn at half size
     assert ref.shape == (frames, 40, 50, 3) and ref.dtype == np.uint8
     centres = [(10, 10), (10, 40), (32, 25)]  # (y, x) at half size
     for t in range(frames):
@@ -284,12 +285,12 @@ def test_renderer_colours_each_speaker_per_frame():
             if np.isnan(boxes[n, t]).any():
                 assert tuple(ref[t, y, x]) == (0, 0, 0)
             else:
-                want = A.speaker_colour(n) if speaking[n, t] else A.GREY
+                want = W.speaker_colour(n) if speaking[n, t] else W.GREY
                 assert tuple(ref[t, y, x]) == want, (t, n)
         assert tuple(ref[t, 22, 2]) == (0, 0, 0)  # background stays black
-    assert list(A.speaking_in_control(ref)) == [True, True, True, True, True, False]
-    colours = {A.speaker_colour(i) for i in range(80)}
-    assert len(colours) == 80 and A.GREY not in colours  # any number of speakers, all distinct
+    assert list(W.speaking_in_control(ref)) == [True, True, True, True, True, False]
+    colours = {W.speaker_colour(i) for i in range(80)}
+    assert len(colours) == 80 and W.GREY not in colours  # any number of speakers, all distinct
 
 
 SKIN = (200, 160, 130)
@@ -327,11 +328,11 @@ class SkinBoxes:
 
 def test_assignment_picks_the_face_whose_mouth_moves_with_the_speech():
     frames, audio = two_face_clip()
-    boxes = A.detect_and_track(frames, SkinBoxes())
+    boxes = W.detect_and_track(frames, SkinBoxes())
     assert boxes.shape == (2, 50, 4) and boxes[0, 0, 0] < boxes[1, 0, 0]  # tracked, ordered left to right
-    motion = A.mouth_motion(frames, boxes)
+    motion = W.mouth_motion(frames, boxes)
     activity = A.voice_activity(A.EnergyVAD(), audio, SR, FPS, len(frames))
-    speaking = A.assign_from_mix(activity, motion, FPS)
+    speaking = W.assign_from_mix(activity, motion, FPS)
     times = np.arange(len(frames)) / FPS
     for face, (start, end) in enumerate(TALK):
         inside = (times >= start + 0.05) & (times < end - 0.05)
@@ -340,15 +341,15 @@ def test_assignment_picks_the_face_whose_mouth_moves_with_the_speech():
     # a third face that fidgets all the time (random mouth motion) never takes a turn (0 of 300 seeds measured)
     for seed in range(3):
         fidget = np.concatenate([motion, np.random.default_rng(seed).uniform(0, 44, (1, len(frames)))])
-        speaking3 = A.assign_from_mix(activity, fidget, FPS)
+        speaking3 = W.assign_from_mix(activity, fidget, FPS)
         assert not speaking3[2].any()
         for face, (start, end) in enumerate(TALK):
             inside = (times >= start + 0.05) & (times < end - 0.05)
             assert speaking3[face, inside].all() and not speaking3[1 - face, inside].any()
     # with per-speaker timing (a segments file), labels are matched to faces by mouth motion
-    info = A.SpeakerInfo(segments={"anna": [TALK[1]], "ben": [TALK[0]]})
-    labels, per_speaker = A.speaker_activity(info, FPS, len(frames))
-    matched, mapping = A.assign_from_speakers(per_speaker, motion)
+    info = W.SpeakerInfo(segments={"anna": [TALK[1]], "ben": [TALK[0]]})
+    labels, per_speaker = W.speaker_activity(info, FPS, len(frames))
+    matched, mapping = W.assign_from_speakers(per_speaker, motion)
     assert labels == ["anna", "ben"] and mapping == {0: 1, 1: 0}  # anna talks first: the right face
     assert np.array_equal(matched[1], per_speaker[0])
 
@@ -370,26 +371,26 @@ def test_who_is_talking_extractor_and_agreement_metric(tmp_path):
     assert control.shape == (49, 64, 96, 3)
     right, left = control[:, 36, 72], control[:, 36, 24]  # box centres
     for t in (8, 15):  # 0.32 s, 0.6 s: the right face (speaker 1, green) talks, the left is grey
-        assert near(right[t], A.speaker_colour(1), 40)
-        assert near(left[t], A.GREY, 20)
+        assert near(right[t], W.speaker_colour(1), 40)
+        assert near(left[t], W.GREY, 20)
     for t in (30, 35):  # 1.2 s, 1.4 s: the left face (speaker 0, red) talks
-        assert near(left[t], A.speaker_colour(0), 40)
-        assert near(right[t], A.GREY, 20)
+        assert near(left[t], W.speaker_colour(0), 40)
+        assert near(right[t], W.GREY, 20)
     assert read_audio(out / rows[0]["video"], 16_000, 1) is not None  # the mixed audio is the target audio
 
     energy = A.EnergyVAD()
-    good = A.vad_box_agreement(control, audio, SR, FPS, vad=energy)
+    good = W.vad_box_agreement(control, audio, SR, FPS, vad=energy)
     assert good["vad_box_accuracy"] >= 0.9 and good["vad_box_f1"] >= 0.9 and good["frames"] == 49
     shifted = bursts(2.0, [(0.9, 1.0, 0.5), (1.7, 2.0, 0.5)])
-    bad = A.vad_box_agreement(control, shifted, SR, FPS, vad=energy)
+    bad = W.vad_box_agreement(control, shifted, SR, FPS, vad=energy)
     assert bad["vad_box_f1"] < 0.5
     # the eval entry point on files: the source clip stands for a perfect generation
-    metrics, missing = A.evaluate_who_is_talking(out / rows[0]["reference_video"], clip_path, vad_backend="energy")
+    metrics, missing = W.evaluate_who_is_talking(out / rows[0]["reference_video"], clip_path, vad_backend="energy")
     assert not missing and metrics["vad_box_f1"] >= 0.9 and metrics["mouth_box_agreement"] >= 0.9
     # the video side: the same clip judged against a control with the speakers swapped fails
     swapped = control.copy()
     swapped[:, :, :48], swapped[:, :, 48:] = control[:, :, 48:], control[:, :, :48]
-    assert A.mouth_box_agreement(swapped, frames, FPS)["mouth_box_agreement"] <= 0.2
+    assert W.mouth_box_agreement(swapped, frames, FPS)["mouth_box_agreement"] <= 0.2
 
     # no audio stream and no speakers file: a one-line reason, the clip is skipped
     silent = tmp_path / "in2" / "mute.mp4"
@@ -400,10 +401,10 @@ def test_who_is_talking_extractor_and_agreement_metric(tmp_path):
 
 def test_tracking_and_the_haar_backend():
     boxes = [[(10, 10, 30, 30)], [], [(12, 10, 32, 30), (70, 5, 90, 25)], [(14, 10, 34, 30)], [(16, 10, 36, 30)]]
-    tracks = A.track_faces(boxes, min_fraction=0.5)
+    tracks = W.track_faces(boxes, min_fraction=0.5)
     assert tracks.shape == (1, 5, 4)  # the one-frame detection on the right is dropped
     assert np.allclose(tracks[0, 1], (11, 10, 31, 30))  # the missed frame is interpolated
-    faces = A.HaarFaces()
+    faces = W.HaarFaces()
     assert faces.backend == "opencv-haar" and faces.detect(np.zeros((120, 160, 3), np.uint8)) == []
     extractor = build_extractor(WHO, backend="energy")
     assert extractor.backend == "opencv-haar+energy"
@@ -418,14 +419,14 @@ def test_speakers_file(tmp_path):
     (tmp_path / "speakers.jsonl").write_text(
         '{"clip": "talk.mp4", "speaker": "A", "start": 0.2, "end": 0.6}\n'
         '{"clip": "talk.mp4", "speaker": "B", "audio": "b.wav"}\n\n')
-    info = A.load_speakers(tmp_path / "speakers.jsonl")["talk.mp4"]
-    labels, activity = A.speaker_activity(info, FPS, 50, A.EnergyVAD())
+    info = W.load_speakers(tmp_path / "speakers.jsonl")["talk.mp4"]
+    labels, activity = W.speaker_activity(info, FPS, 50, A.EnergyVAD())
     assert labels == ["A", "B"]
     assert np.array_equal(np.flatnonzero(activity[0]), np.arange(5, 15))
     assert np.array_equal(np.flatnonzero(activity[1]), np.arange(25, 38))
     (tmp_path / "bad.jsonl").write_text('{"clip": "x.mp4", "speaker": "A", "start": 2, "end": 1}\n')
     with pytest.raises(BadInput, match=r"bad\.jsonl:1: segment"):
-        A.load_speakers(tmp_path / "bad.jsonl")
+        W.load_speakers(tmp_path / "bad.jsonl")
 
 
 def test_prepare_takes_a_speakers_file_instead_of_the_guess(tmp_path):
@@ -437,7 +438,7 @@ def test_prepare_takes_a_speakers_file_instead_of_the_guess(tmp_path):
     speakers.write_text('{"clip": "talk.mp4", "speaker": "B", "start": 0.2, "end": 0.8}\n')
 
     def factory(speakers: Path | None = None) -> WhoIsTalkingExtractor:
-        return WhoIsTalkingExtractor(SkinBoxes(), A.EnergyVAD(), A.load_speakers(speakers) if speakers else None,
+        return WhoIsTalkingExtractor(SkinBoxes(), A.EnergyVAD(), W.load_speakers(speakers) if speakers else None,
                                      detect_every=1)
 
     summary = prepare(replace(WHO, extractor=factory), [clip_path], tmp_path / "ds", Bucket(96, 64, 49), "x",
@@ -445,14 +446,14 @@ def test_prepare_takes_a_speakers_file_instead_of_the_guess(tmp_path):
     assert summary.done == ["talk"], summary.to_dict()
     control = read_video(tmp_path / "ds" / "reference" / "talk.mp4").frames
     right, left = control[:, 36, 72], control[:, 36, 24]
-    assert near(right[12], A.speaker_colour(1), 40) and near(left[12], A.GREY, 20)
-    assert near(left[30], A.GREY, 20) and near(right[30], A.GREY, 20)  # sound, but nobody in the file speaks
+    assert near(right[12], W.speaker_colour(1), 40) and near(left[12], W.GREY, 20)
+    assert near(left[30], W.GREY, 20) and near(right[30], W.GREY, 20)  # sound, but nobody in the file speaks
     # the same timing as a sidecar next to the video (no "clip" needed), naming only the LEFT face's turn
     (tmp_path / "in" / "talk.speakers.jsonl").write_text('{"speaker": "A", "start": 1.0, "end": 1.6}\n')
     prepare(replace(WHO, extractor=factory), [clip_path], tmp_path / "ds2", Bucket(96, 64, 49), "x")
     control = read_video(tmp_path / "ds2" / "reference" / "talk.mp4").frames
     right, left = control[:, 36, 72], control[:, 36, 24]
-    assert near(right[12], A.GREY, 20) and near(left[30], A.speaker_colour(0), 40)
+    assert near(right[12], W.GREY, 20) and near(left[30], W.speaker_colour(0), 40)
 
 
 def test_cli_prepare_refuses_a_bad_speakers_file_in_one_line(tmp_path: Path) -> None:

@@ -403,3 +403,17 @@ def test_evaluate_runs_finds_the_inpaint_mask_of_a_prepared_dataset(tmp_path: Pa
     assert "masked_psnr" not in without_mask["metrics"]
     assert "no mask found" in without_mask["not_available"]["masked_psnr"]
     assert "warp_error" in without_mask["metrics"]  # the rest is still evaluated
+
+
+def test_lowres_psnr_and_colour_histogram_correlation() -> None:
+    from avctl.metrics import colour_histogram_correlation, lowres_psnr
+
+    frames = synthetic_frames(3, 64, 64, seed=1)
+    assert lowres_psnr(frames, frames, 4) == float("inf")
+    noisy = np.clip(frames.astype(int) + np.random.default_rng(0).integers(-40, 41, frames.shape), 0, 255)
+    fine_noise = lowres_psnr(frames, noisy.astype(np.uint8), 4)
+    assert fine_noise > lowres_psnr(frames, noisy.astype(np.uint8), 1)  # shrinking averages fine detail away
+    assert colour_histogram_correlation(frames, frames[:, :, ::-1]) == pytest.approx(1.0)  # colours, not places
+    red = np.zeros_like(frames)
+    red[..., 0] = 255
+    assert colour_histogram_correlation(frames, red) < 0.5

@@ -10,8 +10,8 @@ import pytest
 
 from avctl.errors import BadInput
 from avctl.media import write_video
-from avctl.metrics import evaluate_pair, track_epe
-from avctl.modalities.tracks import track_coordinates, track_points, write_track_coordinates
+from avctl.metrics import evaluate_pair
+from avctl.modalities.tracks import track_coordinates, track_epe, track_points, write_track_coordinates
 
 
 def panning(frames: int, dx: float = 1.0, extra: float = 0.0, width: int = 96, height: int = 80) -> np.ndarray:

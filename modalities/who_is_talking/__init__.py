@@ -3,7 +3,7 @@ speaker colour while that person speaks and grey while silent, any number of spe
 of all speakers, which is the target audio. The only LoRA that trains every module, and it trains both streams;
 at generation the audio can instead be given and kept as clean context (`avctl.sample.generate(keep_audio=...)`).
 
-The rule, exactly (`avctl.audio`):
+The rule, exactly (this package: `faces`, `speakers`, `render`, `metric`; voice activity from `avctl.audio`):
 * faces: OpenCV's frontal-face Haar cascade on every 2nd bucket-size frame, linked into tracks by box overlap
   (IoU ≥ 0.3, gaps filled by interpolation, tracks seen in under 25 % of the clip dropped); speaker i is the i-th
   track from the left, coloured red, green, blue, yellow, magenta, cyan, orange, purple, then golden-ratio hues;
@@ -27,25 +27,49 @@ from pathlib import Path
 
 import numpy as np
 
-from avctl.audio import (
-    VAD_BACKENDS,
-    FaceDetector,
-    HaarFaces,
-    SpeakerInfo,
-    VoiceActivity,
-    assign_from_mix,
-    assign_from_speakers,
-    build_vad,
-    detect_and_track,
-    load_speakers,
-    mouth_motion,
-    render_who_is_talking,
-    require_audio,
-    speaker_activity,
-    voice_activity,
-)
+from avctl.audio import VAD_BACKENDS, VoiceActivity, build_vad, require_audio, voice_activity
 from avctl.errors import BadInput, BadUsage
 from avctl.modalities.base import ALL_GROUPS, Clip, Control, Modality
+from avctl.modalities.who_is_talking.faces import (
+    FaceDetector,
+    HaarFaces,
+    detect_and_track,
+    iou,
+    mouth_boxes,
+    mouth_motion,
+    track_faces,
+)
+from avctl.modalities.who_is_talking.metric import (
+    evaluate_who_is_talking,
+    mouth_box_agreement,
+    vad_box_agreement,
+    who_is_talking_fidelity,
+)
+from avctl.modalities.who_is_talking.render import (
+    GREY,
+    PALETTE,
+    coloured_fraction,
+    control_boxes,
+    render_who_is_talking,
+    speaker_colour,
+    speaking_in_control,
+)
+from avctl.modalities.who_is_talking.speakers import (
+    SpeakerInfo,
+    assign_from_mix,
+    assign_from_speakers,
+    load_speakers,
+    speaker_activity,
+    talking_score,
+)
+
+__all__ = [
+    "GREY", "PALETTE", "WHO_IS_TALKING", "FaceDetector", "HaarFaces", "SpeakerInfo", "WhoIsTalkingExtractor",
+    "assign_from_mix", "assign_from_speakers", "coloured_fraction", "control_boxes", "detect_and_track",
+    "evaluate_who_is_talking", "iou", "load_speakers", "mouth_box_agreement", "mouth_boxes", "mouth_motion",
+    "render_who_is_talking", "speaker_activity", "speaker_colour", "speaking_in_control", "talking_score",
+    "track_faces", "vad_box_agreement", "who_is_talking_extractor", "who_is_talking_fidelity",
+]
 
 DETECT_EVERY = 2  # Haar on every 2nd frame; tracking interpolates between
 
@@ -92,7 +116,7 @@ class WhoIsTalkingExtractor:
 def who_is_talking_extractor(weights: Path | None = None, backend: str | None = None,
                              speakers: Path | None = None) -> WhoIsTalkingExtractor:
     """The factory `avctl prepare` calls: `backend` picks the voice-activity detector ("silero", default, or
-    "energy"); `speakers` is an optional speakers file (`avctl.audio.load_speakers`)."""
+    "energy"); `speakers` is an optional speakers file (`load_speakers`)."""
     if weights is not None:
         raise BadUsage("--weights: who-is-talking's face cascade and Silero VAD ship inside their packages; drop it")
     if backend is not None and backend not in VAD_BACKENDS:
@@ -120,4 +144,7 @@ WHO_IS_TALKING = Modality(
     extractor_note="face boxes (OpenCV Haar, tracked) on black, filled with the speaker's colour while that face "
     "speaks and grey when silent; voice activity by Silero VAD (ONNX, bundled) on the mixed track, assigned to the "
     "face whose mouth motion follows it (or a --speakers file); the mixed audio is the target",
+    fidelity=who_is_talking_fidelity,
+    fidelity_note="vad_box_accuracy and vad_box_f1 (voice activity in the output's audio vs a coloured box in the "
+    "control) and mouth_box_agreement (the speaking box's mouth moves more than a silent one's)",
 )
