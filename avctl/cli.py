@@ -231,7 +231,7 @@ def prepare_cmd(
     model: ModelOpt = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="YAML/TOML config (docs/configs.md), e.g. configs/<modality>.yaml: its modality, "
+        typer.Option(help="YAML/TOML config (docs/configs.md), e.g. configs/MODALITY.yaml: its modality, "
                      "model.model_path, data.preprocessed_data_root (--out), seed and prepare section (bucket, "
                      "caption, workers, weights, backend, speakers, line_width, precompute); flags override it."),
     ] = None,
@@ -241,8 +241,8 @@ def prepare_cmd(
 ) -> None:
     """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
     (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips.
-    Options may come from `--config` (e.g. configs/<modality>.yaml)."""
-    from avctl.config import FileOptions, prepare_options
+    Options may come from `--config` (e.g. configs/MODALITY.yaml)."""
+    from avctl.config import FileOptions, check_avctl_dataset, prepare_options
     from avctl.dataset import vae_factors
     from avctl.media import Bucket
     from avctl.modalities.base import get_modality
@@ -265,6 +265,7 @@ def prepare_cmd(
     model_name = model or os.environ.get("AVCTL_MODEL")
     b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
+    check_avctl_dataset(target)
     counts = {"encoded": 0, "cached": 0}
     with _progress(json_out) as progress:
         task = None
@@ -343,7 +344,7 @@ def train_cmd(
         Path | None,
         typer.Option(help="YAML/TOML config with ltx-trainer-style sections (model, lora, optimization, "
                      "acceleration, data, validation, checkpoints, seed, output_dir; docs/configs.md), e.g. "
-                     "configs/<modality>.yaml or an ltx-trainer IC-LoRA config; flags override it."),
+                     "configs/MODALITY.yaml or an ltx-trainer IC-LoRA config; flags override it."),
     ] = None,
     resume: Annotated[
         bool | None,
@@ -399,11 +400,11 @@ def train_cmd(
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl.
-    Options may come from `--config` (configs/<modality>.yaml, or an ltx-trainer config)."""
+    Options may come from `--config` (configs/MODALITY.yaml, or an ltx-trainer config)."""
     from pydantic import ValidationError
 
     from avctl.cache import cached_prompt, precompute, wait_for_cache
-    from avctl.config import FileOptions, train_options
+    from avctl.config import FileOptions, check_avctl_dataset, train_options
     from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
     from avctl.modalities.base import get_modality
     from avctl.quantize import check_quantize_args
@@ -443,6 +444,7 @@ def train_cmd(
         raise BadUsage(f"train option {where!r}: {first['msg']}") from exc
     mod = with_layout(get_modality(cfg.modality), cfg.layout)  # side-by-side on a downscaled modality stops here
     cfg.data = cfg.data or Path("datasets") / mod.name
+    check_avctl_dataset(cfg.data)
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
     check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)

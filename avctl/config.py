@@ -333,15 +333,17 @@ def groups_of_modules(modules: list[str], path: Path) -> list[str]:
     return [g for g in GROUP_MODULES if g in covered]
 
 
-def check_avctl_dataset(data: Path, path: Path) -> None:
-    """ltx-trainer's `.precomputed/` folders hold pickled .pt files, which avctl never loads: refuse them."""
+def check_avctl_dataset(data: Path) -> None:
+    """ltx-trainer's `.precomputed/` folders hold pickled .pt files, which avctl never loads: refuse them (the
+    dataset path however given, so the message says why rather than "not made by avctl prepare")."""
+    data = Path(data)
     ltx = ".precomputed" in data.parts or (
         not (data / "avctl.json").is_file()
         and ((data / ".precomputed").is_dir() or ((data / "latents").is_dir() and (data / "conditions").is_dir())))
     if ltx:
-        raise BadInput(f"{path}: data.preprocessed_data_root {data} is an ltx-trainer precomputed dataset; its .pt "
-                       "files are pickles, which avctl does not load. Point it at a folder written by "
-                       "`avctl prepare` (dataset.jsonl + avctl.json)")
+        raise BadInput(f"{data}: an ltx-trainer precomputed dataset; its .pt files are pickles, which avctl does not "
+                       "load. Use a folder written by `avctl prepare` (dataset.jsonl + avctl.json) as "
+                       "data.preprocessed_data_root / --data")
 
 
 def _common(cfg: AvctlConfig, path: Path, modality: Modality) -> None:
@@ -353,8 +355,6 @@ def _common(cfg: AvctlConfig, path: Path, modality: Modality) -> None:
     if cfg.reference.downscale_factor is not None and cfg.reference.downscale_factor != modality.downscale:
         raise BadUsage(f"{path}: reference.downscale_factor {cfg.reference.downscale_factor} differs from "
                        f"{modality.name}'s {modality.downscale} (fixed per modality)")
-    if cfg.data.preprocessed_data_root:
-        check_avctl_dataset(Path(cfg.data.preprocessed_data_root), path)
 
 
 def train_options(path: Path, modality: Modality) -> FileOptions:

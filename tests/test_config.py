@@ -8,7 +8,14 @@ import yaml
 from typer.testing import CliRunner
 
 from avctl.cli import app
-from avctl.config import FLAT_KEYS, LTX_UNUSED, LTX_UNUSED_SECTIONS, prepare_options, train_options
+from avctl.config import (
+    FLAT_KEYS,
+    LTX_UNUSED,
+    LTX_UNUSED_SECTIONS,
+    check_avctl_dataset,
+    prepare_options,
+    train_options,
+)
 from avctl.errors import BadInput, BadUsage
 from avctl.modalities.base import all_modalities, get_modality
 from avctl.train import TrainConfig
@@ -108,11 +115,13 @@ def test_ltx_precomputed_data_is_refused(tmp_path):
     pre = tmp_path / "clips" / ".precomputed"
     (pre / "latents").mkdir(parents=True)
     (pre / "latents" / "a.pt").write_bytes(b"\x80\x04N.")  # a pickle, never opened
-    for data in (pre, tmp_path / "clips"):
+    for data in (pre, pre / "latents", tmp_path / "clips"):
         with pytest.raises(BadInput, match="pickles"):
-            train_options(ltx_config(tmp_path, data=data), CANNY)
+            check_avctl_dataset(data)
     r = invoke("train", "canny", "--config", ltx_config(tmp_path, data=pre), "--model", "tiny")
     assert r.exit_code == 1 and "pickles" in r.output and "Traceback" not in r.output
+    r = invoke("prepare", "canny", tmp_path, "--out", pre)
+    assert r.exit_code == 1 and "pickles" in r.output
 
 
 @pytest.mark.parametrize("extra", [{"AVCTL_MODEL": "pocket"}, {"env": {"HF_HUB_OFFLINE": "0"}},
