@@ -195,8 +195,12 @@ def prepare_cmd(
         typer.Option(help="WxHxF size every clip is resized/cropped/cut to. Default: the model's usual size."),
     ] = None,
     caption: Annotated[str | None, typer.Option(help="Caption for clips without a sidecar <stem>.txt.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for random controls (masks, degradations).")] = 42,
-    workers: Annotated[int, typer.Option(min=1, help="Clips processed in parallel; results do not depend on it.")] = 1,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for random controls (masks, degradations). Default 42.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Clips processed in parallel; results do not depend on it. Default 1.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo finished samples / replace a dataset of another kind.")] = False,
     weights: Annotated[
         Path | None,
@@ -232,21 +236,43 @@ def prepare_cmd(
                      "encoders are loaded, and only when an entry is missing; fresh entries are kept."),
     ] = False,
     model: ModelOpt = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML/TOML config (docs/configs.md), e.g. configs/MODALITY.yaml: its modality, "
+                     "model.model_path, data.preprocessed_data_root (--out), seed and prepare section (bucket, "
+                     "caption, workers, weights, backend, speakers, line_width, precompute); flags override it."),
+    ] = None,
     allow_outside_media: AllowOutsideOpt = False,
     vae_tiling: VaeTilingOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
-    (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips."""
+    (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips.
+    Options may come from `--config` (e.g. configs/MODALITY.yaml)."""
+    from avctl.config import FileOptions, check_avctl_dataset, prepare_options
     from avctl.dataset import vae_factors
     from avctl.media import Bucket
     from avctl.modalities.base import get_modality
     from avctl.prepare import default_bucket, encode_dataset, prepare
 
     mod = get_modality(modality)
+    file_opts = prepare_options(config, mod) if config else FileOptions({})
+    if config and (warning := file_opts.warning(config)):
+        err.print(f"avctl prepare: warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    fv = file_opts.values
+    out_dir = out_dir or (Path(fv["out"]) if "out" in fv else None)
+    model, bucket, caption, backend = (model or fv.get("model"), bucket or fv.get("bucket"),
+                                       caption or fv.get("caption"), backend or fv.get("backend"))
+    weights = weights or (Path(fv["weights"]) if "weights" in fv else None)
+    speakers = speakers or (Path(fv["speakers"]) if "speakers" in fv else None)
+    line_width = line_width if line_width is not None else fv.get("line_width")
+    seed = seed if seed is not None else fv.get("seed", 42)
+    workers = workers if workers is not None else fv.get("workers", 1)
+    encode = encode or fv.get("precompute", False)
     model_name = model or os.environ.get("AVCTL_MODEL")
     b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
+    check_avctl_dataset(target)
     counts = {"encoded": 0, "cached": 0}
     with _progress(json_out) as progress:
         task = None
@@ -297,25 +323,9 @@ def prepare_cmd(
 
 # ------------------------------------------------------------------------------------------------ train
 def _load_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise BadInput(f"{path}: config file not found")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    from avctl.config import read_config_file
 
-            data = yaml.safe_load(text) or {}
-        elif path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            raise BadInput(f"{path}: use a .yaml, .yml or .toml config file")
-    except (ValueError, ImportError) as exc:
-        raise BadInput(f"{path}: cannot parse ({exc})") from exc
-    if not isinstance(data, dict):
-        raise BadInput(f"{path}: the config must be a mapping of option names to values")
-    return data
+    return read_config_file(path)
 
 
 @command("train")
@@ -341,8 +351,18 @@ def train_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Samples per step. Default 1.")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps. Default 1.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for σ, noise and data order. Default 42.")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML/TOML file with any of these options.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/state when its configuration matches.")] = True,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML/TOML config with ltx-trainer-style sections (model, lora, optimization, "
+                     "acceleration, data, validation, checkpoints, seed, output_dir; docs/configs.md), e.g. "
+                     "configs/MODALITY.yaml or an ltx-trainer IC-LoRA config; flags override it."),
+    ] = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option("--resume/--no-resume",
+                     help="Continue from OUT/state when its configuration matches. Default: on (config: "
+                     "checkpoints.no_resume)."),
+    ] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint + resume state every N steps.")] = None,
     keep_last: Annotated[int | None, typer.Option(help="Checkpoints kept.")] = None,
     validate_every: Annotated[
@@ -390,10 +410,12 @@ def train_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a control LoRA on a prepared dataset: frozen LTX-2, LoRA on the modality's modules, loss on target
-    tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
+    tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl.
+    Options may come from `--config` (configs/MODALITY.yaml, or an ltx-trainer config)."""
     from pydantic import ValidationError
 
     from avctl.cache import cached_prompt, precompute, wait_for_cache
+    from avctl.config import FileOptions, check_avctl_dataset, train_options
     from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
     from avctl.modalities.base import get_modality
     from avctl.quantize import check_quantize_args
@@ -408,7 +430,11 @@ def train_cmd(
         with_layout,
     )
 
-    file_values = _load_config_file(config) if config else {}
+    file_opts = train_options(config, get_modality(modality)) if config else FileOptions({})
+    if config and (warning := file_opts.warning(config)):
+        err.print(f"avctl train: warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    file_values = file_opts.values
+    resume = resume if resume is not None else file_opts.resume is not False
     cli_values = {
         "modality": modality, "data": data, "out": out_dir, "model": model, "steps": steps, "rank": rank,
         "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None, "layout": layout,
@@ -429,6 +455,7 @@ def train_cmd(
         raise BadUsage(f"train option {where!r}: {first['msg']}") from exc
     mod = with_layout(get_modality(cfg.modality), cfg.layout)  # side-by-side on a downscaled modality stops here
     cfg.data = cfg.data or Path("datasets") / mod.name
+    check_avctl_dataset(cfg.data)
     cfg.out = cfg.out or Path("runs") / mod.name
     cfg.model = _model_name(cfg.model)
     check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
