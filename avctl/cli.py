@@ -1184,7 +1184,7 @@ def generate_cmd(
         typer.Option(help="Camera LoRAs: PRESET[@STRENGTH] or a trajectory .json (one camera per output frame). "
                      "camera-image renders --image along it, camera-video re-renders --from-video; presets: "
                      "static, dolly-in/out, truck-left/right, crane-up/down, pan-left/right, tilt-up/down, "
-                     "orbit-left/right, zoom-in/out, dolly-zoom-in/out (see README)."),
+                     "orbit-left/right, zoom-in/out, dolly-zoom-in/out (see docs/camera.md)."),
     ] = None,
     depth: Annotated[
         Path | None,
