@@ -8,6 +8,9 @@ Exit codes: 0 ok, 1 failed (nothing or not everything was done), 2 bad usage. Li
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -30,10 +33,75 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # docstrings wrap as paragraphs instead of keeping source line breaks
+    # Plain help: click wraps each paragraph and shows text as written. Markdown would drop `<stem>`-style
+    # placeholders as inline HTML, and rich markup would eat `[@WEIGHT]`.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},  # wrap at the terminal's width up to 120, not click's 80
 )
 err = Console(stderr=True)
 out = Console()
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` once, right after `name` is first imported (a one-shot import hook)."""
+
+    def __init__(self, name: str, then: Callable[[Any], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def run(module: Any) -> None:
+                exec_module(module)
+                self.then(module)
+
+            spec.loader.exec_module = run  # type: ignore[method-assign]
+        return spec
+
+
+def _quiet_library_progress() -> None:
+    """Only avctl's own progress shows: Hugging Face Hub, transformers and diffusers bars (downloads, checkpoint
+    shards) are switched off. The hub and transformers read HF_HUB_DISABLE_PROGRESS_BARS at import (a value the
+    user set is kept); diffusers has no such variable, and importing it here would cost every command seconds of
+    torch import, so its switch is flipped when it is first imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    name = "diffusers.utils.logging"
+    if name in sys.modules:
+        sys.modules[name].disable_progress_bar()
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, lambda module: module.disable_progress_bar()))
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            found = importlib.metadata.version("avctl")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            found = "unknown (not installed)"
+        out.print(f"avctl {found}", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print avctl's version and exit.")
+    ] = False,
+) -> None:
+    _quiet_library_progress()
 
 ModelOpt = Annotated[
     str | None,
@@ -1121,7 +1189,7 @@ def generate_cmd(
     prompt: Annotated[str | None, typer.Option(help="Text prompt (required unless every --batch row has one).")] = None,
     lora: Annotated[
         list[str] | None,
-        typer.Option(help="NAME_OR_PATH\\[@WEIGHT], repeatable. NAME resolves to runs/NAME/lora.safetensors, then "
+        typer.Option(help="NAME_OR_PATH[@WEIGHT], repeatable. NAME resolves to runs/NAME/lora.safetensors, then "
                      "$AVCTL_HOME/runs/NAME/lora.safetensors. @WEIGHT scales the LoRA (default 1). Video and audio "
                      "LoRAs (metadata avctl.streams) may be mixed: they run in one joint pass."),
     ] = None,
@@ -1157,10 +1225,10 @@ def generate_cmd(
     ] = None,
     camera: Annotated[
         str | None,
-        typer.Option(help="Camera LoRAs: PRESET\\[@STRENGTH] or a trajectory .json (one camera per output frame). "
+        typer.Option(help="Camera LoRAs: PRESET[@STRENGTH] or a trajectory .json (one camera per output frame). "
                      "camera-image renders --image along it, camera-video re-renders --from-video; presets: "
                      "static, dolly-in/out, truck-left/right, crane-up/down, pan-left/right, tilt-up/down, "
-                     "orbit-left/right, zoom-in/out, dolly-zoom-in/out (see README)."),
+                     "orbit-left/right, zoom-in/out, dolly-zoom-in/out (see docs/camera.md)."),
     ] = None,
     depth: Annotated[
         Path | None,
@@ -1368,7 +1436,7 @@ def eval_cmd(
     ] = None,
     camera: Annotated[
         str | None,
-        typer.Option(help="camera-image / camera-video: the PRESET\\[@STRENGTH] or trajectory .json the video was "
+        typer.Option(help="camera-image / camera-video: the PRESET[@STRENGTH] or trajectory .json the video was "
                      "generated with (rotation error; --runs reads it from the sidecar)."),
     ] = None,
     fov: Annotated[float, typer.Option(help="Vertical FOV (degrees) of frame 0 for a --camera preset.")] = 50.0,
@@ -1544,7 +1612,7 @@ def bench_cmd(
 
 # ------------------------------------------------------------------------------------------------ lora
 lora_app = typer.Typer(help="Check and convert LoRA files (ComfyUI / ltx-trainer, diffusers, PEFT, kohya layouts).",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(lora_app, name="lora")
 
 
