@@ -44,6 +44,7 @@ def test_prepare_camera_video_builds_pairs_from_plain_world_videos(tmp_path: Pat
     shutil.copy(lone, clips / lone.name)
     # the first clip's cameras from a sidecar (a locked-off camera): used instead of the estimate
     C.save_trajectory(C.preset("static", 9), clips / "world_0000.camera.json")
+    (clips / "world_0001.camera.json").unlink()  # the second clip's cameras are estimated
     out = tmp_path / "ds"
     r = runner.invoke(app, ["prepare", "camera-video", str(clips), "--out", str(out), "--bucket", "64x64x9"],
                       env={"AVCTL_NO_PROGRESS": "1"})
