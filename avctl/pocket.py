@@ -50,20 +50,14 @@ MAX_LENGTH = 32
 # ------------------------------------------------------------------------------------------------ the config
 def build_pocket(seed: int = 0) -> dict[str, Any]:
     """Seeded random-init pocket parts (the starting point of pretraining)."""
-    from avctl.backbone import (
-        _classes,
-        _tiny_text_encoder,
-        _tiny_tokenizer,
-        tiny_audio_vae,
-        tiny_connectors,
-        tiny_vocoder,
-    )
+    from avctl.backbone import _tiny_text_encoder, tiny_audio_vae, tiny_connectors, tiny_vocoder
+    from avctl.presets import component_classes, tiny_tokenizer
     from avctl.world import WORLD_WORDS
 
-    classes = _classes()
+    classes = component_classes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tokenizer = _tiny_tokenizer(tuple(WORLD_WORDS))
+        tokenizer = tiny_tokenizer(tuple(WORLD_WORDS))
         text_encoder = _tiny_text_encoder(tokenizer)
         return {
             "tokenizer": tokenizer,
