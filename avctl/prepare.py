@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from avctl import __version__
+from avctl.audio import fit_length
 from avctl.dataset import (
     INFO,
     VAE_SPATIAL,
@@ -280,13 +281,6 @@ def find_pairs(manifests: Iterable[str | Path]) -> tuple[list[Source], list[dict
 
 
 # ------------------------------------------------------------------------------------------------------- one clip
-def _fit_length(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Trim or zero-pad [channels, n] audio to exactly `samples` samples."""
-    if audio.shape[1] >= samples:
-        return np.ascontiguousarray(audio[:, :samples])
-    return np.pad(audio, ((0, 0), (0, samples - audio.shape[1])))
-
-
 def _check_control(control: Control, frames: int, reference_size: tuple[int, int], backend: str) -> None:
     height, width = reference_size
     if not isinstance(control, Control) or (control.frames is None and control.audio is None):
@@ -354,7 +348,7 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
         seconds = bucket.frames / video.fps
         audio = read_audio(source, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS, max_seconds=seconds)
         if audio is not None:
-            audio = _fit_length(audio, round(seconds * AUDIO_SAMPLE_RATE))  # [2, samples]
+            audio = fit_length(audio, round(seconds * AUDIO_SAMPLE_RATE))  # [2, samples]
     except BadInput as exc:
         return {"rel": job.rel, "status": "skipped", "reason": str(exc)}
     except Exception as exc:  # e.g. an OpenCV error on a strange frame: cost one clip, not the run
