@@ -28,23 +28,24 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from avctl.backbone import POCKET_DIR
 from avctl.errors import BadUsage
+
+if TYPE_CHECKING:
+    from avctl.modalities.base import Extractor
 
 WEIGHTS_DIR = POCKET_DIR
 CLIP_SIZE = 64
 CLIP_FRAMES = 17
 CLIP_FPS = 24.0
-MAX_LENGTH = 32
 
 
 # ------------------------------------------------------------------------------------------------ the config
@@ -150,22 +151,21 @@ def world_data(n: int, seed: int, size: int = CLIP_SIZE, frames: int = CLIP_FRAM
     )
 
 
-def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
-    """Canny renderings of every `every`-th clip, alternately with 1-px and 3-px lines, drawn by the canny modality's
-    own extractor (what `avctl prepare canny [--line-width 3]` writes), as [N // every, F, H, W, 3] uint8.
+def control_renderings(frames: torch.Tensor, extractors: Sequence[Extractor], every: int = 4) -> torch.Tensor:
+    """Control renderings of every `every`-th clip, drawn by `extractors` in turn (pocket pretraining passes the
+    canny modality's own extractor with 1-px and 3-px lines: what `avctl prepare canny [--line-width 3]` writes), as
+    [N // every, F, H, W, 3] uint8.
 
     The video VAE also trains on these. LTX-2's VAE has seen line art in its web-scale data, so a canny reference
     reaches its transformer as latents that still hold the lines; a VAE trained on scenes alone had never seen a line
     drawing, and its reconstruction of a canny control held none of the control's edge pixels."""
     from avctl.modalities.base import Clip
-    from avctl.modalities.canny import CannyExtractor
 
-    extractors = (CannyExtractor(line_width=1), CannyExtractor(line_width=3))
     size = (frames.shape[2], frames.shape[3])
     out = []
     for j, i in enumerate(range(0, len(frames), every)):
         clip = Clip(frames=frames[i].numpy(), fps=CLIP_FPS, key=f"world_{i:04d}", seed=0, reference_size=size)
-        out.append(torch.from_numpy(np.ascontiguousarray(extractors[j % 2](clip).frames)))
+        out.append(torch.from_numpy(np.ascontiguousarray(extractors[j % len(extractors)](clip).frames)))
     return torch.stack(out)
 
 
@@ -178,35 +178,25 @@ def resample(wav: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ stage runner
 def _save_stage(path: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, extra: dict[str, Any]) -> None:
-    from avctl.io import atomic_write
-    from avctl.lora import atomic_save_safetensors
+    from avctl.io import save_resume_state
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
-    state = optimizer.state_dict()["state"]
-    for i, st in state.items():
-        tensors[f"exp_avg.{i}"] = st["exp_avg"].contiguous()
-        tensors[f"exp_avg_sq.{i}"] = st["exp_avg_sq"].contiguous()
-    tensors["generator"] = generator.get_state()
-    name = f"{path.name}_{step:06d}.safetensors"
-    atomic_save_safetensors(tensors, path.parent / name, {"format": "avctl-pocket-stage"})
-    meta = {"step": step, "tensors": name, "adam_steps": {str(i): float(st["step"]) for i, st in state.items()},
-            "torch_threads": torch.get_num_threads(), **extra}
-    atomic_write(path.with_suffix(".json"), json.dumps(meta))
-    for old in path.parent.glob(f"{path.name}_*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    moments = {str(i): {"exp_avg": st["exp_avg"].contiguous(), "exp_avg_sq": st["exp_avg_sq"].contiguous(),
+                        "step": st["step"]} for i, st in optimizer.state_dict()["state"].items()}
+    save_resume_state(path, step, tensors, moments, generator, extra, "avctl-pocket-stage")
 
 
 def _load_stage(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator) -> tuple[int, dict[str, Any]]:
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
+    from avctl.io import load_resume_state
+
+    loaded = load_resume_state(path)
+    if loaded is None:
         return 0, {}
-    meta = json.loads(meta_path.read_text())
+    meta, tensors = loaded
     if meta["torch_threads"] != torch.get_num_threads():
-        raise BadUsage(f"{meta_path}: saved with {meta['torch_threads']} torch threads, now "
+        raise BadUsage(f"{path}.json: saved with {meta['torch_threads']} torch threads, now "
                        f"{torch.get_num_threads()}; use the same count for a bit-exact resume")
-    tensors = load_file(str(path.parent / meta["tensors"]))
     module.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     sd = optimizer.state_dict()
     sd["state"] = {
