@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from avctl.env import HF_HOME, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, MODEL
 from avctl.errors import BadInput, BadUsage, MissingWeights
 from avctl.io import atomic_folder
 from avctl.presets import TINY_MAX_LENGTH, component_classes, tiny_tokenizer
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 # The diffusers-format LTX-2 repo named in diffusers' LTX2Pipeline docstring.
 DEFAULT_MODEL_ID = "Lightricks/LTX-2"
-MODEL_ENV_VAR = "AVCTL_MODEL"
 TINY = "tiny"
 POCKET = "pocket"
 # The pocket preset's pretrained weights ship inside the package (examples/pocket_pretrain.py makes them).
@@ -502,7 +502,7 @@ def load_backbone(
 
     wanted = _resolve_components(components)
     target_device = torch.device(device) if device is not None else _default_device()
-    name = os.fspath(model) if model is not None else (os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID)
+    name = os.fspath(model) if model is not None else MODEL.get(DEFAULT_MODEL_ID)
     if not name.strip():
         raise BadUsage("the model name is empty; pass a directory, a hub id or 'tiny'")
     # The real-shape presets are built in bf16 on a CPU too: fp32 would double what a CPU test has to hold.
@@ -609,11 +609,12 @@ def _hub_cache_dir() -> str:
     """The HF hub cache as the environment names it now (huggingface_hub reads it once, at import)."""
     from huggingface_hub import constants
 
-    env = os.environ
-    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
-        return env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]
-    if env.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
+    cache = HF_HUB_CACHE.get() or HUGGINGFACE_HUB_CACHE.get()
+    if cache:
+        return cache
+    home = HF_HOME.get()
+    if home:
+        return os.path.join(os.path.expanduser(home), "hub")
     return constants.HF_HUB_CACHE
 
 
@@ -622,7 +623,7 @@ def _download_hint(model_id: str) -> str:
     include = " ".join(f"'{c}/*'" for c in (*COMPONENTS, "scheduler"))
     return (
         f"download it with `hf download {model_id} --include model_index.json {include} --local-dir {local}` "
-        f"and pass `--model {local}` (or set {MODEL_ENV_VAR})"
+        f"and pass `--model {local}` (or set {MODEL.name})"
     )
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from avctl import env
 from avctl.errors import AvctlError, BadInput, BadUsage
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # docstrings wrap as paragraphs instead of keeping source line breaks
+    epilog=env.help_text(),
 )
 err = Console(stderr=True)
 out = Console()
@@ -84,7 +86,7 @@ def _progress(json_mode: bool) -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=json_mode,
-        disable=os.environ.get("AVCTL_NO_PROGRESS") == "1",
+        disable=env.NO_PROGRESS.get() == "1",
     )
 
 
@@ -104,7 +106,7 @@ def _emit(data: Any) -> None:
 
 
 def _model_name(model: str | None) -> str | None:
-    return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
+    return env.model_name(model)  # None: the backbone's default (LTX-2)
 
 
 def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
@@ -117,7 +119,7 @@ def _load_backbone(model: str | None, components: set[str] | None = None, dtype:
     from avctl import backbone as bb
 
     name = _model_name(model)
-    if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
+    if name in ("tiny", "pocket") and not env.OMP_NUM_THREADS.is_set():
         torch.set_num_threads(1)
     return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
 
@@ -237,7 +239,7 @@ def prepare_cmd(
     from avctl.prepare import default_bucket, encode_dataset, prepare
 
     mod = get_modality(modality)
-    model_name = model or os.environ.get("AVCTL_MODEL")
+    model_name = _model_name(model)
     b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
     counts = {"encoded": 0, "cached": 0}

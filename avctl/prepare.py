@@ -47,6 +47,7 @@ from avctl.dataset import (
     write_json,
     write_manifest,
 )
+from avctl.env import HOME
 from avctl.errors import AvctlError, BadInput, BadUsage
 from avctl.io import WriteError, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
@@ -58,7 +59,6 @@ AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
 PAIRS_EXTENSIONS = (".jsonl", ".csv")
 # avctl.json's extractor identity for datasets made from a pairs manifest (no extractor runs).
 PAIRS_IDENTITY = {"backend": "pairs-manifest", "version": "1 (source → reference, target → video, same frames)"}
-WEIGHTS_HOME_ENV = "AVCTL_HOME"
 # Target audio is kept at 48 kHz stereo (LTX-2's audio is stereo; the VAE front end resamples to 16 kHz itself).
 AUDIO_SAMPLE_RATE = 48_000
 AUDIO_CHANNELS = 2
@@ -416,7 +416,7 @@ def resolve_weights(weights: Path | None, backend: str | None) -> Path | None:
         if not Path(weights).exists():
             raise BadUsage(f"--weights {weights}: no such file or folder; point it at the extractor's weights")
         return Path(weights)
-    home = os.environ.get(WEIGHTS_HOME_ENV)
+    home = HOME.get()
     if home and backend:
         candidate = Path(home) / "weights" / backend
         if candidate.is_dir():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -70,7 +69,9 @@ def parse_lora_arg(arg: str) -> tuple[str, float]:
 def resolve_lora(name_or_path: str) -> Path:
     """An existing path, else ./runs/NAME/lora.safetensors, else $AVCTL_HOME/runs/NAME/lora.safetensors."""
     tried = [Path(name_or_path), Path("runs") / name_or_path / "lora.safetensors"]
-    home = os.environ.get("AVCTL_HOME")
+    from avctl.env import HOME
+
+    home = HOME.get()
     if home:
         tried.append(Path(home) / "runs" / name_or_path / "lora.safetensors")
     for p in tried:

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,14 +27,14 @@ from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file
 
+from avctl import env
 from avctl.cache import Sample
 from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
 from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
-from avctl.io import atomic_write
-from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora, target_modules
+from avctl.io import atomic_write, load_resume_state, save_resume_state
+from avctl.lora import add_lora, lora_state_dict, save_lora, target_modules
 from avctl.modalities.base import Modality
 
 STATE_VERSION = 1
@@ -336,10 +335,6 @@ def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ state
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text)
-
-
 def save_state(
     state_dir: Path,
     step: int,
@@ -351,41 +346,16 @@ def save_state(
     fingerprint: str,
     run_info: dict[str, Any] | None = None,
 ) -> None:
-    """Everything an exact resume needs, as safetensors + JSON (`moments`: `gather_moments`'s). The JSON is written
-    last and names the tensors file, so a kill between the two leaves the previous state valid."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"lora.{k}": v for k, v in lora.items()}
-    steps_taken = {}
-    for name, st in moments.items():
-        tensors[f"exp_avg.{name}"] = st["exp_avg"]
-        tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
-        steps_taken[name] = st["step"]
-    tensors["generator"] = generator.get_state()
-    tensors_name = f"state_{step:06d}.safetensors"
-    atomic_save_safetensors(tensors, state_dir / tensors_name, {"format": "avctl-train-state"})
-    meta = {
-        "version": STATE_VERSION,
-        "step": step,
-        "tensors": tensors_name,
-        "fingerprint": fingerprint,
-        "torch_threads": torch.get_num_threads(),
-        "order": order,
-        "cursor": cursor,
-        "adam_steps": steps_taken,
-        **(run_info or {}),  # base_dtype, gradient_checkpointing
-    }
-    _atomic_write_text(state_dir / "state.json", json.dumps(meta))
-    for old in state_dir.glob("state_*.safetensors"):
-        if old.name != tensors_name:
-            old.unlink(missing_ok=True)
+    """Everything an exact resume needs (`moments`: `gather_moments`'s), in `avctl.io.save_resume_state`'s format:
+    `state_dir/state.json` naming `state_dir/state_<step>.safetensors`."""
+    meta = {"version": STATE_VERSION, "fingerprint": fingerprint, "order": order, "cursor": cursor,
+            **(run_info or {})}  # run_info: base_dtype, gradient_checkpointing, ...
+    save_resume_state(state_dir / "state", step, {f"lora.{k}": v for k, v in lora.items()}, moments, generator,
+                      meta, "avctl-train-state")
 
 
 def load_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    meta_path = state_dir / "state.json"
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    return meta, load_file(str(state_dir / meta["tensors"]))
+    return load_resume_state(state_dir / "state")
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -409,9 +379,9 @@ class Ranks:
         import torch.distributed as dist
 
         self.dist = dist
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = int(env.WORLD_SIZE.get("1"))
+        self.rank = int(env.RANK.get("0"))
+        self.local_rank = int(env.LOCAL_RANK.get("0"))
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
@@ -450,7 +420,7 @@ class Ranks:
 def default_strategy() -> Literal["ddp", "fsdp"]:
     """fsdp under `accelerate launch --config_file configs/accelerate/fsdp.yaml` (it sets ACCELERATE_USE_FSDP),
     else ddp."""
-    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
+    return "fsdp" if env.ACCELERATE_USE_FSDP.get("").lower() in ("1", "true") else "ddp"
 
 
 def check_strategy(config: TrainConfig, world: int) -> None:
@@ -476,11 +446,11 @@ def shard(transformer: torch.nn.Module, ranks: Ranks) -> None:
     from torch.distributed.fsdp import fully_shard
 
     block_class = type(transformer.transformer_blocks[0]).__name__
-    wrap = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+    wrap = env.FSDP_TRANSFORMER_CLS_TO_WRAP.get()
     if wrap and wrap != block_class:
         raise BadUsage(f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; avctl shards each "
                        f"{block_class}: set it to that (configs/accelerate/fsdp.yaml)")
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0", "shard_grad_op")
+    reshard = env.FSDP_RESHARD_AFTER_FORWARD.get("true").lower() not in ("false", "0", "shard_grad_op")
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
     for block in transformer.transformer_blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
@@ -854,7 +824,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    _atomic_write_text(path, "".join(r + "\n" for r in rows))
+    atomic_write(path, "".join(r + "\n" for r in rows))
 
 
 def _prune_checkpoints(folder: Path, keep: int) -> None:
