@@ -558,14 +558,6 @@ def _prepare_keep_audio(wav_in: np.ndarray, samples: int, backbone: Any) -> np.n
     return np.ascontiguousarray(np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav)
 
 
-def read_keep_video(path: Path, frames: int | None = None) -> tuple[np.ndarray, float]:
-    """The frames and fps of a --keep-video file (BadInput for an unreadable file or one without video)."""
-    from avctl import media
-
-    clip = media.read_video(Path(path), max_frames=frames)
-    return clip.frames, clip.fps
-
-
 def read_keep_audio(path: Path, backbone: Any, seconds: float | None = None) -> np.ndarray:
     """A --keep-audio file's sound [2, N] at the backbone's mel rate; BadInput when the file has no audio stream."""
     from avctl import media
