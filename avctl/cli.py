@@ -394,10 +394,10 @@ def train_cmd(
         TrainConfig,
         check_strategy,
         default_strategy,
-        make_validator,
         train,
         with_layout,
     )
+    from avctl.validation import make_validator
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {

@@ -19,7 +19,6 @@ looked up as `--weights DIR`, then `$AVCTL_HOME/weights/<backend>`, then (left t
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import multiprocessing
 import os
@@ -47,8 +46,8 @@ from avctl.dataset import (
     write_json,
     write_manifest,
 )
-from avctl.env import HOME
 from avctl.errors import AvctlError, BadInput, BadUsage
+from avctl.extractors import build_extractor
 from avctl.io import WriteError, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
 from avctl.modalities.base import Clip, Control, Extractor, Modality
@@ -64,8 +63,8 @@ AUDIO_SAMPLE_RATE = 48_000
 AUDIO_CHANNELS = 2
 # avctl.json fields that must match for a rerun to add to an existing dataset.
 _COMPATIBLE_FIELDS = ("modality", "bucket", "downscale", "extractor", "seed")
-__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "build_extractor", "caption_for", "default_bucket",
-           "encode_dataset", "find_pairs", "find_sources", "prepare", "prepare_throughput", "resolve_weights"]
+__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "caption_for", "default_bucket", "encode_dataset",
+           "find_pairs", "find_sources", "prepare", "prepare_throughput"]
 
 
 @dataclass
@@ -394,64 +393,6 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
         return {"rel": job.rel, "status": "failed", "reason": f"{source}: could not write the sample: {exc}"}
     row["fps"] = video.fps
     return {"rel": job.rel, "status": "done", "row": row, **timing}
-
-
-# ------------------------------------------------------------------------------------------------- the extractor
-def _takes_options(factory: Callable[..., Extractor]) -> bool:
-    """Whether the factory accepts `weights=` and `backend=` keyword arguments."""
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a builtin or C callable without a signature
-        return False
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return True
-    return all(name in parameters and parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
-               for name in ("weights", "backend"))
-
-
-def resolve_weights(weights: Path | None, backend: str | None) -> Path | None:
-    """The weights to hand an extractor: `--weights DIR` (which must exist), else `$AVCTL_HOME/weights/<backend>`
-    when that folder exists, else None (the extractor then reads the hub cache itself, never downloading)."""
-    if weights is not None:
-        if not Path(weights).exists():
-            raise BadUsage(f"--weights {weights}: no such file or folder; point it at the extractor's weights")
-        return Path(weights)
-    home = HOME.get()
-    if home and backend:
-        candidate = Path(home) / "weights" / backend
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def build_extractor(modality: Modality, weights: Path | None = None, backend: str | None = None,
-                    options: dict[str, Any] | None = None) -> Extractor:
-    """The modality's extractor: `factory(weights=..., backend=...)` when its factory takes those keywords (weights
-    resolved by `resolve_weights`), else `factory()`, refusing --weights / --backend it could not honour.
-    `options` are extra keyword arguments for factories that declare them (e.g. who-is-talking's `speakers`)."""
-    factory = modality.extractor
-    if factory is None:
-        raise BadUsage(f"{modality.name!r} has no extractor ({modality.extractor_note})")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    if options:
-        try:
-            parameters = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            parameters = {}  # type: ignore[assignment]
-        refused = [k for k in options if k not in parameters]
-        if refused:
-            raise BadUsage(f"--{refused[0].replace('_', '-')}: the {modality.name!r} extractor takes no such option")
-        if not _takes_options(factory):
-            return factory(**options)
-    if _takes_options(factory):
-        default = getattr(factory, "backend", None)
-        chosen = backend or (default if isinstance(default, str) else None)
-        return factory(weights=resolve_weights(weights, chosen), backend=backend, **options)
-    if weights is not None or backend is not None:
-        given = " and ".join(flag for flag, value in (("--weights", weights), ("--backend", backend))
-                             if value is not None)
-        raise BadUsage(f"{given}: the {modality.name!r} extractor takes no weights or backend choice; drop {given}")
-    return factory()
 
 
 # ------------------------------------------------------------------------------------------------------ the workers
