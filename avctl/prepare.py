@@ -43,12 +43,11 @@ from avctl.dataset import (
     read_rows,
     remove_stale_temp_files,
     row_files,
-    write_json,
     write_manifest,
 )
 from avctl.errors import AvctlError, BadInput, BadUsage
 from avctl.extractors import build_extractor
-from avctl.io import WriteError, folder_lock
+from avctl.io import WriteError, atomic_write_json, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
 from avctl.modalities.base import Clip, Control, Extractor, Modality
 
@@ -551,7 +550,7 @@ def _prepare_locked(
     # leaves nothing that would stand in another run's way.
     started = existing is not None and not overwrite
     if started:
-        write_json(out / INFO, info)
+        atomic_write_json(out / INFO, info)
     rows: dict[str, dict[str, Any]] = {} if overwrite else {row["video"]: row for row in read_rows(out)}
     jobs: list[_Job] = []
     for source in sources:
@@ -573,7 +572,7 @@ def _prepare_locked(
         nonlocal started
         if result["status"] == "done":
             if not started:
-                write_json(out / INFO, info)
+                atomic_write_json(out / INFO, info)
                 started = True
             rows[result["row"]["video"]] = result["row"]
             write_manifest(out, rows.values())
