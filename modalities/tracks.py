@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage
-from avctl.io import atomic_path
+from avctl.media import atomic_path
 from avctl.modalities.base import Clip, Control, Modality
 
 MAX_TRACKS = 64
