@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from avctl.env import HOME
 from avctl.errors import BadUsage
-from avctl.modalities.base import Extractor, Modality
+from avctl.modalities.base import Extractor, Modality, weight_places
 
 
 def _takes_options(factory: Callable[..., Extractor]) -> bool:
@@ -32,12 +31,9 @@ def resolve_weights(weights: Path | None, backend: str | None) -> Path | None:
         if not Path(weights).exists():
             raise BadUsage(f"--weights {weights}: no such file or folder; point it at the extractor's weights")
         return Path(weights)
-    home = HOME.get()
-    if home and backend:
-        candidate = Path(home) / "weights" / backend
-        if candidate.is_dir():
-            return candidate
-    return None
+    if not backend:
+        return None
+    return next((place for place in weight_places(None, backend) if place.is_dir()), None)
 
 
 def build_extractor(modality: Modality, weights: Path | None = None, backend: str | None = None,
