@@ -28,19 +28,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from avctl.backbone import POCKET_DIR
 from avctl.errors import BadUsage
-
-if TYPE_CHECKING:
-    from avctl.modalities.base import Extractor
 
 WEIGHTS_DIR = POCKET_DIR
 CLIP_SIZE = 64
@@ -151,21 +148,22 @@ def world_data(n: int, seed: int, size: int = CLIP_SIZE, frames: int = CLIP_FRAM
     )
 
 
-def control_renderings(frames: torch.Tensor, extractors: Sequence[Extractor], every: int = 4) -> torch.Tensor:
-    """Control renderings of every `every`-th clip, drawn by `extractors` in turn (pocket pretraining passes the
-    canny modality's own extractor with 1-px and 3-px lines: what `avctl prepare canny [--line-width 3]` writes), as
-    [N // every, F, H, W, 3] uint8.
+def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
+    """Canny renderings of every `every`-th clip, alternately with 1-px and 3-px lines, drawn by the canny modality's
+    own extractor (what `avctl prepare canny [--line-width 3]` writes), as [N // every, F, H, W, 3] uint8.
 
     The video VAE also trains on these. LTX-2's VAE has seen line art in its web-scale data, so a canny reference
     reaches its transformer as latents that still hold the lines; a VAE trained on scenes alone had never seen a line
     drawing, and its reconstruction of a canny control held none of the control's edge pixels."""
     from avctl.modalities.base import Clip
+    from avctl.modalities.canny import CannyExtractor
 
+    extractors = (CannyExtractor(line_width=1), CannyExtractor(line_width=3))
     size = (frames.shape[2], frames.shape[3])
     out = []
     for j, i in enumerate(range(0, len(frames), every)):
         clip = Clip(frames=frames[i].numpy(), fps=CLIP_FPS, key=f"world_{i:04d}", seed=0, reference_size=size)
-        out.append(torch.from_numpy(np.ascontiguousarray(extractors[j % len(extractors)](clip).frames)))
+        out.append(torch.from_numpy(np.ascontiguousarray(extractors[j % 2](clip).frames)))
     return torch.stack(out)
 
 

@@ -25,7 +25,6 @@ import torch
 
 from avctl import pocket
 from avctl.backbone import load_backbone
-from avctl.modalities.canny import CannyExtractor
 
 
 def log(message: str) -> None:
@@ -63,8 +62,7 @@ def main() -> None:
     # ---- stage 1: autoencoders
     # The video VAE sees the world clips plus canny renderings of one clip in four (avctl.pocket.control_renderings,
     # a fifth of its data): a control LoRA reads its reference through this VAE.
-    lines = (CannyExtractor(line_width=1), CannyExtractor(line_width=3))
-    vae_frames = torch.cat([data.frames, pocket.control_renderings(data.frames, lines)])
+    vae_frames = torch.cat([data.frames, pocket.control_renderings(data.frames)])
     pocket.run_stage("vae", parts["vae"], pocket.video_vae_loss(parts["vae"], vae_frames), args.vae_steps,
                      lr=5e-4, seed=args.seed + 1, work=args.work, log=log)
     wav16 = pocket.resample(data.audio, 48_000, backbone.audio_sample_rate)
@@ -125,6 +123,7 @@ def report(args: argparse.Namespace, train_seconds: float, wall_seconds: float |
                   caption=f"pocket: world clips, their VAE reconstructions (PSNR {np.mean(psnrs):.1f} dB) and "
                           "text-to-video samples (30 steps, cfg 1) from held-out captions")
     from avctl.modalities.base import Clip
+    from avctl.modalities.canny import CannyExtractor
 
     half = (pocket.CLIP_SIZE // 2, pocket.CLIP_SIZE // 2)
     controls = [CannyExtractor()(Clip(held.frames[i].numpy(), held.fps, "held", 0, half)).frames for i in range(2)]

@@ -104,13 +104,12 @@ def test_control_renderings_are_the_canny_extractor_s_lines_alternating_widths()
     from avctl.modalities.canny import CannyExtractor
 
     frames = torch.from_numpy(np.stack([make_clip(clip_seed(31337, k), frames=5).frames for k in range(8)]))
-    lines = (CannyExtractor(line_width=1), CannyExtractor(line_width=3))
-    out = pocket.control_renderings(frames, lines, every=4)  # clips 0 (1-px lines) and 4 (3-px lines)
+    out = pocket.control_renderings(frames, every=4)  # clips 0 (1-px lines) and 4 (3-px lines)
     assert out.shape == (2, 5, 64, 64, 3) and out.dtype == torch.uint8
     for j, (k, width) in enumerate(((0, 1), (4, 3))):
         want = CannyExtractor(line_width=width)(Clip(frames[k].numpy(), 24.0, "w", 0, (64, 64))).frames
         assert np.array_equal(out[j].numpy(), want)
-    thin = (pocket.control_renderings(frames[4:5], lines, every=1)[0] > 0).float().mean()
+    thin = (pocket.control_renderings(frames[4:5], every=1)[0] > 0).float().mean()
     assert (out[1] > 0).float().mean() > 1.5 * thin  # the same clip's lines, drawn 3 px wide
 
 
