@@ -28,11 +28,11 @@ app = typer.Typer(
     name="avctl",
     help="Train and use audio-visual control LoRAs (AVControl) on LTX-2.\n\n"
     "Chain: prepare (videos → dataset) → train (dataset → LoRA) → generate (prompt + control → mp4).",
+    epilog=env.help_text(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # docstrings wrap as paragraphs instead of keeping source line breaks
-    epilog=env.help_text(),
 )
 err = Console(stderr=True)
 out = Console()

@@ -50,5 +50,6 @@ def model_name(model: str | None) -> str | None:
 
 
 def help_text() -> str:
-    """The variables a user sets, for `avctl --help` (markdown: one line each)."""
-    return "Environment variables:  \n" + "  \n".join(f"`{v.name}`: {v.help}" for v in VARIABLES if v.set_by == "you")
+    """The variables a user sets, for `avctl --help`: one paragraph each, so plain and markdown help both keep them
+    apart."""
+    return "\n\n".join(["Environment variables:", *(f"{v.name}: {v.help}" for v in VARIABLES if v.set_by == "you")])

@@ -311,8 +311,7 @@ def write_world_dataset(folder: str | Path, n: int, seed: int = 0, size: int = 6
     caption sidecar (what `avctl prepare` reads), and with `truth=True` a `world_XXXX.npz` of the exact ground truth
     plus `world_XXXX.json` of the scene. Clip k is make_clip(seed·100003 + k), so sets with different seeds do not
     overlap, and two processes writing disjoint ranges make the same folder as one. Returns the video paths."""
-    from avctl.io import atomic_path
-    from avctl.media import write_video
+    from avctl.media import atomic_path, write_video
 
     if n < 1 or start < 0:
         raise BadUsage("write_world_dataset needs n ≥ 1 and start ≥ 0")

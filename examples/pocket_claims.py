@@ -32,11 +32,10 @@ import torch
 
 from avctl import pocket
 from avctl.backbone import load_backbone
-from avctl.cache import Sample
 from avctl.metrics import edge_f1
 from avctl.modalities.base import Clip
 from avctl.modalities.canny import CANNY, CannyExtractor
-from avctl.train import TrainConfig, train
+from avctl.train import Sample, TrainConfig, train
 from avctl.world import WorldClip, clip_seed, make_clip
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
