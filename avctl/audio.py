@@ -78,19 +78,13 @@ def require_audio(audio: np.ndarray | None, what: str, where: str = "the clip") 
 
 # -------------------------------------------------------------------------------------- envelope and sonification
 def rms_envelope(audio: np.ndarray, sample_rate: int, window_s: float = ENVELOPE_WINDOW_S) -> np.ndarray:
-    """Linear RMS of consecutive non-overlapping windows (channels averaged first) [windows]; a trailing partial
-    window counts as its own window."""
+    """Linear RMS of consecutive non-overlapping windows (channels averaged first) [windows]. A trailing partial
+    window is dropped, so every value covers a whole window; `avctl eval` measures envelopes with this rule too."""
     mono = to_mono(audio)
     window = max(1, round(window_s * sample_rate))
-    count = math.ceil(len(mono) / window)
-    padded = np.zeros(count * window)
-    padded[: len(mono)] = mono
-    blocks = padded.reshape(count, window)
-    rms = np.sqrt(np.mean(blocks * blocks, axis=1))
-    if len(mono) % window:  # the partial window's RMS over its real samples only
-        tail = mono[(count - 1) * window:]
-        rms[-1] = np.sqrt(np.mean(tail * tail))
-    return rms
+    count = len(mono) // window
+    blocks = mono[: count * window].reshape(count, window)  # [windows, samples]
+    return np.sqrt(np.mean(blocks * blocks, axis=1))
 
 
 def sonify_envelope(envelope: np.ndarray, sample_rate: int, samples: int, channels: int = 2,
@@ -100,7 +94,8 @@ def sonify_envelope(envelope: np.ndarray, sample_rate: int, samples: int, channe
     exceed full scale. Returns float32 [channels, samples], the same signal in every channel."""
     window = max(1, round(window_s * sample_rate))
     gain = np.repeat(np.asarray(envelope, dtype=np.float64), window)[:samples]
-    gain = fit_length(gain, samples) if len(gain) < samples else gain
+    if len(gain) < samples:  # samples past the last whole window keep its loudness
+        gain = np.pad(gain, (0, samples - len(gain)), mode="edge") if len(gain) else np.zeros(samples)
     ramp = max(1, round(SONIFY_RAMP_S * sample_rate))
     if ramp > 1:
         gain = np.convolve(np.pad(gain, (ramp // 2, ramp - 1 - ramp // 2), mode="edge"), np.ones(ramp) / ramp,
@@ -118,13 +113,6 @@ def sonify(audio: np.ndarray, sample_rate: int, channels: int = 2) -> np.ndarray
     as `audio`."""
     samples = np.asarray(audio).shape[-1]
     return sonify_envelope(rms_envelope(audio, sample_rate), sample_rate, samples, channels)
-
-
-def envelope_correlation(reference: np.ndarray, generated: np.ndarray, sample_rate: int) -> float:
-    """Pearson correlation of the 20 ms RMS envelopes in dB (the `avctl eval` metric for audio-intensity)."""
-    from avctl.metrics import audio_envelope_correlation
-
-    return audio_envelope_correlation(reference, generated, sample_rate)
 
 
 # ------------------------------------------------------------------------------------------------ voice activity

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from avctl.env import HF_HOME, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, MODEL
 from avctl.errors import BadInput, BadUsage, MissingWeights
 from avctl.io import atomic_folder
+from avctl.presets import TINY_MAX_LENGTH, component_classes, tiny_tokenizer
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
 # The diffusers-format LTX-2 repo named in diffusers' LTX2Pipeline docstring.
 DEFAULT_MODEL_ID = "Lightricks/LTX-2"
-MODEL_ENV_VAR = "AVCTL_MODEL"
 TINY = "tiny"
 POCKET = "pocket"
 # The pocket preset's pretrained weights ship inside the package (examples/pocket_pretrain.py makes them).
@@ -501,7 +502,7 @@ def load_backbone(
 
     wanted = _resolve_components(components)
     target_device = torch.device(device) if device is not None else _default_device()
-    name = os.fspath(model) if model is not None else (os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL_ID)
+    name = os.fspath(model) if model is not None else MODEL.get(DEFAULT_MODEL_ID)
     if not name.strip():
         raise BadUsage("the model name is empty; pass a directory, a hub id or 'tiny'")
     # The real-shape presets are built in bf16 on a CPU too: fp32 would double what a CPU test has to hold.
@@ -608,11 +609,12 @@ def _hub_cache_dir() -> str:
     """The HF hub cache as the environment names it now (huggingface_hub reads it once, at import)."""
     from huggingface_hub import constants
 
-    env = os.environ
-    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
-        return env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]
-    if env.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
+    cache = HF_HUB_CACHE.get() or HUGGINGFACE_HUB_CACHE.get()
+    if cache:
+        return cache
+    home = HF_HOME.get()
+    if home:
+        return os.path.join(os.path.expanduser(home), "hub")
     return constants.HF_HUB_CACHE
 
 
@@ -621,7 +623,7 @@ def _download_hint(model_id: str) -> str:
     include = " ".join(f"'{c}/*'" for c in (*COMPONENTS, "scheduler"))
     return (
         f"download it with `hf download {model_id} --include model_index.json {include} --local-dir {local}` "
-        f"and pass `--model {local}` (or set {MODEL_ENV_VAR})"
+        f"and pass `--model {local}` (or set {MODEL.name})"
     )
 
 
@@ -655,21 +657,6 @@ def _locate(name: str) -> tuple[Path, bool]:
 # ---- loading a diffusers-format directory
 
 
-def _classes() -> dict[str, Any]:
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
-    from transformers import Gemma3ForConditionalGeneration
-
-    return {
-        "transformer": LTX2VideoTransformer3DModel,
-        "vae": AutoencoderKLLTX2Video,
-        "audio_vae": AutoencoderKLLTX2Audio,
-        "vocoder": LTX2Vocoder,
-        "connectors": LTX2TextConnectors,
-        "text_encoder": Gemma3ForConditionalGeneration,
-    }
-
-
 def _vocoder_class(folder: Path) -> Any:
     """LTX2Vocoder, or LTX2VocoderWithBWE where the saved config names it (LTX-2.3)."""
     from diffusers.pipelines.ltx2 import LTX2Vocoder, LTX2VocoderWithBWE
@@ -693,7 +680,7 @@ def _load_directory(directory: Path, wanted: set[str], dtype: torch.dtype, hub_i
             f"{directory} is not a diffusers-format LTX-2 directory: no {', '.join(f'{m}/' for m in missing)} "
             f"subfolder; pass the folder that holds {', '.join(f'{c}/' for c in COMPONENTS)}"
         )
-    classes = _classes()
+    classes = component_classes()
     parts: dict[str, Any] = {}
     for name in COMPONENTS:
         if name not in wanted:
@@ -822,65 +809,7 @@ def _pocket_directory() -> Path:
 # ---- the tiny preset
 
 TINY_SEED = 0
-TINY_MAX_LENGTH = 32  # LTX2Pipeline pads to 1024 with 128 connector registers; tiny pads to 32 with 8
 TINY_REGISTERS = 8
-
-# Word-level vocabulary of common English (and video-caption) words for the tiny tokenizer.
-_TINY_WORDS = """
-a an the this that these those it its he she they we you i me him her them his their our your my
-is are was were be been being am has have had do does did will would can could should may might must
-and or but if then so because while when where what who which how not no yes all some any each every
-of in on at to from by with without for about into onto over under above below between through across
-near far up down out off inside outside behind front back left right top bottom side middle center around
-one two three four five many few more most less other same different first last next new old young
-big small large little tall short long wide narrow thick thin high low fast slow quick loud quiet soft hard
-red orange yellow green blue purple pink brown black white gray grey gold silver dark bright light colorful
-man woman person people boy girl child children baby family friend crowd group face hand hands head hair eyes
-dog cat bird horse cow fish animal tree trees flower flowers grass leaf leaves forest garden park field
-water river lake sea ocean beach wave waves rain snow sun moon sky cloud clouds wind fire smoke stone rock
-mountain hill road street city town house home room door window wall floor table chair bed car bus train
-boat bicycle plane ball box book phone camera screen light lamp kitchen food bread cup glass bottle
-walk walks walking run runs running jump jumps jumping sit sits sitting stand stands standing look looks
-looking talk talks talking speak speaks speaking sing sings singing dance dances dancing play plays playing
-move moves moving turn turns turning roll rolls rolling fall falls falling fly flies flying swim swims
-smile smiles smiling laugh laughs laughing cry cries open opens close closes hold holds holding throw
-throws catch catches eat eats drink drinks write writes read reads watch watches drive drives ride rides
-slowly quickly gently suddenly together alone again still very really just also only even
-day night morning evening sunset sunrise time moment scene shot view video clip film frame music sound
-voice noise song words silence background foreground closeup zoom pan tilt tracking angle focus blur
-static handheld cinematic realistic natural warm cold golden shadow shadows reflection
-"""
-_TINY_SPECIALS = ("[PAD]", "[UNK]", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
-_TINY_PUNCTUATION = (".", ",", "!", "?", "'", '"', ":", ";", "-", "(", ")")
-
-
-def _tiny_tokenizer(extra_words: tuple[str, ...] = (), max_length: int = TINY_MAX_LENGTH) -> PreTrainedTokenizerBase:
-    """The tiny word-level tokenizer; `extra_words` extend its vocabulary (the pocket preset adds its world's
-    words); `max_length` is what prompts are padded to (the real-shape presets pad to the pipeline's 1,024)."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for token in (*_TINY_SPECIALS, *_TINY_PUNCTUATION, *_TINY_WORDS.split(), *extra_words):
-        vocab.setdefault(token, len(vocab))
-    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    # Gemma's tokenizer prepends <bos> and appends nothing.
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        padding_side="left",
-        model_max_length=max_length,
-    )
-
 
 def _tiny_text_encoder(tokenizer: PreTrainedTokenizerBase) -> Gemma3ForConditionalGeneration:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
@@ -955,11 +884,11 @@ def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Seeded random-init small versions of every LTX-2 class (all built, so the config hash covers all; the
     unwanted ones are dropped). Widths: Gemma 32 = connectors = caption_channels; transformer video 2 heads × 16,
     audio 2 heads × 8, 2 layers; video VAE 16 latent channels at 32×/8×; audio VAE 2 latent channels × 16 mel/4."""
-    classes = _classes()
+    classes = component_classes()
     text_layers = 2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        tokenizer = _tiny_tokenizer()
+        tokenizer = tiny_tokenizer()
         text_encoder = _tiny_text_encoder(tokenizer)
         parts: dict[str, Any] = {
             "tokenizer": tokenizer,

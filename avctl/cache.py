@@ -201,19 +201,20 @@ def read_sample_media(dataset: Path, row: dict[str, Any], sample_rate: int) -> S
     """Decode one manifest row's target video, its audio and its reference (video or audio). Only ffmpeg work, no
     model, so `fill_cache` runs it for the next rows while the current one is being encoded."""
     from avctl import media
+    from avctl.audio import fit_length
 
     video_path = dataset / row["video"]
     clip = media.read_video(video_path)
     n_samples = round(clip.frames.shape[0] / clip.fps * sample_rate)
     audio = row.get("audio")
     wav = media.read_audio(dataset / audio if audio else video_path, sample_rate, channels=2)
-    wav = np.zeros((2, n_samples), np.float32) if wav is None else _fit_length(wav, n_samples)
+    wav = np.zeros((2, n_samples), np.float32) if wav is None else fit_length(wav, n_samples)
     out = SampleMedia(frames=np.ascontiguousarray(clip.frames), fps=float(clip.fps), wav=wav)
     if row.get("reference_video"):
         out.reference_frames = np.ascontiguousarray(media.read_video(dataset / row["reference_video"]).frames)
     elif row.get("reference_audio"):
         ref_wav = media.read_audio(dataset / row["reference_audio"], sample_rate, channels=2)
-        out.reference_wav = _fit_length(ref_wav, n_samples)
+        out.reference_wav = fit_length(ref_wav, n_samples)
     return out
 
 
@@ -246,13 +247,6 @@ def encode_sample(backbone: Any, dataset: Path, row: dict[str, Any]) -> dict[str
     with torch.no_grad():
         decoded = read_sample_media(Path(dataset), row, backbone.audio_sample_rate)
         return encode_media(backbone, decoded, row.get("caption", ""))
-
-
-def _fit_length(wav: np.ndarray, n: int) -> np.ndarray:
-    """Trim or zero-pad [C, N] audio to exactly n samples (the clip's duration)."""
-    if wav.shape[1] >= n:
-        return np.ascontiguousarray(wav[:, :n])
-    return np.pad(wav, ((0, 0), (0, n - wav.shape[1])))
 
 
 @dataclass

@@ -236,7 +236,7 @@ def load_trajectory(path: str | Path, frames: int | None = None) -> Trajectory:
 
 def save_trajectory(trajectory: Trajectory, path: str | Path) -> Path:
     """Write the trajectory as JSON, atomically."""
-    from avctl.media import atomic_path
+    from avctl.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -24,12 +24,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from avctl import env
 from avctl.errors import AvctlError, BadInput, BadUsage
 
 app = typer.Typer(
     name="avctl",
     help="Train and use audio-visual control LoRAs (AVControl) on LTX-2.\n\n"
     "Chain: prepare (videos → dataset) → train (dataset → LoRA) → generate (prompt + control → mp4).",
+    epilog=env.help_text(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -152,7 +154,7 @@ def _progress(json_mode: bool) -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=json_mode,
-        disable=os.environ.get("AVCTL_NO_PROGRESS") == "1",
+        disable=env.NO_PROGRESS.get() == "1",
     )
 
 
@@ -172,7 +174,7 @@ def _emit(data: Any) -> None:
 
 
 def _model_name(model: str | None) -> str | None:
-    return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
+    return env.model_name(model)  # None: the backbone's default (LTX-2)
 
 
 def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
@@ -185,7 +187,7 @@ def _load_backbone(model: str | None, components: set[str] | None = None, dtype:
     from avctl import backbone as bb
 
     name = _model_name(model)
-    if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
+    if name in ("tiny", "pocket") and not env.OMP_NUM_THREADS.is_set():
         torch.set_num_threads(1)
     return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
 
@@ -337,7 +339,7 @@ def prepare_cmd(
     seed = seed if seed is not None else fv.get("seed", 42)
     workers = workers if workers is not None else fv.get("workers", 1)
     encode = encode or fv.get("precompute", False)
-    model_name = model or os.environ.get("AVCTL_MODEL")
+    model_name = _model_name(model)
     b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
     check_avctl_dataset(target)
@@ -493,10 +495,10 @@ def train_cmd(
         TrainConfig,
         check_strategy,
         default_strategy,
-        make_validator,
         train,
         with_layout,
     )
+    from avctl.validation import make_validator
 
     file_opts = train_options(config, get_modality(modality)) if config else FileOptions({})
     if config and (warning := file_opts.warning(config)):

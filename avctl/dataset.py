@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from avctl.errors import BadInput, BadUsage
-from avctl.io import atomic_write, atomic_write_json, contained
+from avctl.io import atomic_write, contained
 from avctl.media import Bucket
 from avctl.modalities.base import Modality
 
@@ -87,10 +87,6 @@ def clip_rng(key: str, seed: int, salt: str) -> np.random.Generator:
 
 
 # --------------------------------------------------------------------------------------------------------- writing
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_json(path, data)
-
-
 def write_manifest(out: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Rewrite `out/dataset.jsonl` atomically, rows sorted by their target path."""
     ordered = sorted(rows, key=lambda row: row["video"])

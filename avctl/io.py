@@ -9,6 +9,8 @@ dataset-folder lock and path containment.
 - `atomic_media`: like `atomic_path`, but the encoded file must read back (a full disk leaves ffmpeg's output
   without its index while ffmpeg's exit status goes unchecked by imageio-ffmpeg) before it takes the final name.
 - `folder_lock`: one writer per dataset folder (`fcntl.flock`); a second run waits and says so on stderr.
+- `save_resume_state` / `load_resume_state`: the one resume format of avctl's loops (LoRA training, pocket
+  pretraining): weights, AdamW moments and generator state as safetensors, named by a JSON written last.
 - `contained`: a path given by data (a manifest row) must resolve, symlinks included, inside its root.
 
 A disk error (full, read-only, no permission) becomes `WriteError`: one line naming the file, never a traceback.
@@ -187,6 +189,44 @@ def atomic_media(path: str | Path, check: Callable[[Path], None]) -> Iterator[Pa
     (raising otherwise) before it is renamed into place."""
     with atomic_path(path, check=check) as tmp:
         yield tmp
+
+
+# --------------------------------------------------------------------------------------------------------- resume
+def save_resume_state(path: str | Path, step: int, tensors: dict[str, Any], moments: dict[str, dict[str, Any]],
+                      generator: Any, meta: dict[str, Any], fmt: str) -> None:
+    """Everything an exact resume needs, for any loop: `<path>_<step:06d>.safetensors` holds `tensors` (the weights,
+    under the caller's keys), the AdamW moments by parameter name (`exp_avg.<name>`, `exp_avg_sq.<name>`) and the
+    torch.Generator's state (`generator`); `<path>.json` holds `meta`, the step, that file's name, the AdamW step
+    counts and the torch thread count. The JSON is written last and names the tensors file, so a kill between the
+    two leaves the previous state valid; older tensor files go once it is written."""
+    import torch
+
+    path = Path(path)
+    tensors = dict(tensors)
+    for name, st in moments.items():
+        tensors[f"exp_avg.{name}"] = st["exp_avg"]
+        tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
+    tensors["generator"] = generator.get_state()
+    tensors_name = f"{path.name}_{step:06d}.safetensors"
+    save_safetensors(tensors, path.parent / tensors_name, {"format": fmt})
+    info = {**meta, "step": step, "tensors": tensors_name, "torch_threads": torch.get_num_threads(),
+            "adam_steps": {name: float(st["step"]) for name, st in moments.items()}}
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(info))
+    for old in path.parent.glob(f"{path.name}_*.safetensors"):
+        if old.name != tensors_name:
+            old.unlink(missing_ok=True)
+
+
+def load_resume_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(`<path>.json`'s contents, the tensors of the file it names), or None when no state was saved."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return meta, load_file(str(path.parent / meta["tensors"]))
 
 
 # ----------------------------------------------------------------------------------------------------------- lock

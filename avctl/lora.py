@@ -90,11 +90,6 @@ def metadata_strings(downscale: int, avctl_meta: dict[str, Any]) -> dict[str, st
     return meta
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically and reproducibly (`avctl.io.save_safetensors`)."""
-    save_safetensors(tensors, path, metadata)
-
-
 def save_lora(
     path: Path,
     state_dict: dict[str, torch.Tensor],
@@ -104,7 +99,7 @@ def save_lora(
 ) -> None:
     """Write a LoRA in the ComfyUI / ltx-trainer format, atomically."""
     tensors = {COMFY_PREFIX + k: v.to(dtype).contiguous() for k, v in state_dict.items()}
-    atomic_save_safetensors(tensors, path, metadata_strings(downscale, avctl_meta))
+    save_safetensors(tensors, path, metadata_strings(downscale, avctl_meta))
 
 
 @dataclass
@@ -337,6 +332,6 @@ def convert_lora(src: Path, dst: Path, downscale: int | None = None) -> dict[str
     factor = downscale or int(float(info["metadata"].get("reference_downscale_factor")
                                      or info["metadata"].get("ss_reference_downscale_factor") or 1))
     tensors = {COMFY_PREFIX + k: v.to(torch.bfloat16).contiguous() for k, v in comfy.items()}
-    atomic_save_safetensors(tensors, Path(dst), {**meta, "reference_downscale_factor": str(factor)})
+    save_safetensors(tensors, Path(dst), {**meta, "reference_downscale_factor": str(factor)})
     return {"source": str(src), "source_format": fmt, "out": str(dst), "modules": info["modules"],
             "reference_downscale_factor": factor}

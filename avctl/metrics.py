@@ -505,12 +505,10 @@ def _mono(audio: np.ndarray, name: str) -> np.ndarray:
 
 def rms_envelope_db(audio: np.ndarray, sample_rate: int, window_s: float = ENVELOPE_WINDOW_S) -> np.ndarray:
     """RMS of consecutive non-overlapping windows (default 20 ms; channels averaged first), in dB re full scale,
-    floored at −100 dB. A trailing partial window is dropped."""
-    mono = _mono(audio, "audio")
-    window = max(1, round(window_s * sample_rate))
-    count = len(mono) // window
-    blocks = mono[: count * window].reshape(count, window)  # [windows, samples]
-    rms = np.sqrt(np.mean(blocks * blocks, axis=1))
+    floored at −100 dB. A trailing partial window is dropped (`avctl.audio.rms_envelope`)."""
+    from avctl.audio import rms_envelope
+
+    rms = rms_envelope(_mono(audio, "audio"), sample_rate, window_s)
     return 20.0 * np.log10(np.maximum(rms, 10.0 ** (ENVELOPE_FLOOR_DB / 20.0)))
 
 
@@ -759,7 +757,7 @@ def read_control_video(control: Path, output: np.ndarray, compared: dict[str, An
 def cached_extractor(modality: Any, weights: Path | None) -> Any:
     """A modality's extractor, loaded once per process, for fidelity metrics that re-estimate the control on the
     output (`eval --runs` re-estimates every video with it). MissingWeights when its model is not found."""
-    from avctl.prepare import build_extractor
+    from avctl.extractors import build_extractor
 
     return build_extractor(modality, weights)
 

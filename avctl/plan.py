@@ -116,7 +116,8 @@ def _model_shape(model: str | None) -> _ModelShape:
         configs, label = presets.shape_configs(presets.shape_blocks(name)), name
         modules = {c: presets.build_module(c, cfg) for c, cfg in configs.items()}
     elif name == TINY:
-        from avctl.backbone import TINY_MAX_LENGTH, _build_tiny
+        from avctl.backbone import _build_tiny
+        from avctl.presets import TINY_MAX_LENGTH
 
         modules, _ = _build_tiny({"transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder"})
         label, text_length = name, TINY_MAX_LENGTH

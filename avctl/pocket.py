@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from avctl.backbone import POCKET_DIR
 from avctl.errors import BadUsage
@@ -44,26 +43,19 @@ WEIGHTS_DIR = POCKET_DIR
 CLIP_SIZE = 64
 CLIP_FRAMES = 17
 CLIP_FPS = 24.0
-MAX_LENGTH = 32
 
 
 # ------------------------------------------------------------------------------------------------ the config
 def build_pocket(seed: int = 0) -> dict[str, Any]:
     """Seeded random-init pocket parts (the starting point of pretraining)."""
-    from avctl.backbone import (
-        _classes,
-        _tiny_text_encoder,
-        _tiny_tokenizer,
-        tiny_audio_vae,
-        tiny_connectors,
-        tiny_vocoder,
-    )
+    from avctl.backbone import _tiny_text_encoder, tiny_audio_vae, tiny_connectors, tiny_vocoder
+    from avctl.presets import component_classes, tiny_tokenizer
     from avctl.world import WORLD_WORDS
 
-    classes = _classes()
+    classes = component_classes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tokenizer = _tiny_tokenizer(tuple(WORLD_WORDS))
+        tokenizer = tiny_tokenizer(tuple(WORLD_WORDS))
         text_encoder = _tiny_text_encoder(tokenizer)
         return {
             "tokenizer": tokenizer,
@@ -167,7 +159,7 @@ def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
     reaches its transformer as latents that still hold the lines; a VAE trained on scenes alone had never seen a line
     drawing, and its reconstruction of a canny control held none of the control's edge pixels."""
     from avctl.modalities.base import Clip, get_modality
-    from avctl.prepare import build_extractor
+    from avctl.extractors import build_extractor
 
     canny = get_modality(RENDERED_MODALITY)  # through the registry, as `avctl prepare` reaches it
     extractors = tuple(build_extractor(canny, options={"line_width": width}) for width in (1, 3))
@@ -188,35 +180,25 @@ def resample(wav: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ stage runner
 def _save_stage(path: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, extra: dict[str, Any]) -> None:
-    from avctl.io import atomic_write
-    from avctl.lora import atomic_save_safetensors
+    from avctl.io import save_resume_state
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
-    state = optimizer.state_dict()["state"]
-    for i, st in state.items():
-        tensors[f"exp_avg.{i}"] = st["exp_avg"].contiguous()
-        tensors[f"exp_avg_sq.{i}"] = st["exp_avg_sq"].contiguous()
-    tensors["generator"] = generator.get_state()
-    name = f"{path.name}_{step:06d}.safetensors"
-    atomic_save_safetensors(tensors, path.parent / name, {"format": "avctl-pocket-stage"})
-    meta = {"step": step, "tensors": name, "adam_steps": {str(i): float(st["step"]) for i, st in state.items()},
-            "torch_threads": torch.get_num_threads(), **extra}
-    atomic_write(path.with_suffix(".json"), json.dumps(meta))
-    for old in path.parent.glob(f"{path.name}_*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    moments = {str(i): {"exp_avg": st["exp_avg"].contiguous(), "exp_avg_sq": st["exp_avg_sq"].contiguous(),
+                        "step": st["step"]} for i, st in optimizer.state_dict()["state"].items()}
+    save_resume_state(path, step, tensors, moments, generator, extra, "avctl-pocket-stage")
 
 
 def _load_stage(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator) -> tuple[int, dict[str, Any]]:
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
+    from avctl.io import load_resume_state
+
+    loaded = load_resume_state(path)
+    if loaded is None:
         return 0, {}
-    meta = json.loads(meta_path.read_text())
+    meta, tensors = loaded
     if meta["torch_threads"] != torch.get_num_threads():
-        raise BadUsage(f"{meta_path}: saved with {meta['torch_threads']} torch threads, now "
+        raise BadUsage(f"{path}.json: saved with {meta['torch_threads']} torch threads, now "
                        f"{torch.get_num_threads()}; use the same count for a bit-exact resume")
-    tensors = load_file(str(path.parent / meta["tensors"]))
     module.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     sd = optimizer.state_dict()
     sd["state"] = {

@@ -19,7 +19,6 @@ looked up as `--weights DIR`, then `$AVCTL_HOME/weights/<backend>`, then (left t
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from avctl import __version__
+from avctl.audio import fit_length
 from avctl.dataset import (
     INFO,
     VAE_SPATIAL,
@@ -43,11 +43,11 @@ from avctl.dataset import (
     read_rows,
     remove_stale_temp_files,
     row_files,
-    write_json,
     write_manifest,
 )
 from avctl.errors import AvctlError, BadInput, BadUsage
-from avctl.io import WriteError, folder_lock
+from avctl.extractors import build_extractor
+from avctl.io import WriteError, atomic_write_json, folder_lock
 from avctl.media import Bucket, VideoClip, fit_to_bucket, read_audio, read_video, write_video, write_wav
 from avctl.modalities.base import Clip, Control, Extractor, Modality
 
@@ -57,14 +57,13 @@ AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
 PAIRS_EXTENSIONS = (".jsonl", ".csv")
 # avctl.json's extractor identity for datasets made from a pairs manifest (no extractor runs).
 PAIRS_IDENTITY = {"backend": "pairs-manifest", "version": "1 (source → reference, target → video, same frames)"}
-WEIGHTS_HOME_ENV = "AVCTL_HOME"
 # Target audio is kept at 48 kHz stereo (LTX-2's audio is stereo; the VAE front end resamples to 16 kHz itself).
 AUDIO_SAMPLE_RATE = 48_000
 AUDIO_CHANNELS = 2
 # avctl.json fields that must match for a rerun to add to an existing dataset.
 _COMPATIBLE_FIELDS = ("modality", "bucket", "downscale", "extractor", "seed")
-__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "build_extractor", "caption_for", "default_bucket",
-           "encode_dataset", "find_pairs", "find_sources", "prepare", "prepare_throughput", "resolve_weights"]
+__all__ = ["AUDIO_SAMPLE_RATE", "PrepareSummary", "Source", "caption_for", "default_bucket", "encode_dataset",
+           "find_pairs", "find_sources", "prepare", "prepare_throughput"]
 
 
 @dataclass
@@ -287,13 +286,6 @@ def find_pairs(manifests: Iterable[str | Path]) -> tuple[list[Source], list[dict
 
 
 # ------------------------------------------------------------------------------------------------------- one clip
-def _fit_length(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Trim or zero-pad [channels, n] audio to exactly `samples` samples."""
-    if audio.shape[1] >= samples:
-        return np.ascontiguousarray(audio[:, :samples])
-    return np.pad(audio, ((0, 0), (0, samples - audio.shape[1])))
-
-
 def _check_control(control: Control, frames: int, reference_size: tuple[int, int], backend: str) -> None:
     height, width = reference_size
     if not isinstance(control, Control) or (control.frames is None and control.audio is None):
@@ -361,7 +353,7 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
         seconds = bucket.frames / video.fps
         audio = read_audio(source, AUDIO_SAMPLE_RATE, AUDIO_CHANNELS, max_seconds=seconds)
         if audio is not None:
-            audio = _fit_length(audio, round(seconds * AUDIO_SAMPLE_RATE))  # [2, samples]
+            audio = fit_length(audio, round(seconds * AUDIO_SAMPLE_RATE))  # [2, samples]
     except BadInput as exc:
         return {"rel": job.rel, "status": "skipped", "reason": str(exc)}
     except Exception as exc:  # e.g. an OpenCV error on a strange frame: cost one clip, not the run
@@ -409,64 +401,6 @@ def _process(job: _Job, settings: _Settings, extractor: Extractor | None) -> dic
         return {"rel": job.rel, "status": "failed", "reason": f"{source}: could not write the sample: {exc}"}
     row["fps"] = video.fps
     return {"rel": job.rel, "status": "done", "row": row, **timing}
-
-
-# ------------------------------------------------------------------------------------------------- the extractor
-def _takes_options(factory: Callable[..., Extractor]) -> bool:
-    """Whether the factory accepts `weights=` and `backend=` keyword arguments."""
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a builtin or C callable without a signature
-        return False
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return True
-    return all(name in parameters and parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
-               for name in ("weights", "backend"))
-
-
-def resolve_weights(weights: Path | None, backend: str | None) -> Path | None:
-    """The weights to hand an extractor: `--weights DIR` (which must exist), else `$AVCTL_HOME/weights/<backend>`
-    when that folder exists, else None (the extractor then reads the hub cache itself, never downloading)."""
-    if weights is not None:
-        if not Path(weights).exists():
-            raise BadUsage(f"--weights {weights}: no such file or folder; point it at the extractor's weights")
-        return Path(weights)
-    home = os.environ.get(WEIGHTS_HOME_ENV)
-    if home and backend:
-        candidate = Path(home) / "weights" / backend
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def build_extractor(modality: Modality, weights: Path | None = None, backend: str | None = None,
-                    options: dict[str, Any] | None = None) -> Extractor:
-    """The modality's extractor: `factory(weights=..., backend=...)` when its factory takes those keywords (weights
-    resolved by `resolve_weights`), else `factory()`, refusing --weights / --backend it could not honour.
-    `options` are extra keyword arguments for factories that declare them (e.g. who-is-talking's `speakers`)."""
-    factory = modality.extractor
-    if factory is None:
-        raise BadUsage(f"{modality.name!r} has no extractor ({modality.extractor_note})")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    if options:
-        try:
-            parameters = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            parameters = {}  # type: ignore[assignment]
-        refused = [k for k in options if k not in parameters]
-        if refused:
-            raise BadUsage(f"--{refused[0].replace('_', '-')}: the {modality.name!r} extractor takes no such option")
-        if not _takes_options(factory):
-            return factory(**options)
-    if _takes_options(factory):
-        default = getattr(factory, "backend", None)
-        chosen = backend or (default if isinstance(default, str) else None)
-        return factory(weights=resolve_weights(weights, chosen), backend=backend, **options)
-    if weights is not None or backend is not None:
-        given = " and ".join(flag for flag, value in (("--weights", weights), ("--backend", backend))
-                             if value is not None)
-        raise BadUsage(f"{given}: the {modality.name!r} extractor takes no weights or backend choice; drop {given}")
-    return factory()
 
 
 # ------------------------------------------------------------------------------------------------------ the workers
@@ -646,7 +580,7 @@ def _prepare_locked(
     # leaves nothing that would stand in another run's way.
     started = existing is not None and not overwrite
     if started:
-        write_json(out / INFO, info)
+        atomic_write_json(out / INFO, info)
     rows: dict[str, dict[str, Any]] = {} if overwrite else {row["video"]: row for row in read_rows(out)}
     jobs: list[_Job] = []
     for source in sources:
@@ -669,7 +603,7 @@ def _prepare_locked(
         nonlocal started
         if result["status"] == "done":
             if not started:
-                write_json(out / INFO, info)
+                atomic_write_json(out / INFO, info)
                 started = True
             rows[result["row"]["video"]] = result["row"]
             write_manifest(out, rows.values())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -70,7 +69,9 @@ def parse_lora_arg(arg: str) -> tuple[str, float]:
 def resolve_lora(name_or_path: str) -> Path:
     """An existing path, else ./runs/NAME/lora.safetensors, else $AVCTL_HOME/runs/NAME/lora.safetensors."""
     tried = [Path(name_or_path), Path("runs") / name_or_path / "lora.safetensors"]
-    home = os.environ.get("AVCTL_HOME")
+    from avctl.env import HOME
+
+    home = HOME.get()
     if home:
         tried.append(Path(home) / "runs" / name_or_path / "lora.safetensors")
     for p in tried:
@@ -555,14 +556,6 @@ def _prepare_keep_audio(wav_in: np.ndarray, samples: int, backbone: Any) -> np.n
                        "s; give a longer track or fewer --frames")
     wav = wav[:, :samples]
     return np.ascontiguousarray(np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav)
-
-
-def read_keep_video(path: Path, frames: int | None = None) -> tuple[np.ndarray, float]:
-    """The frames and fps of a --keep-video file (BadInput for an unreadable file or one without video)."""
-    from avctl import media
-
-    clip = media.read_video(Path(path), max_frames=frames)
-    return clip.frames, clip.fps
 
 
 def read_keep_audio(path: Path, backbone: Any, seconds: float | None = None) -> np.ndarray:

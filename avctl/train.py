@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,14 +27,14 @@ from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file
 
+from avctl import env
 from avctl.cache import Sample
 from avctl.canvas import Canvas, Reference, build_stream, masked_mse, shift_mu
 from avctl.errors import BadInput, BadUsage
 from avctl.forward import predict
-from avctl.io import atomic_write
-from avctl.lora import add_lora, atomic_save_safetensors, lora_state_dict, save_lora, target_modules
+from avctl.io import atomic_write, load_resume_state, save_resume_state
+from avctl.lora import add_lora, lora_state_dict, save_lora, target_modules
 from avctl.modalities.base import Modality
 
 STATE_VERSION = 1
@@ -342,10 +341,6 @@ def linear_lr(step: int, total: int, lr: float, lr_end: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ state
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text)
-
-
 def save_state(
     state_dir: Path,
     step: int,
@@ -357,41 +352,16 @@ def save_state(
     fingerprint: str,
     run_info: dict[str, Any] | None = None,
 ) -> None:
-    """Everything an exact resume needs, as safetensors + JSON (`moments`: `gather_moments`'s). The JSON is written
-    last and names the tensors file, so a kill between the two leaves the previous state valid."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"lora.{k}": v for k, v in lora.items()}
-    steps_taken = {}
-    for name, st in moments.items():
-        tensors[f"exp_avg.{name}"] = st["exp_avg"]
-        tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"]
-        steps_taken[name] = st["step"]
-    tensors["generator"] = generator.get_state()
-    tensors_name = f"state_{step:06d}.safetensors"
-    atomic_save_safetensors(tensors, state_dir / tensors_name, {"format": "avctl-train-state"})
-    meta = {
-        "version": STATE_VERSION,
-        "step": step,
-        "tensors": tensors_name,
-        "fingerprint": fingerprint,
-        "torch_threads": torch.get_num_threads(),
-        "order": order,
-        "cursor": cursor,
-        "adam_steps": steps_taken,
-        **(run_info or {}),  # base_dtype, gradient_checkpointing
-    }
-    _atomic_write_text(state_dir / "state.json", json.dumps(meta))
-    for old in state_dir.glob("state_*.safetensors"):
-        if old.name != tensors_name:
-            old.unlink(missing_ok=True)
+    """Everything an exact resume needs (`moments`: `gather_moments`'s), in `avctl.io.save_resume_state`'s format:
+    `state_dir/state.json` naming `state_dir/state_<step>.safetensors`."""
+    meta = {"version": STATE_VERSION, "fingerprint": fingerprint, "order": order, "cursor": cursor,
+            **(run_info or {})}  # run_info: base_dtype, gradient_checkpointing, ...
+    save_resume_state(state_dir / "state", step, {f"lora.{k}": v for k, v in lora.items()}, moments, generator,
+                      meta, "avctl-train-state")
 
 
 def load_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    meta_path = state_dir / "state.json"
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    return meta, load_file(str(state_dir / meta["tensors"]))
+    return load_resume_state(state_dir / "state")
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -415,9 +385,9 @@ class Ranks:
         import torch.distributed as dist
 
         self.dist = dist
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = int(env.WORLD_SIZE.get("1"))
+        self.rank = int(env.RANK.get("0"))
+        self.local_rank = int(env.LOCAL_RANK.get("0"))
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
@@ -456,7 +426,7 @@ class Ranks:
 def default_strategy() -> Literal["ddp", "fsdp"]:
     """fsdp under `accelerate launch --config_file configs/accelerate/fsdp.yaml` (it sets ACCELERATE_USE_FSDP),
     else ddp."""
-    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
+    return "fsdp" if env.ACCELERATE_USE_FSDP.get("").lower() in ("1", "true") else "ddp"
 
 
 def check_strategy(config: TrainConfig, world: int) -> None:
@@ -482,11 +452,11 @@ def shard(transformer: torch.nn.Module, ranks: Ranks) -> None:
     from torch.distributed.fsdp import fully_shard
 
     block_class = type(transformer.transformer_blocks[0]).__name__
-    wrap = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+    wrap = env.FSDP_TRANSFORMER_CLS_TO_WRAP.get()
     if wrap and wrap != block_class:
         raise BadUsage(f"accelerate config: fsdp_transformer_layer_cls_to_wrap is {wrap!r}; avctl shards each "
                        f"{block_class}: set it to that (configs/accelerate/fsdp.yaml)")
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0", "shard_grad_op")
+    reshard = env.FSDP_RESHARD_AFTER_FORWARD.get("true").lower() not in ("false", "0", "shard_grad_op")
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
     for block in transformer.transformer_blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
@@ -860,7 +830,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    _atomic_write_text(path, "".join(r + "\n" for r in rows))
+    atomic_write(path, "".join(r + "\n" for r in rows))
 
 
 def _prune_checkpoints(folder: Path, keep: int) -> None:
@@ -897,89 +867,3 @@ def _version() -> str:
     from avctl import __version__
 
     return __version__
-
-
-
-def make_validator(
-    backbone: Any,
-    dataset: Path,
-    row: dict[str, Any],
-    modality: Modality,
-    out: Path,
-    seed: int,
-    steps: int = 20,
-    texts: dict[str, dict[str, torch.Tensor]] | None = None,
-    load_decoders: Callable[[], Any] | None = None,
-) -> Callable[[int], None]:
-    """A validation hook: generate through the sampler with the LoRA as it is now, from a manifest row's prompt and
-    control, with its own seed, and write OUT/samples/step_XXXXX.mp4 + a control | output contact sheet PNG.
-
-    For training memory: `texts` (prompt → cached embeddings, `cache.cached_prompt`: the caption and the empty
-    negative prompt) stand in for the text encoder, and `load_decoders()` (a backbone holding the VAEs and vocoder)
-    is called for each validation and released after it, so neither stays resident between validations. Without
-    them `backbone` must hold every part."""
-    from avctl import media
-    from avctl.backbone import TextEmbeddings
-    from avctl.errors import AvctlError
-    from avctl.lora import LoraFile, lora_state_dict
-    from avctl.metrics import contact_sheet
-    from avctl.sample import LoraUse, generate
-
-    target = media.read_video(dataset / row["video"])
-    control = media.read_video(dataset / row["reference_video"]).frames if row.get("reference_video") else None
-    control_audio = None
-    if row.get("reference_audio"):
-        control_audio = media.read_audio(dataset / row["reference_audio"], backbone.audio_sample_rate, 2)
-    f, h, w = target.frames.shape[:3]
-    caption = row.get("caption", "")
-
-    def cached_text(prompts: list[str]) -> TextEmbeddings:
-        if texts is None or len(prompts) != 1 or prompts[0] not in texts:
-            raise AvctlError(f"validation has only {sorted(texts or {})!r} text-encoded, not {prompts!r}")
-        return TextEmbeddings(*(texts[prompts[0]][k].to(backbone.device) for k in ("video", "audio", "mask")))
-
-    def validate(step: int) -> None:
-        tr = backbone.transformer
-        bb = backbone
-        if load_decoders is not None:
-            parts = load_decoders()
-            bb = dataclasses.replace(backbone, vae=parts.vae, audio_vae=parts.audio_vae, vocoder=parts.vocoder)
-            del parts
-        if texts is not None:
-            bb = dataclasses.replace(bb)
-            bb.encode_text = cached_text  # an instance attribute: the sampler's encode_text call lands here
-        live = LoraFile(
-            path=out / "lora (training)",
-            state_dict={f"transformer.{k}": v for k, v in lora_state_dict(tr).items()},
-            metadata={"reference_downscale_factor": str(modality.downscale)},
-            avctl={"streams": list(modality.streams), "strength_direction": modality.strength_direction,
-                   "layout": modality.layout},
-        )
-        # A LoRA trained with the other stream as clean context is validated the same way (audio-intensity: the
-        # clip's own video kept at t = 0 while the audio is generated).
-        keep = modality.context == "clean" and modality.trained_streams == ("audio",)
-        try:
-            result = generate(bb, caption, [LoraUse(live, 1.0, control, control_audio)],
-                              width=w, height=h, frames=f, fps=target.fps, steps=steps, seed=seed,
-                              schedule="shifted", keep_video=target.frames if keep else None,
-                              first_frame=target.frames[0] if modality.first_frame_image else None)
-        finally:
-            if bb is not backbone:
-                bb.vae = bb.audio_vae = bb.vocoder = None
-            del bb
-            from avctl.cache import release
-
-            release()
-        tr.set_adapters(["avctl"])  # the sampler attached its own copy; make the training adapter active again
-        for n, p in tr.named_parameters():
-            if ".avctl." in n and "lora_" in n:
-                p.requires_grad_(True)
-        folder = out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        media.write_video(folder / f"step_{step:05d}.mp4", result.frames, result.fps, audio=result.audio,
-                          sample_rate=result.sample_rate)
-        rows = [("control", control)] if control is not None else []
-        contact_sheet(folder / f"step_{step:05d}.png", [*rows, ("output", result.frames)],
-                      caption=f"step {step}: {caption}")
-
-    return validate

@@ -60,9 +60,9 @@ def _rss() -> int:
 
 def _synthetic_samples(transformer: Any, bucket: tuple[int, int, int], downscale: int, n: int = 2) -> list[Any]:
     """Cache-shaped samples (normalised latents, text embeddings) of the bucket, bf16 like the cache."""
+    from avctl.cache import Sample
     from avctl.modalities.base import get_modality
     from avctl.plan import canvas_tokens
-    from avctl.train import Sample
 
     cfg = transformer.config
     width, height, frames = bucket

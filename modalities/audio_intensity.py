@@ -2,10 +2,11 @@
 the audio branch trains and the video is clean context (t = 0).
 
 The rule, exactly (`avctl.audio.sonify`): the clip's audio (48 kHz stereo as `avctl prepare` reads it) is averaged
-to mono; its RMS is taken over consecutive 20 ms windows (the windows `avctl eval` measures envelopes with); a
-500 Hz sine (10 periods per window) is scaled so that its RMS in each window equals that window's RMS, with gain
-changes ramped over 5 ms; the whole signal is scaled down once if a peak would clip. The same signal goes to both
-channels. Weightless and deterministic. A clip without an audio stream is skipped with a one-line reason.
+to mono; its RMS is taken over consecutive whole 20 ms windows (the windows `avctl eval` measures envelopes with;
+samples after the last whole window keep its level); a 500 Hz sine (10 periods per window) is scaled so that its RMS
+in each window equals that window's RMS, with gain changes ramped over 5 ms; the whole signal is scaled down once if
+a peak would clip. The same signal goes to both channels. Weightless and deterministic. A clip without an audio
+stream is skipped with a one-line reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Moda
 
 class SonifiedEnvelopeExtractor:
     backend = "rms-sonification"
-    version = f"1 ({ENVELOPE_WINDOW_S * 1000:g} ms RMS, {SONIFY_CARRIER_HZ:g} Hz sine carrier, 5 ms ramps)"
+    version = (f"2 ({ENVELOPE_WINDOW_S * 1000:g} ms RMS over whole windows, {SONIFY_CARRIER_HZ:g} Hz sine carrier, "
+               "5 ms ramps)")
 
     def __call__(self, clip: Clip) -> Control:
         audio = require_audio(clip.audio, "audio-intensity", clip.key)

@@ -8,7 +8,6 @@ names a modality: it reads these fields.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from avctl.env import HOME
 from avctl.errors import AvctlError, BadInput
 
 ENTRY_POINT_GROUP = "avctl.modalities"
@@ -107,7 +107,7 @@ def weight_places(weights: Path | str | None, backend: str) -> list[Path]:
     places: list[Path] = []
     if weights is not None:
         places += [Path(weights), Path(weights) / backend]
-    home = os.environ.get("AVCTL_HOME")
+    home = HOME.get()
     if home:
         places.append(Path(home) / "weights" / backend)
     return places

@@ -14,19 +14,20 @@ import pytest
 import torch
 
 from avctl import audio as A
-from avctl.cache import load_samples
+from avctl.cache import Sample, load_samples
 from avctl.canvas import pack_audio
 from avctl.dataset import load_manifest
 from avctl.errors import BadInput, BadUsage, MissingWeights
+from avctl.extractors import build_extractor
 from avctl.lora import read_lora
 from avctl.media import Bucket, read_audio, read_video, write_video, write_wav
 from avctl.metrics import audio_envelope_correlation
 from avctl.modalities import who_is_talking as W
 from avctl.modalities.base import Clip, get_modality
 from avctl.modalities.who_is_talking import WhoIsTalkingExtractor
-from avctl.prepare import build_extractor, prepare
+from avctl.prepare import prepare
 from avctl.sample import LoraUse, generate, read_keep_audio
-from avctl.train import Sample, TrainConfig, collate, draw_noise, step_loss, train, training_canvas
+from avctl.train import TrainConfig, collate, draw_noise, step_loss, train, training_canvas
 from tests.tiny import backbone, fresh_transformer, text
 
 SR = 48_000

@@ -157,7 +157,7 @@ def test_training_validation_samples_on_the_runs_layout(run, spy, tmp_path):
 
     from avctl.dataset import load_manifest
     from avctl.lora import add_lora
-    from avctl.train import make_validator
+    from avctl.validation import make_validator
     from tests.tiny import fresh_transformer
 
     _, data, _ = run

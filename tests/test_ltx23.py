@@ -6,13 +6,14 @@ import copy
 import pytest
 import torch
 
+from avctl.cache import Sample
 from avctl.canvas import Canvas, Reference, build_stream
 from avctl.forward import predict
 from avctl.lora import add_lora, lora_state_dict, read_lora, save_lora
 from avctl.modalities.base import get_modality
 from avctl.sample import LoraUse, generate
 from avctl.strength import StrengthAttnProcessor, set_strength
-from avctl.train import Sample, TrainConfig, train
+from avctl.train import TrainConfig, train
 from tests.tiny import fresh_ltx23_transformer, ltx23_backbone, ltx23_text
 
 

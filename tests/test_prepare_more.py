@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from avctl.cli import app
 from avctl.errors import BadInput, BadUsage
+from avctl.extractors import build_extractor, resolve_weights
 from avctl.media import Bucket, fit_to_bucket, read_video
 from avctl.modalities.base import Clip, Control, get_modality
 from avctl.modalities.tracks import FB_MAX_ERROR, LKTracksExtractor, Tracks, lk_step, render_tracks, track_points
-from avctl.prepare import build_extractor, find_pairs, prepare, prepare_throughput, resolve_weights
+from avctl.prepare import find_pairs, prepare, prepare_throughput
 from tests.conftest import write_synthetic_clip
 
 SHIFT = (3, 2)  # px per frame (x, y)

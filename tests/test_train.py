@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from avctl.cache import Sample
 from avctl.errors import BadInput, BadUsage
 from avctl.modalities.base import get_modality
-from avctl.train import Sample, TrainConfig, collate, draw_noise, step_loss, train
+from avctl.train import TrainConfig, collate, draw_noise, step_loss, train
 from tests.tiny import backbone, fresh_transformer, text
 
 CANNY = get_modality("canny")

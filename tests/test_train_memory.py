@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from avctl.cache import MEDIA_COMPONENTS, TEXT_COMPONENTS, CachedSamples, to_stored
+from avctl.cache import MEDIA_COMPONENTS, TEXT_COMPONENTS, CachedSamples, Sample, to_stored
 from avctl.modalities.base import get_modality
-from avctl.train import Sample, TrainConfig, default_checkpointing, train
+from avctl.train import TrainConfig, default_checkpointing, train
 from tests.conftest import write_synthetic_clip
 from tests.test_train import make_samples
 from tests.tiny import fresh_transformer

@@ -143,9 +143,9 @@ def test_each_shape_has_its_own_tone_louder_when_speaking():
 
 
 def test_captions_use_only_known_words():
-    from avctl.backbone import _TINY_WORDS
+    from avctl.presets import TINY_WORDS
 
-    known = set(_TINY_WORDS.split()) | set(WORLD_WORDS)
+    known = set(TINY_WORDS.split()) | set(WORLD_WORDS)
     for seed in range(30):
         caption = make_clip(seed, frames=1).caption
         words = caption.replace(",", " ").replace(".", " ").split()

@@ -30,6 +30,7 @@ SHAPE = "shape"
 SHAPE_SEED = 0
 CONFIG_DIR = Path(__file__).resolve().parent / "ltx2"
 TEXT_MAX_LENGTH = 1024  # LTX2Pipeline's max_sequence_length default
+TINY_MAX_LENGTH = 32  # LTX2Pipeline pads to 1024 with 128 connector registers; tiny pads to 32 with 8
 SHAPE_COMPONENTS = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder", "tokenizer")
 
 
@@ -60,6 +61,81 @@ def shape_configs(blocks: int | None = None) -> dict[str, dict[str, Any]]:
     return configs
 
 
+def component_classes() -> dict[str, Any]:
+    """The diffusers / transformers class of each LTX-2 component, by component name."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder
+    from transformers import Gemma3ForConditionalGeneration
+
+    return {
+        "transformer": LTX2VideoTransformer3DModel,
+        "vae": AutoencoderKLLTX2Video,
+        "audio_vae": AutoencoderKLLTX2Audio,
+        "vocoder": LTX2Vocoder,
+        "connectors": LTX2TextConnectors,
+        "text_encoder": Gemma3ForConditionalGeneration,
+    }
+
+
+
+# Word-level vocabulary of common English (and video-caption) words for the tiny tokenizer.
+TINY_WORDS = """
+a an the this that these those it its he she they we you i me him her them his their our your my
+is are was were be been being am has have had do does did will would can could should may might must
+and or but if then so because while when where what who which how not no yes all some any each every
+of in on at to from by with without for about into onto over under above below between through across
+near far up down out off inside outside behind front back left right top bottom side middle center around
+one two three four five many few more most less other same different first last next new old young
+big small large little tall short long wide narrow thick thin high low fast slow quick loud quiet soft hard
+red orange yellow green blue purple pink brown black white gray grey gold silver dark bright light colorful
+man woman person people boy girl child children baby family friend crowd group face hand hands head hair eyes
+dog cat bird horse cow fish animal tree trees flower flowers grass leaf leaves forest garden park field
+water river lake sea ocean beach wave waves rain snow sun moon sky cloud clouds wind fire smoke stone rock
+mountain hill road street city town house home room door window wall floor table chair bed car bus train
+boat bicycle plane ball box book phone camera screen light lamp kitchen food bread cup glass bottle
+walk walks walking run runs running jump jumps jumping sit sits sitting stand stands standing look looks
+looking talk talks talking speak speaks speaking sing sings singing dance dances dancing play plays playing
+move moves moving turn turns turning roll rolls rolling fall falls falling fly flies flying swim swims
+smile smiles smiling laugh laughs laughing cry cries open opens close closes hold holds holding throw
+throws catch catches eat eats drink drinks write writes read reads watch watches drive drives ride rides
+slowly quickly gently suddenly together alone again still very really just also only even
+day night morning evening sunset sunrise time moment scene shot view video clip film frame music sound
+voice noise song words silence background foreground closeup zoom pan tilt tracking angle focus blur
+static handheld cinematic realistic natural warm cold golden shadow shadows reflection
+"""
+_TINY_SPECIALS = ("[PAD]", "[UNK]", "<bos>", "<eos>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+_TINY_PUNCTUATION = (".", ",", "!", "?", "'", '"', ":", ";", "-", "(", ")")
+
+
+def tiny_tokenizer(extra_words: tuple[str, ...] = (), max_length: int = TINY_MAX_LENGTH) -> Any:
+    """The tiny word-level tokenizer; `extra_words` extend its vocabulary (the pocket preset adds its world's
+    words); `max_length` is what prompts are padded to (the real-shape presets pad to the pipeline's 1,024)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (*_TINY_SPECIALS, *_TINY_PUNCTUATION, *TINY_WORDS.split(), *extra_words):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    # Gemma's tokenizer prepends <bos> and appends nothing.
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        padding_side="left",
+        model_max_length=max_length,
+    )
+
+
+
 def _without_notes(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -69,15 +145,13 @@ def build_module(component: str, config: dict[str, Any]) -> torch.nn.Module:
     frequencies or the VAE's latent statistics, are computed or set at construction)."""
     from accelerate import init_empty_weights
 
-    from avctl.backbone import _classes
-
     if component != "text_encoder":
         with init_empty_weights(include_buffers=False):
-            return _classes()[component].from_config(_without_notes(config))
+            return component_classes()[component].from_config(_without_notes(config))
     from transformers import Gemma3Config
 
     with init_empty_weights(include_buffers=False):
-        model = _classes()["text_encoder"](Gemma3Config(**copy.deepcopy(config)))
+        model = component_classes()["text_encoder"](Gemma3Config(**copy.deepcopy(config)))
     # Gemma's lm_head is its embedding table (tie_word_embeddings); a meta build leaves them apart. Tied outside
     # init_empty_weights, which would re-create the assigned parameter.
     model.get_output_embeddings().weight = model.get_input_embeddings().weight
@@ -117,9 +191,7 @@ def materialize(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
 
 
 def stand_in_tokenizer() -> Any:
-    from avctl.backbone import _tiny_tokenizer
-
-    return _tiny_tokenizer(max_length=TEXT_MAX_LENGTH)
+    return tiny_tokenizer(max_length=TEXT_MAX_LENGTH)
 
 
 def build_shape(
