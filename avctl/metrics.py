@@ -46,6 +46,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from avctl.audio import ENVELOPE_WINDOW_S
 from avctl.errors import AvctlError, BadInput, BadUsage, MissingWeights
 from avctl.media import atomic_path, probe, read_audio, read_frames_or_image, read_video
 from avctl.skill import Fidelity, add_skill
@@ -57,7 +58,6 @@ CANNY_HIGH = 200
 EDGE_THRESHOLD = 128  # grey level at or above which a (possibly area-shrunk) edge map counts as an edge
 SSIM_SIGMA = 1.5  # Wang et al. 2004: 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255
 SSIM_WINDOW = 11
-ENVELOPE_WINDOW_S = 0.020
 ENVELOPE_FLOOR_DB = -100.0  # RMS below 1e-5 (digital silence) is clamped here so log(0) never happens
 DYNAMIC_THRESHOLD = 6.0  # VBench: flow-magnitude threshold in pixels at a 256-pixel short side
 DYNAMIC_TOP_FRACTION = 0.05
@@ -493,22 +493,12 @@ def vbench_is_dynamic(frames: np.ndarray, fps: float, method: FlowMethod = "farn
 
 
 # ----------------------------------------------------------------------------------------------------------- audio
-def _mono(audio: np.ndarray, name: str) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float64)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=0)
-    if audio.ndim != 1:
-        raise BadInput(f"audio_envelope_correlation: {name} must be [channels, samples] or [samples], "
-                       f"got {tuple(audio.shape)}")
-    return audio
-
-
 def rms_envelope_db(audio: np.ndarray, sample_rate: int, window_s: float = ENVELOPE_WINDOW_S) -> np.ndarray:
     """RMS of consecutive non-overlapping windows (default 20 ms; channels averaged first), in dB re full scale,
     floored at −100 dB. A trailing partial window is dropped (`avctl.audio.rms_envelope`)."""
-    from avctl.audio import rms_envelope
+    from avctl.audio import rms_envelope, to_mono
 
-    rms = rms_envelope(_mono(audio, "audio"), sample_rate, window_s)
+    rms = rms_envelope(to_mono(audio), sample_rate, window_s)
     return 20.0 * np.log10(np.maximum(rms, 10.0 ** (ENVELOPE_FLOOR_DB / 20.0)))
 
 

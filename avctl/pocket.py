@@ -158,8 +158,8 @@ def control_renderings(frames: torch.Tensor, every: int = 4) -> torch.Tensor:
     The video VAE also trains on these. LTX-2's VAE has seen line art in its web-scale data, so a canny reference
     reaches its transformer as latents that still hold the lines; a VAE trained on scenes alone had never seen a line
     drawing, and its reconstruction of a canny control held none of the control's edge pixels."""
-    from avctl.modalities.base import Clip, get_modality
     from avctl.extractors import build_extractor
+    from avctl.modalities.base import Clip, get_modality
 
     canny = get_modality(RENDERED_MODALITY)  # through the registry, as `avctl prepare` reaches it
     extractors = tuple(build_extractor(canny, options={"line_width": width}) for width in (1, 3))

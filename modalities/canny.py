@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 
 from avctl.errors import BadUsage
+from avctl.metrics import CANNY_HIGH as HIGH_THRESHOLD  # one pair of thresholds, shared with eval's plain edges
+from avctl.metrics import CANNY_LOW as LOW_THRESHOLD
 from avctl.modalities.base import Clip, Control, EvalInput, FidelityResult, Modality
 
-LOW_THRESHOLD = 100
-HIGH_THRESHOLD = 200
 MAX_LINE_WIDTH = 15  # --line-width; wider lines swallow a 64-px frame
 
 
