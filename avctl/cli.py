@@ -88,6 +88,36 @@ def _progress(json_mode: bool) -> Progress:
     )
 
 
+class _Bars:
+    """Progress bars on stderr, started with the first bar, so a process that shows none (a refused run, a
+    non-main rank) draws nothing."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def add(self, label: str, total: int | None = None) -> Callable[..., None]:
+        """A new bar; returns update(done, total, info="")."""
+        if self.progress is None:
+            self.progress = _progress(self.json_mode)
+            self.progress.start()
+        progress = self.progress
+        task = progress.add_task(label, total=total, info="")
+        return lambda done, total, info="": progress.update(task, completed=done, total=total, info=info)
+
+
+def _line(text: str) -> None:
+    """One line on stderr, printed as it is (no markup, no wrapping)."""
+    err.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def _finite(data: Any) -> Any:
     """JSON has no inf/nan: write them as strings so `--json` output stays strict JSON."""
     if isinstance(data, float) and not math.isfinite(data):
@@ -105,30 +135,6 @@ def _emit(data: Any) -> None:
 
 def _model_name(model: str | None) -> str | None:
     return model or os.environ.get("AVCTL_MODEL") or None  # None: the backbone's default (LTX-2)
-
-
-def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
-                   vae_tiling: bool = True) -> Any:
-    """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
-    to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
-    unless OMP_NUM_THREADS says otherwise."""
-    import torch
-
-    from avctl import backbone as bb
-
-    name = _model_name(model)
-    if name in ("tiny", "pocket") and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
-
-
-def _quantize(backbone: Any, quantize: str | None, text_encoder_8bit: bool, quiet: bool) -> None:
-    """`--quantize` / `--text-encoder-8bit` on a freshly loaded backbone (one line each on stderr)."""
-    from avctl.quantize import quantize_backbone
-
-    for report in quantize_backbone(backbone, quantize, text_encoder_8bit):
-        if not quiet:
-            err.print(f"quantized {report.summary()}", highlight=False, markup=False, soft_wrap=True)
 
 
 def command(
@@ -231,14 +237,12 @@ def prepare_cmd(
 ) -> None:
     """Extract controls from videos (or take pairs from a manifest) into an ltx-trainer-compatible dataset
     (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips."""
-    from avctl.dataset import vae_factors
-    from avctl.media import Bucket
     from avctl.modalities.base import get_modality
-    from avctl.prepare import default_bucket, encode_dataset, prepare
+    from avctl.prepare import bucket_for, encode_for_model, model_factors, prepare
 
     mod = get_modality(modality)
-    model_name = model or os.environ.get("AVCTL_MODEL")
-    b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
+    model_name = _model_name(model)
+    b = bucket_for(bucket, model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
     counts = {"encoded": 0, "cached": 0}
     with _progress(json_out) as progress:
@@ -251,14 +255,13 @@ def prepare_cmd(
             progress.update(task, completed=done, total=total)
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
-                          progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
+                          progress=tick, weights=weights, backend=backend, factors=model_factors(model_name),
                           options={"speakers": speakers, "line_width": line_width})
         if encode and summary.rows:
             encoding = progress.add_task("encode", total=summary.rows, info="")
-            counts = encode_dataset(target, _load_backbone(model, components=set(), vae_tiling=vae_tiling),
-                                    lambda parts: _load_backbone(model, components=set(parts), vae_tiling=vae_tiling),
-                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t),
-                                    allow_outside_media=allow_outside_media)
+            counts = encode_for_model(target, model_name, vae_tiling=vae_tiling,
+                                      progress=lambda d, t: progress.update(encoding, completed=d, total=t),
+                                      allow_outside_media=allow_outside_media)
     data = summary.to_dict()
     if encode:
         data.update(counts)
@@ -382,20 +385,8 @@ def train_cmd(
     tokens only. Writes OUT/lora.safetensors (ComfyUI / ltx-trainer format), checkpoints/, state/, metrics.jsonl."""
     from pydantic import ValidationError
 
-    from avctl.cache import cached_prompt, precompute, wait_for_cache
-    from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
-    from avctl.modalities.base import get_modality
-    from avctl.quantize import check_quantize_args
-    from avctl.train import (
-        BASE_DTYPES,
-        Ranks,
-        TrainConfig,
-        check_strategy,
-        default_strategy,
-        make_validator,
-        train,
-        with_layout,
-    )
+    from avctl.train import TrainConfig
+    from avctl.training import TrainHooks, run_training
 
     file_values = _load_config_file(config) if config else {}
     cli_values = {
@@ -416,76 +407,11 @@ def train_cmd(
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise BadUsage(f"train option {where!r}: {first['msg']}") from exc
-    mod = with_layout(get_modality(cfg.modality), cfg.layout)  # side-by-side on a downscaled modality stops here
-    cfg.data = cfg.data or Path("datasets") / mod.name
-    cfg.out = cfg.out or Path("runs") / mod.name
-    cfg.model = _model_name(cfg.model)
-    check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
-    if cfg.targets:
-        from avctl.lora import target_modules
-
-        target_modules(cfg.targets)  # an unknown group stops here, before the plan or anything else
-
-    info, rows = load_manifest(cfg.data, allow_outside_media)
-    bucket = check_dataset(info, mod)
-    ranks = Ranks(start=False)  # the process group starts once the cache is complete
-    check_strategy(cfg, ranks.world)
-    if ranks.main:  # temp files of a killed run: nothing refers to them
-        remove_stale_temp_files(cfg.out, ("state", "checkpoints", "samples"))
-    _check_memory(cfg, bucket, ranks.world, memory_check, quiet=json_out or not ranks.main)
-    base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
-    # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
-    backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
-    backbone.text_encoder_8bit = cfg.text_encoder_8bit
-    quiet = json_out or not ranks.main
-
-    def load_encoders(parts: frozenset[str]) -> Any:
-        encoders = _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling)
-        _quantize(encoders, None, cfg.text_encoder_8bit, quiet)
-        return encoders
-
-    prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
-    with _progress(json_out or not ranks.main) as progress:
-        task = progress.add_task("encode", total=len(rows), info="")
-        # Rank 0 fills the latent cache; the others poll its files. No process group exists yet, so no
-        # collective can time out however long the encoding takes.
-        if ranks.main:
-            index = precompute(
-                backbone, cfg.data, info, rows, load_encoders, prompts=prompts,
-                progress=lambda d, t: progress.update(task, completed=d, total=t)).index
-        else:
-            index = wait_for_cache(backbone, cfg.data, info, rows)
-        ranks.start()
-        # The encoders are released by now; the transformer alone is loaded for training. Under FSDP only rank 0
-        # reads it: the others build it on `meta` and receive their shards from rank 0 (train()).
-        if ranks.world > 1 and (cfg.strategy or default_strategy()) == "fsdp" and not ranks.main:
-            from avctl.presets import build_module
-
-            backbone.transformer = build_module("transformer", backbone.configs["transformer"])
-        else:
-            trained = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype)
-            # Quantized after the dtype cast and before train() adds the LoRA (PEFT picks its layer type then).
-            _quantize(trained, cfg.quantize, False, quiet)
-            backbone.transformer = trained.transformer
-        samples = index.samples()
-        total = cfg.steps or mod.steps
-        task = progress.add_task(f"train {mod.name}", total=total, info="")
-
-        def tick(step: int, total_steps: int, row: dict[str, float]) -> None:
-            progress.update(task, completed=step, total=total_steps, info=f"loss {row['loss']:.4f}")
-
-        model_meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash(),
-                      "extractor_options": info.get("extractor_options")}
-        validator = None
-        if cfg.validate_every and ranks.main:
-            validator = make_validator(
-                backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
-                texts={p: cached_prompt(index, backbone, p) for p in prompts},
-                load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
-                                                     dtype=base_dtype, vae_tiling=vae_tiling))
-        result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,
-                       validate=validator, ranks=ranks)
-    if not ranks.main:
+    with _Bars(json_out) as bars:
+        result = run_training(
+            cfg, resume=resume, allow_outside_media=allow_outside_media, vae_tiling=vae_tiling,
+            memory_check=memory_check, quiet=json_out, hooks=TrainHooks(log=_line, progress=bars.add))
+    if result is None:  # not the main rank
         return
     if json_out:
         _emit(result.to_dict())
@@ -494,39 +420,7 @@ def train_cmd(
                   f"loss {result.to_dict()['first_loss']:.4f} → {result.to_dict()['last_loss']:.4f})")
 
 
-def _check_memory(cfg: Any, bucket: Any, world: int, enforce: bool, quiet: bool) -> None:
-    """Print the run's memory plan (before anything loads); on a GPU refuse one that will not fit."""
-    import torch
-
-    from avctl.plan import training_plan
-    from avctl.train import default_strategy
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    strategy = (cfg.strategy or default_strategy()) if world > 1 else "ddp"
-    plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib(),
-                         strategy)
-    if not quiet:
-        parts = ", ".join(f"{name} {gib:.2f}" for name, gib in plan.parts.items())
-        verdict = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit") + \
-            f" in {plan.gpu_memory_gib:.0f} GiB"
-        err.print(f"plan: {max(plan.peak_gib, plan.precompute_peak_gib):.2f} GiB per {device} device ({parts}; "
-                  f"precompute {plan.precompute_peak_gib:.2f}){verdict}; `avctl plan` for details",
-                  highlight=False, markup=False, soft_wrap=True)
-    if device == "cuda" and enforce and plan.fits is False:
-        advice = f"; try {plan.advice[0]}" if plan.advice else ""
-        raise BadUsage(f"this run needs about {max(plan.peak_gib, plan.precompute_peak_gib):.1f} GiB per GPU, more "
-                       f"than the {plan.gpu_memory_gib:.0f} GiB visible{advice} (or --no-memory-check to try anyway)")
-
-
 # ------------------------------------------------------------------------------------------------ plan
-def _visible_gpu_gib() -> float | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-
-
 def print_plan(plan: Any) -> None:
     """The plan as two tables (training step, precompute) and a verdict with advice, on stderr."""
     tokens = plan.tokens
@@ -577,7 +471,7 @@ def plan_cmd(
 ) -> None:
     """Per-GPU peak memory of a training run, part by part, from the model's configs on `meta` (nothing is loaded)
     and per-token activation costs measured at LTX-2's real width; whether it fits, and flags that would make it."""
-    from avctl.plan import PlanRequest, make_plan, parse_bucket
+    from avctl.plan import PlanRequest, make_plan, parse_bucket, visible_gpu_gib
 
     choices = {"quantize": (quantize, ("none", "int8", "fp8")), "strategy": (strategy, ("ddp", "fsdp")),
                "dtype": (dtype, ("bf16", "fp32")), "optimizer": (optimizer, ("adamw", "adamw8bit")),
@@ -590,7 +484,7 @@ def plan_cmd(
         batch_size=batch_size, quantize=quantize, text_encoder_8bit=text_encoder_8bit,  # type: ignore[arg-type]
         gradient_checkpointing=gradient_checkpointing, world_size=world_size, strategy=strategy,  # type: ignore[arg-type]
         dtype=dtype, optimizer=optimizer, device=device,  # type: ignore[arg-type]
-        gpu_memory_gib=gpu_memory if gpu_memory is not None else _visible_gpu_gib(),
+        gpu_memory_gib=gpu_memory if gpu_memory is not None else visible_gpu_gib(),
     )
     plan = make_plan(request)
     if json_out:
@@ -938,9 +832,7 @@ def bench_cmd(
     meta-device copy), beside the plain token-count ratio."""
     import platform
 
-    import torch
-
-    from avctl.bench import check_bench_layout, rows_to_dicts, run_bench
+    from avctl.bench import bench_model, rows_to_dicts
     from avctl.bench import plot as plot_bench
 
     if prepare is not None:
@@ -956,30 +848,12 @@ def bench_cmd(
             out.print(f"prepare {prepare}: {fps_rate:.1f} frames/s at {result['size']}×{result['size']} "
                       f"({result['machine']})")
         return
-    check_bench_layout(layout, _csv(downscale, int))  # before the model loads
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if dtype is not None and dtype not in dtypes:
-        raise BadUsage(f"--dtype {dtype}: use one of {', '.join(dtypes)}")
-    name = _model_name(model)
-    tiny = name == "tiny"
-    # Only what a step needs: the text encoder for one prompt, the audio VAE's sizes; no video VAE or vocoder.
-    backbone = _load_backbone(name, components={"transformer", "tokenizer", "text_encoder", "connectors", "audio_vae"},
-                              dtype=dtypes.get(dtype))
-    # A real-width model at 121 frames takes minutes per step on CPU; 25 frames takes seconds and is still
-    # compute-bound.
-    full_frames = 121 if backbone.device.type == "cuda" else 25
-    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else full_frames)
     with _progress(json_out) as progress:
         task = progress.add_task("bench", total=None, info="")
-        rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
-                         warmup=warmup, measure_memory=memory, compare_diffusers=diffusers, layout=layout,
-                         progress=lambda d, t: progress.update(task, completed=d, total=t))
-    device = str(backbone.device)
-    if device.startswith("cuda"):
-        device = torch.cuda.get_device_name()
-    dtype = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
-    header = (f"{backbone.model_id} {w}x{h}x{f}, {dtype}, {device}, {torch.get_num_threads()} threads, "
-              f"{platform.machine()}" + (f", {layout} layout" if layout != "parallel" else ""))
+        header, rows = bench_model(
+            model, _csv(downscale, int), _csv(strength, float), width=width, height=height, frames=frames,
+            steps=steps, warmup=warmup, measure_memory=memory, compare_diffusers=diffusers, layout=layout,
+            dtype=dtype, progress=lambda d, t: progress.update(task, completed=d, total=t))
     if plot is not None:
         plot_bench(rows, plot, header)
     if json_out:

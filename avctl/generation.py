@@ -628,20 +628,6 @@ def check_model_options(request: GenerateRequest, batch: bool = False) -> None:
         raise BadUsage("--save-latents names one file; it cannot be used with --batch")
 
 
-def load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
-                  vae_tiling: bool = True) -> Any:
-    """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
-    to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
-    unless OMP_NUM_THREADS says otherwise."""
-    import torch
-
-    from avctl import backbone as bb
-
-    if model in (bb.TINY, bb.POCKET) and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    return bb.load_backbone(model, dtype=dtype, components=components, vae_tiling=vae_tiling)
-
-
 @dataclass
 class Model:
     """A loaded backbone with what a request set up around it (the two-stage upsampler and distilled LoRA)."""
@@ -652,10 +638,11 @@ class Model:
 
 def load_model(request: GenerateRequest, log: Callable[[str], None] | None = None) -> Model:
     """The request's model: loaded, with --two-stage's upsampler, quantized (one `log` line per quantized part)."""
+    from avctl.backbone import open_backbone
     from avctl.quantize import quantize_backbone
     from avctl.sample import TwoStage, load_upsampler, open_lora
 
-    backbone = load_backbone(request.model_name(), vae_tiling=request.vae_tiling)
+    backbone = open_backbone(request.model_name(), vae_tiling=request.vae_tiling)
     two_stage = None
     if request.two_stage:
         lora, scale = open_lora(str(request.distilled_lora))
