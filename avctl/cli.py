@@ -654,21 +654,14 @@ def generate_cmd(
     flags = {renamed.get(k, k): v for k, v in ctx.params.items() if renamed.get(k, k) in REQUEST_FIELDS and given(k)}
     request = build_request(config, flags)
 
-    def line(text: str) -> None:
-        err.print(text, highlight=False, markup=False, soft_wrap=True)
-
-    with _progress(json_out) as progress:
-        def bar(label: str) -> Callable[[int, int], None]:
-            task = progress.add_task(label, total=None, info="")
-            return lambda done, total: progress.update(task, completed=done, total=total)
-
-        hooks = Hooks(
-            log=None if json_out else (lambda msg: line(msg)),
-            warn=lambda where, msg: line(f"avctl generate: {where + ': ' if where else ''}warning: {msg}"),
-            progress=bar,
-            done=None if json_out else (lambda where, side: line(f"{where}: video {side['video']}")),
-            failed=lambda where, msg: line(f"avctl generate: {where}: error: {msg}"),
-        )
+    hooks = Hooks(
+        log=None if json_out else _line,
+        warn=lambda where, msg: _line(f"avctl generate: {where + ': ' if where else ''}warning: {msg}"),
+        done=None if json_out else (lambda where, side: _line(f"{where}: video {side['video']}")),
+        failed=lambda where, msg: _line(f"avctl generate: {where}: error: {msg}"),
+    )
+    with _Bars(json_out) as bars:
+        hooks.progress = lambda label: bars.add(label)
         if batch is None:
             sidecar = generate_one(request, overwrite, hooks)
         else:

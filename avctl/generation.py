@@ -294,7 +294,12 @@ def read_request_file(path: Path) -> dict[str, Any]:
 def build_request(config: Path | None, flags: dict[str, Any]) -> GenerateRequest:
     """The request of one `generate` command: the `--config` file's values with the given flags laid over them."""
     values = read_request_file(config) if config is not None else {}
-    return make_request({**values, **flags}, str(config) if config is not None and set(values) else "")
+    try:
+        return GenerateRequest.model_validate({**values, **flags})
+    except ValidationError as exc:
+        key = exc.errors()[0]["loc"][:1]
+        from_file = config is not None and bool(key) and key[0] in values and key[0] not in flags
+        raise BadUsage(describe_error(exc, str(config) if from_file else "")) from None
 
 
 # ------------------------------------------------------------------------------------------------ --batch
@@ -446,11 +451,12 @@ def check_loras_fit(model: str | None, loras: list[Any]) -> None:
         check_lora_fits(lora, transformer)
 
 
-def default_size(model: str | None, uses: list[Any]) -> tuple[int, int]:
-    """(width, height): the model's default clip size, grown to a multiple every video LoRA's downscale divides."""
+def default_size(model: str | None, uses: list[Any], two_stage: bool = False) -> tuple[int, int]:
+    """(width, height): the model's default clip size, grown to a multiple every video LoRA's downscale divides
+    (at half size too, for --two-stage)."""
     from avctl.dataset import default_bucket
 
-    downscale = math.lcm(1, *(u.lora.downscale for u in uses if u.stream == "video"))
+    downscale = math.lcm(1, *(u.lora.downscale for u in uses if u.stream == "video")) * (2 if two_stage else 1)
     bucket = default_bucket(model, downscale)
     return bucket.width, bucket.height
 
@@ -535,7 +541,7 @@ def plan_generation(request: GenerateRequest, overwrite: bool = False) -> Plan:
     full = keep_video or source
     found = full.frames.shape[1:3] if full is not None else image.shape[:2] if image is not None else None
     if found is None and (opts.width is None or opts.height is None):
-        dw, dh = default_size(opts.model_name(), uses)
+        dw, dh = default_size(opts.model_name(), uses, opts.two_stage)
         found = (dh, dw)
     height, width = opts.height or found[0], opts.width or found[1]
     if opts.frames is None and length_from is None:

@@ -155,3 +155,17 @@ def test_config_file_with_flags_over_it_and_a_sidecar_redoes_its_generation(tmp_
     (tmp_path / "bad.yaml").write_text("prompt: x\nstep: 3\n")
     r = invoke("generate", "--config", tmp_path / "bad.yaml")
     assert r.exit_code == 2 and "unknown key(s) step" in r.output and "Traceback" not in r.output
+
+
+def test_cli_imports_only_library_entry_points():
+    """cli.py parses and prints: it reaches the model, media, data and camera layers only through the library."""
+    import ast
+
+    import avctl.cli
+
+    tree = ast.parse(Path(avctl.cli.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    below = {f"avctl.{name}" for name in ("backbone", "media", "dataset", "cache", "camera", "sample", "canvas")}
+    assert not imported & below, sorted(imported & below)
+    assert not any(node.module == "avctl" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
