@@ -933,3 +933,15 @@ def _build_tiny(wanted: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
                 part.save_config(Path(scratch) / name)
         configs = _directory_configs(Path(scratch))
     return {n: p for n, p in parts.items() if n in wanted}, configs
+
+
+def open_backbone(model: str | None, components: set[str] | None = None, dtype: torch.dtype | str | None = None,
+                  vae_tiling: VaeTiling | bool = True) -> Backbone:
+    """`load_backbone` as the commands call it. The tiny and pocket models' ops are too small to gain from
+    threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one unless
+    OMP_NUM_THREADS says otherwise."""
+    from avctl import env
+
+    if env.model_name(model) in (TINY, POCKET) and not env.OMP_NUM_THREADS.is_set():
+        torch.set_num_threads(1)
+    return load_backbone(model, dtype=dtype, components=components, vae_tiling=vae_tiling)

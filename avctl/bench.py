@@ -322,3 +322,41 @@ def plot(rows: list[BenchRow], path: Any, title: str) -> None:
         fig.savefig(tmp)
     plt.close(fig)
 
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def bench_model(model: str | None, downscales: list[int], strengths: list[float], *, width: int | None = None,
+                height: int | None = None, frames: int | None = None, steps: int = 10, warmup: int = 2,
+                measure_memory: bool = True, compare_diffusers: bool = True, layout: str = "parallel",
+                dtype: str | None = None, progress: Any = None) -> tuple[str, list[BenchRow]]:
+    """`avctl bench`: load what a step needs of `model` and time it (`run_bench`); returns (a one-line header
+    naming the model, size, dtype, device and machine, the rows). Sizes default to 256x256x17 on tiny, else
+    768x512 at 121 frames on a GPU, 25 on CPU (a real-width model at 121 frames takes minutes per step there and
+    is still compute-bound at 25)."""
+    import platform
+
+    from avctl.backbone import TINY, open_backbone
+    from avctl.env import model_name
+
+    check_bench_layout(layout, downscales)  # before the model loads
+    if dtype is not None and dtype not in DTYPES:
+        raise BadUsage(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    name = model_name(model)
+    tiny = name == TINY
+    # Only what a step needs: the text encoder for one prompt, the audio VAE's sizes; no video VAE or vocoder.
+    backbone = open_backbone(name, components={"transformer", "tokenizer", "text_encoder", "connectors", "audio_vae"},
+                             dtype=DTYPES.get(dtype) if dtype else None)
+    full_frames = 121 if backbone.device.type == "cuda" else 25
+    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else full_frames)
+    rows = run_bench(backbone, downscales, strengths, w, h, f, steps=steps, warmup=warmup,
+                     measure_memory=measure_memory, compare_diffusers=compare_diffusers, layout=layout,
+                     progress=progress)
+    device = str(backbone.device)
+    if device.startswith("cuda"):
+        device = torch.cuda.get_device_name()
+    loaded = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
+    header = (f"{backbone.model_id} {w}x{h}x{f}, {loaded}, {device}, {torch.get_num_threads()} threads, "
+              f"{platform.machine()}" + (f", {layout} layout" if layout != "parallel" else ""))
+    return header, rows

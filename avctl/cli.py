@@ -158,6 +158,36 @@ def _progress(json_mode: bool) -> Progress:
     )
 
 
+class _Bars:
+    """Progress bars on stderr, started with the first bar, so a process that shows none (a refused run, a
+    non-main rank) draws nothing."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def add(self, label: str, total: int | None = None) -> Callable[..., None]:
+        """A new bar; returns update(done, total, info="")."""
+        if self.progress is None:
+            self.progress = _progress(self.json_mode)
+            self.progress.start()
+        progress = self.progress
+        task = progress.add_task(label, total=total, info="")
+        return lambda done, total, info="": progress.update(task, completed=done, total=total, info=info)
+
+
+def _line(text: str) -> None:
+    """One line on stderr, printed as it is (no markup, no wrapping)."""
+    err.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def _finite(data: Any) -> Any:
     """JSON has no inf/nan: write them as strings so `--json` output stays strict JSON."""
     if isinstance(data, float) and not math.isfinite(data):
@@ -175,30 +205,6 @@ def _emit(data: Any) -> None:
 
 def _model_name(model: str | None) -> str | None:
     return env.model_name(model)  # None: the backbone's default (LTX-2)
-
-
-def _load_backbone(model: str | None, components: set[str] | None = None, dtype: Any = None,
-                   vae_tiling: bool = True) -> Any:
-    """Load the backbone (or only `components` of it) for a command. The tiny and pocket models' ops are too small
-    to gain from threads — on 2 shared cores extra threads made tiny's steps ~10× slower — so they run on one
-    unless OMP_NUM_THREADS says otherwise."""
-    import torch
-
-    from avctl import backbone as bb
-
-    name = _model_name(model)
-    if name in ("tiny", "pocket") and not env.OMP_NUM_THREADS.is_set():
-        torch.set_num_threads(1)
-    return bb.load_backbone(name, dtype=dtype, components=components, vae_tiling=vae_tiling)
-
-
-def _quantize(backbone: Any, quantize: str | None, text_encoder_8bit: bool, quiet: bool) -> None:
-    """`--quantize` / `--text-encoder-8bit` on a freshly loaded backbone (one line each on stderr)."""
-    from avctl.quantize import quantize_backbone
-
-    for report in quantize_backbone(backbone, quantize, text_encoder_8bit):
-        if not quiet:
-            err.print(f"quantized {report.summary()}", highlight=False, markup=False, soft_wrap=True)
 
 
 def command(
@@ -320,10 +326,8 @@ def prepare_cmd(
     (dataset.jsonl + media). Weightless extractors need no model weights. Rerunning skips finished clips.
     Options may come from `--config` (e.g. configs/MODALITY.yaml)."""
     from avctl.config import FileOptions, check_avctl_dataset, prepare_options
-    from avctl.dataset import vae_factors
-    from avctl.media import Bucket
     from avctl.modalities.base import get_modality
-    from avctl.prepare import default_bucket, encode_dataset, prepare
+    from avctl.prepare import bucket_for, encode_for_model, model_factors, prepare
 
     mod = get_modality(modality)
     file_opts = prepare_options(config, mod) if config else FileOptions({})
@@ -340,7 +344,7 @@ def prepare_cmd(
     workers = workers if workers is not None else fv.get("workers", 1)
     encode = encode or fv.get("precompute", False)
     model_name = _model_name(model)
-    b = Bucket.parse(bucket) if bucket else default_bucket(model_name, mod.downscale)
+    b = bucket_for(bucket, model_name, mod.downscale)
     target = out_dir or Path("datasets") / modality
     check_avctl_dataset(target)
     counts = {"encoded": 0, "cached": 0}
@@ -354,14 +358,13 @@ def prepare_cmd(
             progress.update(task, completed=done, total=total)
 
         summary = prepare(mod, list(inputs), target, b, caption, seed=seed, workers=workers, overwrite=overwrite,
-                          progress=tick, weights=weights, backend=backend, factors=vae_factors(model_name),
+                          progress=tick, weights=weights, backend=backend, factors=model_factors(model_name),
                           options={"speakers": speakers, "line_width": line_width}, variants=variants)
         if encode and summary.rows:
             encoding = progress.add_task("encode", total=summary.rows, info="")
-            counts = encode_dataset(target, _load_backbone(model, components=set(), vae_tiling=vae_tiling),
-                                    lambda parts: _load_backbone(model, components=set(parts), vae_tiling=vae_tiling),
-                                    progress=lambda d, t: progress.update(encoding, completed=d, total=t),
-                                    allow_outside_media=allow_outside_media)
+            counts = encode_for_model(target, model_name, vae_tiling=vae_tiling,
+                                      progress=lambda d, t: progress.update(encoding, completed=d, total=t),
+                                      allow_outside_media=allow_outside_media)
     data = summary.to_dict()
     if encode:
         data.update(counts)
@@ -484,21 +487,10 @@ def train_cmd(
     Options may come from `--config` (configs/MODALITY.yaml, or an ltx-trainer config)."""
     from pydantic import ValidationError
 
-    from avctl.cache import cached_prompt, precompute, wait_for_cache
-    from avctl.config import FileOptions, check_avctl_dataset, train_options
-    from avctl.dataset import check_dataset, load_manifest, remove_stale_temp_files
+    from avctl.config import FileOptions, train_options
     from avctl.modalities.base import get_modality
-    from avctl.quantize import check_quantize_args
-    from avctl.train import (
-        BASE_DTYPES,
-        Ranks,
-        TrainConfig,
-        check_strategy,
-        default_strategy,
-        train,
-        with_layout,
-    )
-    from avctl.validation import make_validator
+    from avctl.train import TrainConfig
+    from avctl.training import TrainHooks, run_training
 
     file_opts = train_options(config, get_modality(modality)) if config else FileOptions({})
     if config and (warning := file_opts.warning(config)):
@@ -523,77 +515,11 @@ def train_cmd(
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise BadUsage(f"train option {where!r}: {first['msg']}") from exc
-    mod = with_layout(get_modality(cfg.modality), cfg.layout)  # side-by-side on a downscaled modality stops here
-    cfg.data = cfg.data or Path("datasets") / mod.name
-    check_avctl_dataset(cfg.data)
-    cfg.out = cfg.out or Path("runs") / mod.name
-    cfg.model = _model_name(cfg.model)
-    check_quantize_args(cfg.quantize, cfg.text_encoder_8bit)
-    if cfg.targets:
-        from avctl.lora import target_modules
-
-        target_modules(cfg.targets)  # an unknown group stops here, before the plan or anything else
-
-    info, rows = load_manifest(cfg.data, allow_outside_media)
-    bucket = check_dataset(info, mod)
-    ranks = Ranks(start=False)  # the process group starts once the cache is complete
-    check_strategy(cfg, ranks.world)
-    if ranks.main:  # temp files of a killed run: nothing refers to them
-        remove_stale_temp_files(cfg.out, ("state", "checkpoints", "samples"))
-    _check_memory(cfg, bucket, ranks.world, memory_check, quiet=json_out or not ranks.main)
-    base_dtype = BASE_DTYPES[cfg.dtype] if cfg.dtype else None  # None: bf16 on CUDA, fp32 on CPU
-    # Only the configs first: the cache's freshness needs no weights, so a complete cache loads no encoder.
-    backbone = _load_backbone(cfg.model, components=set(), dtype=base_dtype, vae_tiling=vae_tiling)
-    backbone.text_encoder_8bit = cfg.text_encoder_8bit
-    quiet = json_out or not ranks.main
-
-    def load_encoders(parts: frozenset[str]) -> Any:
-        encoders = _load_backbone(cfg.model, components=set(parts), vae_tiling=vae_tiling)
-        _quantize(encoders, None, cfg.text_encoder_8bit, quiet)
-        return encoders
-
-    prompts = (rows[0].get("caption", ""), "") if cfg.validate_every and rows else ()  # validation's, negative
-    with _progress(json_out or not ranks.main) as progress:
-        task = progress.add_task("encode", total=len(rows), info="")
-        # Rank 0 fills the latent cache; the others poll its files. No process group exists yet, so no
-        # collective can time out however long the encoding takes.
-        if ranks.main:
-            index = precompute(
-                backbone, cfg.data, info, rows, load_encoders, prompts=prompts,
-                progress=lambda d, t: progress.update(task, completed=d, total=t)).index
-        else:
-            index = wait_for_cache(backbone, cfg.data, info, rows)
-        ranks.start()
-        # The encoders are released by now; the transformer alone is loaded for training. Under FSDP only rank 0
-        # reads it: the others build it on `meta` and receive their shards from rank 0 (train()).
-        if ranks.world > 1 and (cfg.strategy or default_strategy()) == "fsdp" and not ranks.main:
-            from avctl.presets import build_module
-
-            backbone.transformer = build_module("transformer", backbone.configs["transformer"])
-        else:
-            trained = _load_backbone(cfg.model, components={"transformer"}, dtype=base_dtype)
-            # Quantized after the dtype cast and before train() adds the LoRA (PEFT picks its layer type then).
-            _quantize(trained, cfg.quantize, False, quiet)
-            backbone.transformer = trained.transformer
-        samples = index.samples()
-        total = cfg.steps or mod.steps
-        task = progress.add_task(f"train {mod.name}", total=total, info="")
-
-        def tick(step: int, total_steps: int, row: dict[str, float]) -> None:
-            progress.update(task, completed=step, total=total_steps, info=f"loss {row['loss']:.4f}")
-
-        model_meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash(),
-                      "extractor_options": info.get("extractor_options")}
-        validator = None
-        if cfg.validate_every and ranks.main:
-            validator = make_validator(
-                backbone, cfg.data, rows[0], mod, cfg.out, cfg.seed,
-                texts={p: cached_prompt(index, backbone, p) for p in prompts},
-                load_decoders=lambda: _load_backbone(cfg.model, components={"vae", "audio_vae", "vocoder"},
-                                                     dtype=base_dtype, vae_tiling=vae_tiling))
-        result = train(cfg, mod, samples, backbone.transformer, model_meta, resume=resume, progress=tick,
-                       validate=validator, ranks=ranks)
-    if not ranks.main:
+    with _Bars(json_out) as bars:
+        result = run_training(
+            cfg, resume=resume, allow_outside_media=allow_outside_media, vae_tiling=vae_tiling,
+            memory_check=memory_check, quiet=json_out, hooks=TrainHooks(log=_line, progress=bars.add))
+    if result is None:  # not the main rank
         return
     if json_out:
         _emit(result.to_dict())
@@ -602,39 +528,7 @@ def train_cmd(
                   f"loss {result.to_dict()['first_loss']:.4f} → {result.to_dict()['last_loss']:.4f})")
 
 
-def _check_memory(cfg: Any, bucket: Any, world: int, enforce: bool, quiet: bool) -> None:
-    """Print the run's memory plan (before anything loads); on a GPU refuse one that will not fit."""
-    import torch
-
-    from avctl.plan import training_plan
-    from avctl.train import default_strategy
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    strategy = (cfg.strategy or default_strategy()) if world > 1 else "ddp"
-    plan = training_plan(cfg, (bucket.width, bucket.height, bucket.frames), world, device, _visible_gpu_gib(),
-                         strategy)
-    if not quiet:
-        parts = ", ".join(f"{name} {gib:.2f}" for name, gib in plan.parts.items())
-        verdict = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit") + \
-            f" in {plan.gpu_memory_gib:.0f} GiB"
-        err.print(f"plan: {max(plan.peak_gib, plan.precompute_peak_gib):.2f} GiB per {device} device ({parts}; "
-                  f"precompute {plan.precompute_peak_gib:.2f}){verdict}; `avctl plan` for details",
-                  highlight=False, markup=False, soft_wrap=True)
-    if device == "cuda" and enforce and plan.fits is False:
-        advice = f"; try {plan.advice[0]}" if plan.advice else ""
-        raise BadUsage(f"this run needs about {max(plan.peak_gib, plan.precompute_peak_gib):.1f} GiB per GPU, more "
-                       f"than the {plan.gpu_memory_gib:.0f} GiB visible{advice} (or --no-memory-check to try anyway)")
-
-
 # ------------------------------------------------------------------------------------------------ plan
-def _visible_gpu_gib() -> float | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-
-
 def print_plan(plan: Any) -> None:
     """The plan as two tables (training step, precompute) and a verdict with advice, on stderr."""
     tokens = plan.tokens
@@ -685,7 +579,7 @@ def plan_cmd(
 ) -> None:
     """Per-GPU peak memory of a training run, part by part, from the model's configs on `meta` (nothing is loaded)
     and per-token activation costs measured at LTX-2's real width; whether it fits, and flags that would make it."""
-    from avctl.plan import PlanRequest, make_plan, parse_bucket
+    from avctl.plan import PlanRequest, make_plan, parse_bucket, visible_gpu_gib
 
     choices = {"quantize": (quantize, ("none", "int8", "fp8")), "strategy": (strategy, ("ddp", "fsdp")),
                "dtype": (dtype, ("bf16", "fp32")), "optimizer": (optimizer, ("adamw", "adamw8bit")),
@@ -698,7 +592,7 @@ def plan_cmd(
         batch_size=batch_size, quantize=quantize, text_encoder_8bit=text_encoder_8bit,  # type: ignore[arg-type]
         gradient_checkpointing=gradient_checkpointing, world_size=world_size, strategy=strategy,  # type: ignore[arg-type]
         dtype=dtype, optimizer=optimizer, device=device,  # type: ignore[arg-type]
-        gpu_memory_gib=gpu_memory if gpu_memory is not None else _visible_gpu_gib(),
+        gpu_memory_gib=gpu_memory if gpu_memory is not None else visible_gpu_gib(),
     )
     plan = make_plan(request)
     if json_out:
@@ -708,486 +602,9 @@ def plan_cmd(
 
 
 # ------------------------------------------------------------------------------------------------ generate
-def _parse_ramp(text: str | None) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    try:
-        start, end = (float(x) for x in text.split(":"))
-    except ValueError as exc:
-        raise BadUsage(f"--strength-ramp {text!r}: use START:END, e.g. 1:0") from exc
-    if not (0 <= start <= 1 and 0 <= end <= 1):
-        raise BadUsage("--strength-ramp values must lie in [0, 1]")
-    return start, end
-
-
-def _read_strength_map(path: Path) -> Any:
-    import numpy as np
-
-    from avctl import media
-
-    frames = media.read_frames_or_image(path, "strength map")
-    return frames.mean(axis=-1).astype(np.float32) / 255.0  # [F, H, W] grey, white = 1
-
-
-_BATCH_KEYS = ("prompt", "lora", "control", "from_video", "image", "keep_video", "keep_audio", "camera", "depth",
-               "fov", "strength",
-               "strength_ramp", "seed", "width", "height", "frames", "fps", "out")
-
-
-def _read_image(path: Path) -> Any:
-    """A first-frame image as RGB uint8 [H, W, 3]: an image file, or the first frame of a video."""
-    from avctl import media
-
-    return media.read_frames_or_image(path, "--image", max_frames=1)[0]
-
-
-def _lora_aliases(arg: str, lf: Any) -> set[str]:
-    """Names a `--control NAME=PATH` may use for a LoRA: the --lora argument, its file stem (the run folder's name
-    for runs/NAME/lora.safetensors) and its modality."""
-    from avctl.sample import parse_lora_arg
-
-    name, _ = parse_lora_arg(arg)
-    aliases = {name, Path(name).stem, lf.path.stem}
-    if lf.path.stem == "lora":
-        aliases.add(lf.path.parent.name)
-    modality = lf.avctl.get("modality")
-    if isinstance(modality, str):
-        aliases.add(modality)
-    return aliases
-
-
-def _control_modality(path: Path) -> str | None:
-    """The modality a control file was made for, where that is on record: a prepared dataset's reference/ file (its
-    avctl.json) or a control `generate` kept beside its output (OUT.control-N.mp4 and its OUT.json sidecar)."""
-    stem, dot, tail = path.name.partition(".control-")
-    if dot and tail[:1].isdigit():
-        try:
-            recorded = json.loads(path.with_name(f"{stem}.json").read_text()).get("modality") or []
-            k = int(tail.split(".")[0]) - 1
-            return recorded[k] if isinstance(recorded, list) and 0 <= k < len(recorded) else None
-        except (OSError, ValueError, AttributeError):
-            return None
-    for folder in list(path.resolve().parents)[:4]:
-        if folder.name == "reference" and (folder.parent / "avctl.json").is_file():
-            try:
-                found = json.loads((folder.parent / "avctl.json").read_text()).get("modality")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return found if isinstance(found, str) else None
-    return None
-
-
-def _check_loras_fit(model: str | None, loras: list[Any]) -> None:
-    """A LoRA made for another model is refused from the model's config on `meta`, before its weights load."""
-    if not loras:
-        return
-    from avctl.lora import check_lora_fits
-    from avctl.plan import meta_transformer
-
-    transformer = meta_transformer(_model_name(model))
-    for lora in loras if transformer is not None else ():
-        check_lora_fits(lora, transformer)
-
-
-def _plan_generation(opts: dict[str, Any], overwrite: bool, preview: bool) -> dict[str, Any]:
-    """Everything about one generation that needs no model, so bad input is refused before the model loads: the
-    output path, LoRA files, video controls, the --from-video source, the first-frame image, the strength map.
-    Audio controls are only checked here; they are read at the model's sample rate later."""
-    from avctl import media
-    from avctl.sample import LoraUse, open_lora, video_layout
-
-    out_path = Path(opts["out"])
-    if out_path.suffix.lower() != ".mp4":
-        raise BadUsage(f"--out {out_path}: must end in .mp4")
-    if out_path.exists() and not overwrite:
-        raise BadInput(f"{out_path}: exists; pass --overwrite or choose another --out")
-    if not opts["prompt"]:
-        raise BadUsage("give --prompt TEXT (or --batch FILE.jsonl with a prompt per row)")
-    if not 0.0 <= float(opts["strength"]) <= 1.0:
-        raise BadUsage(f"--strength {opts['strength']} is outside [0, 1] (above 1 copies the reference)")
-    _parse_ramp(opts["strength_ramp"])
-    uses: list[Any] = []
-    aliases: list[set[str]] = []
-    for arg in opts["lora"]:
-        lf, scale = open_lora(arg)
-        uses.append(LoraUse(lf, scale))
-        aliases.append(_lora_aliases(arg, lf))
-    video_layout(uses)  # LoRAs of different canvas layouts, or a bad avctl.layout, stop before the model loads
-    control_paths: list[Path | None] = [None] * len(uses)
-    for i, item in enumerate(opts["control"]):
-        name, sep, path_text = item.partition("=")
-        if sep and name and "/" not in name and not Path(item).exists():
-            idx = [k for k, a in enumerate(aliases) if name in a]
-            if not idx:
-                raise BadUsage(f"--control {item!r}: no --lora named {name!r} (LoRAs: "
-                               f"{', '.join(opts['lora']) or 'none'})")
-            if len(idx) > 1:
-                raise BadUsage(f"--control {item!r}: {name!r} names {len(idx)} LoRAs; use their file names")
-            k = idx[0]
-        else:
-            k, path_text = i, item
-        if k >= len(uses):
-            raise BadUsage(f"--control {item!r} has no LoRA to go with; give one --lora per control")
-        if control_paths[k] is not None:
-            raise BadUsage(f"--control {item!r}: {uses[k].name} already has a control ({control_paths[k]})")
-        control_paths[k] = Path(path_text)
-    size_from: Any = None
-    notes: list[str] = []
-    for use, path in zip(uses, control_paths, strict=True):
-        if path is None:
-            continue
-        made_for, wanted = _control_modality(path), use.lora.avctl.get("modality")
-        if made_for and isinstance(wanted, str) and made_for != wanted:
-            notes.append(f"{path} is a {made_for} control but {use.name} is a {wanted} LoRA; the output will not "
-                         f"follow it as trained (give a {wanted} control, or --from-video to extract one)")
-        if use.stream == "video":
-            clip = media.read_video(path)
-            use.control = clip.frames
-            size_from = size_from or clip
-        else:
-            media.probe(path)  # missing or unreadable: one line now, not after the model loaded
-    source = None
-    if opts["from_video"] is not None:
-        if not uses:
-            raise BadUsage("--from-video makes controls for LoRAs; give a --lora")
-        if all(p is not None for p in control_paths):
-            raise BadUsage("--from-video: every LoRA already has a --control; drop one of them")
-        source = media.read_video(Path(opts["from_video"]))
-        size_from = size_from or source
-    image = _read_image(Path(opts["image"])) if opts["image"] is not None else None
-    _check_camera(opts, uses, control_paths, image, source)
-    keep_video = None
-    if opts.get("keep_video") is not None and opts.get("keep_audio") is not None:
-        raise BadUsage("--keep-video and --keep-audio: keep one stream, the other is generated")
-    if opts.get("keep_video") is not None:
-        if image is not None:
-            raise BadUsage("--image conditions a generated video; with --keep-video the video is given")
-        keep_video = media.read_video(Path(opts["keep_video"]))
-        size_from = size_from or keep_video
-    elif opts.get("keep_audio") is not None:
-        media.probe(Path(opts["keep_audio"]))  # missing or unreadable: one line now
-    if preview and not any(u.stream == "video" for u in uses):
-        raise BadUsage("--preview shows a video control next to the output; this generation has no video LoRA")
-    found = size_from.frames.shape[1:3] if size_from else image.shape[:2] if image is not None else (None, None)
-    height, width = opts["height"] or found[0], opts["width"] or found[1]
-    if width is None or height is None or (opts["frames"] is None and size_from is None):
-        raise BadUsage("give --width, --height and --frames (or a --control / --from-video to take them from)")
-    smap = _read_strength_map(Path(opts["strength_map"])) if opts["strength_map"] else None
-    if smap is not None:
-        map_h, map_w = smap.shape[1:3]
-        if abs(map_w / map_h - int(width) / int(height)) > 0.02 * int(width) / int(height):
-            raise BadInput(f"{opts['strength_map']}: the strength map is {map_w}x{map_h} but the output is "
-                           f"{width}x{height}; it would be stretched, so give a map of the output's aspect ratio")
-    return {
-        "opts": opts, "uses": uses, "control_paths": control_paths, "source": source, "image": image,
-        "keep_video": keep_video,
-        "width": int(width), "height": int(height), "available": len(size_from.frames) if size_from else None,
-        "fps": float(opts["fps"] or (size_from.fps if size_from else 24.0)), "strength_map": smap,
-        "out": out_path, "notes": notes,
-    }
-
-
-def _camera_from(use: Any) -> str | None:
-    """What `--camera` renders this LoRA's control from ("image" or "video": its modality's `camera_from`), or None
-    for a modality `--camera` does not serve (or one not installed)."""
-    from avctl.modalities.base import all_modalities
-
-    found = all_modalities().get(use.lora.avctl.get("modality"))
-    return found.camera_from if found is not None else None
-
-
-def _camera_use(uses: list[Any], control_paths: list[Path | None]) -> int | None:
-    """Index of the camera LoRA whose control `--camera` renders (the first LoRA of a modality with `camera_from`,
-    e.g. camera-image / camera-video, without a --control), or None."""
-    for k, (use, path) in enumerate(zip(uses, control_paths, strict=True)):
-        if path is None and _camera_from(use) is not None:
-            return k
-    return None
-
-
-def _check_camera(opts: dict[str, Any], uses: list[Any], control_paths: list[Path | None], image: Any,
-                  source: Any) -> None:
-    """Refuse a --camera / --depth that cannot be used, before the model loads."""
-    from avctl.camera import resolve_camera
-
-    if opts.get("camera") is None:
-        if opts.get("depth") is not None:
-            raise BadUsage("--depth is the depth for --camera; give --camera too")
-        return
-    k = _camera_use(uses, control_paths)
-    if k is None:
-        raise BadUsage("--camera renders the control of a camera-image or camera-video LoRA without a --control; "
-                       "give such a --lora")
-    if not 0 < float(opts.get("fov") or 0) < 180:
-        raise BadUsage(f"--fov {opts.get('fov')}: must be in (0, 180) degrees")
-    modality, render_from = uses[k].lora.avctl.get("modality"), _camera_from(uses[k])
-    if render_from == "image" and image is None:
-        raise BadUsage(f"--camera with a {modality} LoRA renders --image along the trajectory; give --image")
-    if render_from == "video" and source is None:
-        raise BadUsage(f"--camera with a {modality} LoRA re-renders --from-video along the trajectory; give "
-                       "--from-video")
-    if opts.get("frames"):
-        resolve_camera(str(opts["camera"]), int(opts["frames"]), float(opts["fov"]))  # a bad preset or JSON: now
-
-
-def _camera_control(backbone: Any, plan: dict[str, Any], f: int) -> tuple[int, Any, Any] | None:
-    """`--camera`: the camera LoRA's index, its rendered control [F, h, w, 3] and the trajectory, or None."""
-    from avctl.camera import camera_image_control, camera_video_control_for
-
-    opts, uses = plan["opts"], plan["uses"]
-    if opts.get("camera") is None:
-        return None
-    k = _camera_use(uses, plan["control_paths"])
-    assert k is not None  # _check_camera
-    lora = uses[k].lora
-    s, h, w = lora.downscale, plan["height"], plan["width"]
-    depth = opts.get("depth")
-    device = str(backbone.device)
-    if _camera_from(uses[k]) == "image":
-        control, trajectory = camera_image_control(plan["image"], str(opts["camera"]), f, (h // s, w // s),
-                                                   depth=depth, fov=float(opts["fov"]), device=device)
-    else:
-        control, trajectory = camera_video_control_for(plan["source"].frames[:f], str(opts["camera"]),
-                                                       (h // s, w // s), depth=depth,
-                                                       source_fov=float(opts["fov"]), device=device)
-    return k, control, trajectory
-
-
-GUIDANCE_FLAGS = {  # CLI flag → sample.Guidance field
-    "guidance_scale": "cfg", "audio_guidance_scale": "audio_cfg", "stg_scale": "stg", "audio_stg_scale": "audio_stg",
-    "modality_scale": "modality", "audio_modality_scale": "audio_modality", "guidance_rescale": "rescale",
-    "audio_guidance_rescale": "audio_rescale", "stg_blocks": "stg_blocks", "cross_timestep": "cross_timestep",
-}
-
-
-def _parse_blocks(text: str | None) -> tuple[int, ...] | None:
-    """--stg-blocks "28" or "28,29" (or "" for none)."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(b) for b in text.replace(" ", "").split(",") if b)
-    except ValueError:
-        raise BadUsage(f"--stg-blocks {text!r}: give block indices separated by commas, e.g. 28 or 28,29") from None
-
-
-def _check_guidance_flags(settings: dict[str, Any]) -> None:
-    """Refuse bad guidance values before the model loads."""
-    from avctl.sample import PRESET_CHOICES, resolve_schedule
-
-    resolve_schedule(settings["schedule"])  # a misspelt --schedule is refused before anything loads
-    if settings["preset"] not in PRESET_CHOICES:
-        raise BadUsage(f"--preset {settings['preset']!r}: use one of {', '.join(PRESET_CHOICES)}")
-    g = settings["guidance"]
-    for flag in ("guidance_rescale", "audio_guidance_rescale"):
-        if g.get(flag) is not None and not 0.0 <= g[flag] <= 1.0:
-            raise BadUsage(f"--{flag.replace('_', '-')} {g[flag]}: must lie in [0, 1]")
-    if any(b < 0 for b in g.get("stg_blocks") or ()):
-        raise BadUsage("--stg-blocks: block indices start at 0")
-
-
-def _resolve_guidance(backbone: Any, settings: dict[str, Any]) -> tuple[Any, Any]:
-    """The preset (--preset, or the model's own) and its guidance with the explicit flags laid over it."""
-    from dataclasses import replace
-
-    from avctl.sample import resolve_preset
-
-    preset = resolve_preset(settings["preset"], backbone)
-    overrides = {GUIDANCE_FLAGS[k]: v for k, v in settings["guidance"].items() if v is not None}
-    return preset, replace(preset.guidance, **overrides)
-
-
-def _load_two_stage(backbone: Any, settings: dict[str, Any]) -> None:
-    """Replace settings["two_stage"] (upsampler folder, (LoRA file, weight)) by a loaded sample.TwoStage."""
-    from avctl.sample import TwoStage, load_upsampler
-
-    if settings.get("two_stage") is None:
-        return
-    folder, (lora, scale) = settings["two_stage"]
-    settings["two_stage"] = TwoStage(load_upsampler(folder, backbone.device), lora, scale)
-
-
-def _run_generation(backbone: Any, plan: dict[str, Any], settings: dict[str, Any], json_out: bool,
-                    warn: Callable[[str], None], label: str = "generate") -> dict[str, Any]:
-    """Generate one planned request with a loaded model and write the mp4, the sidecar and, with --preview, the
-    preview and contact sheet. Returns the sidecar."""
-    from avctl import media
-    from avctl.modalities.base import all_modalities
-    from avctl.sample import control_from_video, generate, write_preview
-
-    opts, uses, out_path = plan["opts"], plan["uses"], plan["out"]
-    w, h, rate = plan["width"], plan["height"], plan["fps"]
-    t = backbone.vae_temporal
-    f = opts["frames"] or max(1, (plan["available"] - 1) // t * t + 1)
-    control_used: list[str | None] = [str(p) if p is not None else None for p in plan["control_paths"]]
-    camera_file = None
-    later: list[Callable[[], Any]] = []  # files kept beside the output, written only once generation succeeded
-    for note in plan.get("notes", []):
-        warn(note)
-    rendered = _camera_control(backbone, plan, f)
-    if rendered is not None:  # kept next to the output with its trajectory, to evaluate (rotation error) and redo
-        from avctl.camera import save_trajectory
-
-        k, uses[k].control, trajectory = rendered
-        written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
-        later.append(functools.partial(media.write_video, written, uses[k].control, rate, lossless=True))
-        control_used[k] = str(written)
-        camera_file = out_path.with_name(f"{out_path.stem}.camera.json")
-        later.append(functools.partial(save_trajectory, trajectory, camera_file))
-    src_audio: Any = None
-    for k, (use, path) in enumerate(zip(uses, plan["control_paths"], strict=True)):
-        if use.control is not None and path is None:
-            continue  # rendered by --camera
-        if path is not None and use.stream == "audio":
-            wav = media.read_audio(path, backbone.audio_sample_rate, 2)
-            if wav is None:
-                raise BadInput(f"{path}: has no audio stream; the audio LoRA {use.name} needs a .wav or a video "
-                               "with sound")
-            use.control_audio = wav
-        elif path is None and plan["source"] is not None:
-            source_path = Path(opts["from_video"])
-            if src_audio is None:
-                src_audio = media.read_audio(source_path, backbone.audio_sample_rate, 2)
-            video, audio = control_from_video(
-                use.lora, plan["source"].frames, plan["source"].fps, width=w, height=h, frames=f,
-                seed=opts["seed"], key=source_path.name,
-                audio=src_audio, audio_rate=backbone.audio_sample_rate,
-            )
-            use.control, use.control_audio = video, audio
-            if video is not None:  # kept next to the output, so the generation can be evaluated and redone
-                written = out_path.with_name(f"{out_path.stem}.control-{k + 1}.mp4")
-                later.append(functools.partial(media.write_video, written, video, rate, lossless=True))
-                control_used[k] = str(written)
-            else:
-                control_used[k] = f"{opts['from_video']} (audio)"
-    if plan["source"] is not None and len(plan["source"].frames) > f:
-        warn(f"{opts['from_video']}: {len(plan['source'].frames)} frames; using the first {f}")
-    known = all_modalities()
-    for use in uses:
-        mod = known.get(use.lora.avctl.get("modality") or "")
-        if mod is not None and mod.first_frame_image and plan["image"] is None:
-            warn(f"{use.name} ({mod.name}) was trained with a first-frame image; pass --image for it to work as "
-                 "trained")
-    keep_video = plan["keep_video"].frames if plan["keep_video"] is not None else None
-    keep_audio = None
-    if opts.get("keep_audio") is not None:
-        from avctl.sample import read_keep_audio
-
-        keep_audio = read_keep_audio(Path(opts["keep_audio"]), backbone, f / rate)
-    _, guidance = _resolve_guidance(backbone, settings)
-    with _progress(json_out) as progress:
-        task = progress.add_task(label, total=None, info="")
-        result = generate(
-            backbone, opts["prompt"], uses, width=w, height=h, frames=f, fps=rate, strength=opts["strength"],
-            strength_map=plan["strength_map"], strength_ramp=_parse_ramp(opts["strength_ramp"]),
-            steps=settings["steps"], seed=opts["seed"], composite=settings["composite"],
-            first_frame=plan["image"], schedule=settings["schedule"], warn=warn,
-            keep_video=keep_video, keep_audio=keep_audio, preset=settings["preset"], guidance=guidance,
-            negative_prompt=settings["negative_prompt"], two_stage=settings.get("two_stage"),
-            progress=lambda d, n: progress.update(task, completed=d, total=n),
-        )
-    import glob
-
-    for stale in out_path.parent.glob(f".{glob.escape(out_path.stem)}.*.tmp.*"):  # a killed run's half-written output
-        stale.unlink(missing_ok=True)
-    for write in later:
-        write()
-    media.write_video(out_path, result.frames, result.fps, audio=result.audio, sample_rate=result.sample_rate)
-    if settings.get("save_latents") is not None:
-        from safetensors.torch import save_file
-
-        from avctl.sample import pipeline_latents
-
-        save_file(pipeline_latents(backbone, result.final_latents), str(settings["save_latents"]))
-    sidecar: dict[str, Any] = {
-        "video": str(out_path),
-        "prompt": opts["prompt"],
-        "modality": [u.lora.avctl.get("modality") for u in uses],
-        "loras": [{"path": str(u.lora.path), "scale": u.scale, "downscale": u.lora.downscale,
-                   "stream": u.stream, "layout": u.layout} for u in uses],
-        "layout": result.settings["layout"],  # the canvas the video references were sampled on
-        "control": control_used,
-        "from_video": str(opts["from_video"]) if opts["from_video"] else None,
-        "image": str(opts["image"]) if opts["image"] else None,
-        "keep_video": str(opts["keep_video"]) if opts.get("keep_video") else None,
-        "keep_audio": str(opts["keep_audio"]) if opts.get("keep_audio") else None,
-        "camera": opts.get("camera"),
-        "camera_file": str(camera_file) if camera_file else None,
-        "fov": opts.get("fov") if opts.get("camera") else None,
-        "composite": settings["composite"],
-        "strength": opts["strength"],
-        "strength_map": str(opts["strength_map"]) if opts["strength_map"] else None,
-        "strength_ramp": opts["strength_ramp"],
-        "seed": opts["seed"],
-        "steps": result.steps,
-        "schedule": result.schedule,
-        "cfg": result.settings["guidance"]["cfg"],
-        "sampler": result.settings,
-        "latents": str(settings["save_latents"]) if settings.get("save_latents") is not None else None,
-        "model": backbone.model_id,
-        "size": {"width": w, "height": h, "frames": f, "fps": rate},
-        "audio_sample_rate": result.sample_rate,
-        "warnings": result.warnings,
-        "timings": result.timings,
-    }
-    if settings["preview"]:
-        preview, sheet = write_preview(out_path, result, caption=opts["prompt"])
-        sidecar.update(preview=str(preview), sheet=str(sheet))
-    from avctl.io import atomic_write
-
-    atomic_write(out_path.with_suffix(".json"), json.dumps(sidecar, indent=2))
-    return sidecar
-
-
-def _batch_rows(path: Path, flags: dict[str, Any]) -> list[tuple[int, dict[str, Any] | str]]:
-    """The rows of a --batch JSONL file, each merged over the command's flags, or the reason it is unusable.
-    A row without "out" writes OUT-<line>.mp4 (OUT from --out, line = the row's line number)."""
-    if not path.is_file():
-        raise BadInput(f"{path}: --batch file not found")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: unreadable batch file ({exc})") from exc
-    rows: list[tuple[int, dict[str, Any] | str]] = []
-    out = Path(flags["out"])
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append((n, f"not JSON ({exc.msg}, column {exc.colno})"))
-            continue
-        if not isinstance(row, dict):
-            rows.append((n, "a row must be a JSON object"))
-            continue
-        unknown = sorted(set(row) - set(_BATCH_KEYS))
-        if unknown:
-            rows.append((n, f"unknown key(s) {', '.join(unknown)}; rows take {', '.join(_BATCH_KEYS)}"))
-            continue
-        merged = {**flags, "out": out.with_name(f"{out.stem}-{n:03d}{out.suffix}")}
-        problem = None
-        for key, value in row.items():
-            if key in ("lora", "control"):
-                value = [value] if isinstance(value, str) else value
-                if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                    problem = f"{key!r} must be a string or a list of strings"
-            elif key in ("seed", "width", "height", "frames"):
-                if not isinstance(value, int) or isinstance(value, bool):
-                    problem = f"{key!r} must be an integer"
-            elif key in ("strength", "fps", "fov"):
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    problem = f"{key!r} must be a number"
-            elif not isinstance(value, str):
-                problem = f"{key!r} must be a string"
-            merged[key] = value
-        rows.append((n, problem or merged))
-    if not rows:
-        raise BadInput(f"{path}: no rows; write one JSON object per line")
-    return rows
-
-
 @command("generate")
 def generate_cmd(
+    ctx: typer.Context,
     prompt: Annotated[str | None, typer.Option(help="Text prompt (required unless every --batch row has one).")] = None,
     lora: Annotated[
         list[str] | None,
@@ -1295,8 +712,12 @@ def generate_cmd(
     save_latents: Annotated[
         Path | None, typer.Option(help="Also write the final latents as safetensors (keys video, audio; unpacked and "
                                   "denormalised, as LTX2Pipeline's output_type='latent').")] = None,
-    width: Annotated[int | None, typer.Option(help="Output width. Default: the control's.")] = None,
-    height: Annotated[int | None, typer.Option(help="Output height. Default: the control's.")] = None,
+    width: Annotated[
+        int | None,
+        typer.Option(help="Output width. Default: --keep-video's, --from-video's or --image's, else the model's "
+                     "default (never a control's: a control is resized to the output ÷ its LoRA's downscale)."),
+    ] = None,
+    height: Annotated[int | None, typer.Option(help="Output height. Default: as --width.")] = None,
     frames: Annotated[
         int | None, typer.Option(help="Output frames (1 + a multiple of 8). Default: the control's, cut to fit.")
     ] = None,
@@ -1311,60 +732,49 @@ def generate_cmd(
         Path | None,
         typer.Option(help="JSONL file, one generation per row with any of prompt, lora, control, from_video, image, "
                      "keep_video, keep_audio, camera, depth, fov, strength, strength_ramp, seed, width, height, "
-                     "frames, fps, out; missing keys take the flags. "
+                     "frames, fps, out and the sampling options (steps, preset, guidance_scale, ...: any option of "
+                     "this command but the model's); missing keys take the flags and --config. A .yaml file holds a "
+                     "list of such rows. "
                      "The model loads once; a bad row is reported and the rest go on (exit 1 if any failed)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     vae_tiling: VaeTilingOpt = True,
     quantize: QuantizeOpt = None,
     text_encoder_8bit: TextEncoder8bitOpt = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML or JSON file of generate options (keys as the flags: prompt, lora, control, "
+                     "from_video, width, steps, ...; see docs/generate.md); flags given override it. A sidecar "
+                     "OUT.json that generate wrote works too: it redoes that generation."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate video + audio from a prompt, steered by control LoRAs and their controls. Each LoRA is sampled on
     the canvas layout it was trained on (its avctl.layout: parallel or side-by-side), recorded in the sidecar."""
-    from avctl.quantize import check_quantize_args
+    from avctl.generation import REQUEST_FIELDS, Hooks, build_request, generate_batch, generate_one
 
-    check_quantize_args(quantize, text_encoder_8bit)
-    flags: dict[str, Any] = {
-        "prompt": prompt, "lora": list(lora or []), "control": list(control or []), "from_video": from_video,
-        "image": image, "keep_video": keep_video, "keep_audio": keep_audio, "camera": camera, "depth": depth,
-        "fov": fov, "strength": strength,
-        "strength_map": strength_map, "strength_ramp": strength_ramp,
-        "seed": seed, "width": width, "height": height, "frames": frames, "fps": fps, "out": out_path,
-    }
-    guidance = {"guidance_scale": guidance_scale if guidance_scale is not None else cfg,
-                "audio_guidance_scale": audio_guidance_scale if audio_guidance_scale is not None else cfg,
-                "stg_scale": stg_scale, "audio_stg_scale": audio_stg_scale, "modality_scale": modality_scale,
-                "audio_modality_scale": audio_modality_scale, "guidance_rescale": guidance_rescale,
-                "audio_guidance_rescale": audio_guidance_rescale, "stg_blocks": _parse_blocks(stg_blocks),
-                "cross_timestep": cross_timestep}
-    settings = {"steps": steps, "composite": composite, "schedule": schedule, "preview": preview, "preset": preset,
-                "guidance": guidance, "negative_prompt": negative_prompt, "save_latents": save_latents}
-    _check_guidance_flags(settings)
-    if two_stage and (upsampler is None or distilled_lora is None):
-        raise BadUsage("--two-stage needs --upsampler DIR and --distilled-lora FILE")
-    if not two_stage and (upsampler is not None or distilled_lora is not None):
-        raise BadUsage("--upsampler and --distilled-lora are for --two-stage; add it")
-    if two_stage:
-        from avctl.sample import open_lora
+    renamed = {"out_path": "out"}
 
-        if not Path(upsampler).is_dir():
-            raise BadInput(f"--upsampler {upsampler}: not a folder")
-        settings["two_stage"] = (upsampler, open_lora(distilled_lora))
-    if save_latents is not None and batch is not None:
-        raise BadUsage("--save-latents names one file; it cannot be used with --batch")
+    def given(name: str) -> bool:  # on the command line (or from the environment), not a default: it overrides --config
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
-    def warner(prefix: str) -> Callable[[str], None]:
-        return lambda msg: err.print(f"avctl generate: {prefix}warning: {msg}", highlight=False, markup=False,
-                                     soft_wrap=True)
+    flags = {renamed.get(k, k): v for k, v in ctx.params.items() if renamed.get(k, k) in REQUEST_FIELDS and given(k)}
+    request = build_request(config, flags)
 
+    hooks = Hooks(
+        log=None if json_out else _line,
+        warn=lambda where, msg: _line(f"avctl generate: {where + ': ' if where else ''}warning: {msg}"),
+        done=None if json_out else (lambda where, side: _line(f"{where}: video {side['video']}")),
+        failed=lambda where, msg: _line(f"avctl generate: {where}: error: {msg}"),
+    )
+    with _Bars(json_out) as bars:
+        hooks.progress = lambda label: bars.add(label)
+        if batch is None:
+            sidecar = generate_one(request, overwrite, hooks)
+        else:
+            results = generate_batch(batch, request, overwrite, hooks)
     if batch is None:
-        plan = _plan_generation(flags, overwrite, preview)
-        _check_loras_fit(model, [use.lora for use in plan["uses"]])
-        backbone = _load_backbone(model, vae_tiling=vae_tiling)
-        _load_two_stage(backbone, settings)
-        _quantize(backbone, quantize, text_encoder_8bit, json_out)
-        sidecar = _run_generation(backbone, plan, settings, json_out, warner(""))
         if json_out:
             _emit(sidecar)
         else:
@@ -1373,37 +783,17 @@ def generate_cmd(
                       f"{size['fps']:g} fps, audio {sidecar['audio_sample_rate']} Hz, {sidecar['steps']} steps "
                       f"{sidecar['schedule']}, preset {sidecar['sampler']['preset']}, "
                       f"{sidecar['timings']['total_s']:.1f} s)")
-            if preview:
+            if request.preview:
                 err.print(f"preview: {sidecar['preview']}  sheet: {sidecar['sheet']}")
         return
-
-    rows = _batch_rows(batch, flags)
-    backbone = _load_backbone(model, vae_tiling=vae_tiling) if any(isinstance(r, dict) for _, r in rows) else None
-    if backbone is not None:
-        _load_two_stage(backbone, settings)
-        _quantize(backbone, quantize, text_encoder_8bit, json_out)
-    results: list[dict[str, Any]] = []
-    failed = 0
-    for n, row in rows:
-        where = f"{batch.name} line {n}"
-        try:
-            if isinstance(row, str):
-                raise BadUsage(row)
-            plan = _plan_generation(row, overwrite, preview)
-            sidecar = _run_generation(backbone, plan, settings, json_out, warner(f"{where}: "), label=where)
-            results.append({"line": n, **sidecar})
-            if not json_out:
-                err.print(f"{where}: video {sidecar['video']}")
-        except AvctlError as exc:
-            failed += 1
-            results.append({"line": n, "error": str(exc)})
-            err.print(f"avctl generate: {where}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    failed = sum("error" in r for r in results)
     if json_out:
         _emit(results)
     else:
-        err.print(f"batch {batch}: {len(rows) - failed} written, {failed} failed")
+        err.print(f"batch {batch}: {len(results) - failed} written, {failed} failed")
     if failed:
         raise typer.Exit(1)
+
 
 # ------------------------------------------------------------------------------------------------ eval
 def _fmt(v: Any) -> str:
@@ -1543,9 +933,7 @@ def bench_cmd(
     meta-device copy), beside the plain token-count ratio."""
     import platform
 
-    import torch
-
-    from avctl.bench import check_bench_layout, rows_to_dicts, run_bench
+    from avctl.bench import bench_model, rows_to_dicts
     from avctl.bench import plot as plot_bench
 
     if prepare is not None:
@@ -1561,30 +949,12 @@ def bench_cmd(
             out.print(f"prepare {prepare}: {fps_rate:.1f} frames/s at {result['size']}×{result['size']} "
                       f"({result['machine']})")
         return
-    check_bench_layout(layout, _csv(downscale, int))  # before the model loads
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if dtype is not None and dtype not in dtypes:
-        raise BadUsage(f"--dtype {dtype}: use one of {', '.join(dtypes)}")
-    name = _model_name(model)
-    tiny = name == "tiny"
-    # Only what a step needs: the text encoder for one prompt, the audio VAE's sizes; no video VAE or vocoder.
-    backbone = _load_backbone(name, components={"transformer", "tokenizer", "text_encoder", "connectors", "audio_vae"},
-                              dtype=dtypes.get(dtype))
-    # A real-width model at 121 frames takes minutes per step on CPU; 25 frames takes seconds and is still
-    # compute-bound.
-    full_frames = 121 if backbone.device.type == "cuda" else 25
-    w, h, f = width or (256 if tiny else 768), height or (256 if tiny else 512), frames or (17 if tiny else full_frames)
     with _progress(json_out) as progress:
         task = progress.add_task("bench", total=None, info="")
-        rows = run_bench(backbone, _csv(downscale, int), _csv(strength, float), w, h, f, steps=steps,
-                         warmup=warmup, measure_memory=memory, compare_diffusers=diffusers, layout=layout,
-                         progress=lambda d, t: progress.update(task, completed=d, total=t))
-    device = str(backbone.device)
-    if device.startswith("cuda"):
-        device = torch.cuda.get_device_name()
-    dtype = str(next(backbone.transformer.parameters()).dtype).removeprefix("torch.")
-    header = (f"{backbone.model_id} {w}x{h}x{f}, {dtype}, {device}, {torch.get_num_threads()} threads, "
-              f"{platform.machine()}" + (f", {layout} layout" if layout != "parallel" else ""))
+        header, rows = bench_model(
+            model, _csv(downscale, int), _csv(strength, float), width=width, height=height, frames=frames,
+            steps=steps, warmup=warmup, measure_memory=memory, compare_diffusers=diffusers, layout=layout,
+            dtype=dtype, progress=lambda d, t: progress.update(task, completed=d, total=t))
     if plot is not None:
         plot_bench(rows, plot, header)
     if json_out:

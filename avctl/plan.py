@@ -492,3 +492,10 @@ def training_plan(config: Any, bucket: tuple[int, int, int], world_size: int, de
         gradient_checkpointing=config.gradient_checkpointing, world_size=world_size, strategy=strategy,
         dtype=dtype, optimizer=config.optimizer, device=device, gpu_memory_gib=gpu_memory_gib,
     ))
+
+
+def visible_gpu_gib() -> float | None:
+    """The current GPU's memory in GiB, None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30

@@ -714,3 +714,26 @@ def encode_dataset(
     info, rows = load_manifest(out, allow_outside_media)
     done = precompute(backbone, Path(out), info, rows, load or (lambda parts: backbone), progress=progress)
     return {"encoded": done.encoded, "cached": len(rows) - done.encoded}
+
+
+def bucket_for(text: str | None, model: str | None, downscale: int = 1) -> Bucket:
+    """`--bucket WxHxF`, else the model's default clip size for a modality of this reference downscale."""
+    return Bucket.parse(text) if text else default_bucket(model, downscale)
+
+
+def model_factors(model: str | None) -> tuple[int, int]:
+    """(spatial, temporal) compression of the model's video VAE, read from its config (no weights load)."""
+    from avctl.dataset import vae_factors
+
+    return vae_factors(model)
+
+
+def encode_for_model(out: Path, model: str | None, vae_tiling: bool = True,
+                     progress: Callable[[int, int], None] | None = None,
+                     allow_outside_media: bool = False) -> dict[str, int]:
+    """`encode_dataset` for a model by name: only its configs load first, the encoders only for missing entries."""
+    from avctl.backbone import open_backbone
+
+    return encode_dataset(out, open_backbone(model, components=set(), vae_tiling=vae_tiling),
+                          lambda parts: open_backbone(model, components=set(parts), vae_tiling=vae_tiling),
+                          progress=progress, allow_outside_media=allow_outside_media)
