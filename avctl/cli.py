@@ -71,7 +71,7 @@ def _quiet_library_progress() -> None:
     shards) are switched off. The hub and transformers read HF_HUB_DISABLE_PROGRESS_BARS at import (a value the
     user set is kept); diffusers has no such variable, and importing it here would cost every command seconds of
     torch import, so its switch is flipped when it is first imported."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    env.HF_HUB_DISABLE_PROGRESS_BARS.set_default("1")
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 

@@ -20,6 +20,10 @@ class EnvVar:
     def is_set(self) -> bool:
         return self.name in os.environ
 
+    def set_default(self, value: str) -> None:
+        """Set it for this process and its children unless it is already set."""
+        os.environ.setdefault(self.name, value)
+
 
 MODEL = EnvVar("AVCTL_MODEL", "the model when --model is not given: a diffusers-format LTX-2 folder, a hub id, "
                "tiny, pocket or shape[:L]. Unset: Lightricks/LTX-2.")
@@ -31,6 +35,8 @@ OMP_NUM_THREADS = EnvVar("OMP_NUM_THREADS", "torch's CPU threads; tiny and pocke
 HF_HUB_CACHE = EnvVar("HF_HUB_CACHE", "where hub models are looked up (never downloaded).", "Hugging Face")
 HUGGINGFACE_HUB_CACHE = EnvVar("HUGGINGFACE_HUB_CACHE", "the older name of HF_HUB_CACHE.", "Hugging Face")
 HF_HOME = EnvVar("HF_HOME", "the hub cache is HF_HOME/hub when HF_HUB_CACHE is unset.", "Hugging Face")
+HF_HUB_DISABLE_PROGRESS_BARS = EnvVar("HF_HUB_DISABLE_PROGRESS_BARS", "avctl sets it to 1 unless it is set, so only "
+                                      "avctl's own progress bars show; 0 shows Hugging Face's too.")
 WORLD_SIZE = EnvVar("WORLD_SIZE", "the number of training processes.", "torchrun / accelerate launch")
 RANK = EnvVar("RANK", "this process's rank.", "torchrun / accelerate launch")
 LOCAL_RANK = EnvVar("LOCAL_RANK", "this process's GPU on its machine.", "torchrun / accelerate launch")
@@ -40,7 +46,8 @@ FSDP_TRANSFORMER_CLS_TO_WRAP = EnvVar("FSDP_TRANSFORMER_CLS_TO_WRAP", "the block
 FSDP_RESHARD_AFTER_FORWARD = EnvVar("FSDP_RESHARD_AFTER_FORWARD", "false or SHARD_GRAD_OP keeps parameters "
                                     "gathered between forward and backward.", "accelerate launch")
 
-VARIABLES = (MODEL, HOME, NO_PROGRESS, OMP_NUM_THREADS, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, WORLD_SIZE,
+VARIABLES = (MODEL, HOME, NO_PROGRESS, OMP_NUM_THREADS, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME,
+             HF_HUB_DISABLE_PROGRESS_BARS, WORLD_SIZE,
              RANK, LOCAL_RANK, ACCELERATE_USE_FSDP, FSDP_TRANSFORMER_CLS_TO_WRAP, FSDP_RESHARD_AFTER_FORWARD)
 
 
