@@ -1145,6 +1145,18 @@ def sidecar(video: str | Path, suffix: str) -> Path:
     return video.with_name(video.stem + suffix)
 
 
+def clip_cameras(video: str | Path | None, frames: int) -> Trajectory | None:
+    """The first `frames` cameras of the `<clip>.camera.json` next to `video`, or None when there is none."""
+    path = sidecar(video, CAMERA_SUFFIX) if video else None
+    if path is None or not path.is_file():
+        return None
+    found = load_trajectory(path)
+    if len(found) < frames:
+        raise BadInput(f"{path.name}: {len(found)} cameras for a {frames}-frame clip; give one per frame")
+    return Trajectory(found.rotations[:frames], found.translations[:frames], found.fov[:frames], found.name,
+                      found.unit, str(path))
+
+
 __all__ = [
     "CAMERA_SUFFIX",
     "DEFAULT_FOV",
@@ -1157,6 +1169,7 @@ __all__ = [
     "camera_image_control",
     "camera_video_control",
     "camera_video_control_for",
+    "clip_cameras",
     "depth_for",
     "describe_presets",
     "disparity_to_depth",

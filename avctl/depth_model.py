@@ -43,27 +43,6 @@ def _download_hint(repo_id: str, places: list[Path]) -> str:
             f"`huggingface-cli download {repo_id} --local-dir {where}`")
 
 
-def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def _cached_repo(repo_id: str) -> bool:
-    """Whether the local Hugging Face cache holds `repo_id`'s config (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError:  # not a valid repo id (e.g. a path that does not exist)
-        return False
-    return isinstance(found, str)
-
-
-def _download_hint(repo_id: str, places: list[Path]) -> str:
-    where = places[0] if places else f"$AVCTL_HOME/weights/{BACKEND}"
-    return (f"download it with `huggingface-cli download {repo_id}` (into the Hugging Face cache) or "
-            f"`huggingface-cli download {repo_id} --local-dir {where}`")
-
-
 class DepthAnything:
     """Depth-Anything(-V2) via transformers, loaded once; `predict` estimates relative inverse depth, in batches."""
 

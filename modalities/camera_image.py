@@ -33,11 +33,11 @@ from avctl.camera import (
     DEPTH_SUFFIX,
     Trajectory,
     camera_control,
+    clip_cameras,
     estimate_depth,
     estimate_trajectory,
     fit_depth,
     load_depth,
-    load_trajectory,
     sidecar,
 )
 from avctl.errors import BadInput, BadUsage, MissingWeights
@@ -100,15 +100,12 @@ class CameraImageExtractor:
 
     def cameras(self, clip: Clip, source: Path | None, depth: np.ndarray) -> Trajectory:
         count = len(clip.frames)
-        path = sidecar(source, CAMERA_SUFFIX) if source else None
-        if path is not None and path.is_file():
-            found = load_trajectory(path)
-            if len(found) < count:
-                raise BadInput(f"{path.name}: {len(found)} cameras for a {count}-frame clip; give one per frame")
-            return Trajectory(found.rotations[:count], found.translations[:count], found.fov[:count],
-                              found.name, found.unit, str(path))
+        found = clip_cameras(source, count)
+        if found is not None:
+            return found
         if self.backend == "files":
-            where = path.name if path else f"<clip>{CAMERA_SUFFIX} (the clip's path is unknown)"
+            where = (sidecar(source, CAMERA_SUFFIX).name if source else
+                     f"<clip>{CAMERA_SUFFIX} (the clip's path is unknown)")
             raise BadInput(f"no cameras: {where} not found (--backend files reads cameras from it)")
         return estimate_trajectory(clip.frames, depth, DEFAULT_FOV)
 

@@ -41,11 +41,11 @@ from avctl.camera import (
     DEPTH_SUFFIX,
     PRESETS,
     Trajectory,
+    clip_cameras,
     estimate_depth,
     estimate_trajectory,
     fit_depth,
     load_depth,
-    load_trajectory,
     normalise_depth,
     paint,
     preset,
@@ -166,13 +166,9 @@ class CameraVideoPairs:
     def cameras(self, clip: Clip, source: Path | None, depth: np.ndarray) -> tuple[Trajectory | None, str]:
         """The clip's cameras relative to frame 0 in subject units (None when unknown) and where they came from."""
         count = len(clip.frames)
-        path = sidecar(source, CAMERA_SUFFIX) if source else None
-        if path is not None and path.is_file():
-            found = load_trajectory(path)
-            if len(found) < count:
-                raise BadInput(f"{path.name}: {len(found)} cameras for a {count}-frame clip; give one per frame")
-            rel = Trajectory(found.rotations[:count], found.translations[:count], found.fov[:count],
-                             found.name, found.unit, str(path)).relative_to_first()
+        found = clip_cameras(source, count)
+        if found is not None:
+            rel = found.relative_to_first()
             scale = 1.0 / subject_depth(depth[0]) if rel.unit == "depth" else 1.0
             return Trajectory(rel.rotations, rel.translations * scale, rel.fov, rel.name, "subject"), \
                 f"<clip>{CAMERA_SUFFIX}"
