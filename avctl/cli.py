@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avctl import env
+import avctl.env as env
 from avctl.errors import AvctlError, BadInput, BadUsage
 
 app = typer.Typer(
