@@ -1,19 +1,27 @@
-"""The paper's claims, measured on the pocket model and the procedural world (CPU, minutes).
+"""The paper's claims, measured on the pocket model and the procedural world, with intervals (CPU, about 2 hours).
 
-    OMP_NUM_THREADS=1 python examples/pocket_claims.py                       # all five claims
-    OMP_NUM_THREADS=1 python examples/pocket_claims.py --claims lora,strength  # the main LoRA only
+    OMP_NUM_THREADS=1 python examples/pocket_claims.py --out claims/            # everything
+    OMP_NUM_THREADS=1 python examples/pocket_claims.py --out claims/ --claims layout   # one claim; reruns reuse LoRAs
 
-Claims (each a canny control LoRA trained with avctl.train on world clips, its control drawn with lines --line-width px
-wide as `prepare canny --line-width` draws them (default 3, the demo's setting), scored on held-out world clips by
-edge F1 of the output against the clip's plain 1-px Canny edges, avctl.metrics.edge_f1):
-    lora        control LoRA (parallel, 2×, --steps) at strength 1 vs the base model (no LoRA), same prompt and seed
+Every video claim trains canny control LoRAs with avctl.train on world clips (controls drawn with --line-width px
+lines, as `prepare canny --line-width` draws them) and scores held-out world clips, each sampled with --seeds noise
+seeds. The score is chance-corrected edge F1 (avctl.skill): F1 of the output's own Canny edges against the held-out
+clip's plain 1-px Canny edges, at the output's size, tolerance 2 px; its chance level is the same output scored
+against every OTHER held-out clip's edges; skill = (F1 − chance) / (1 − chance). 0 is what an unrelated control
+explains, 1 is perfect. Reference rows beside them: uniform noise, a flat grey video, the clip through the VAE, the
+clip itself.
+
+    lora        control LoRA (parallel canvas, 2× reference) at strength 1 vs the base model, same prompts and seeds
     strength    the same LoRA at strength 0, 0.25, 0.5, 0.75, 1
-    layout      parallel canvas vs side-by-side (IC-LoRA-style) at 1×, both --compare-steps, same rank, each LoRA
-                sampled on the layout it was trained on (its avctl.layout)
-    downscale   reference at 1×, 2×, 4× smaller, all --compare-steps: fidelity and training step time
-    lines       3-px vs 1-px Canny lines, parallel 2×, both --compare-steps
+    layout      parallel canvas vs side-by-side (IC-LoRA style) at 1×, same steps and rank, each sampled on its layout
+    downscale   reference 1×, 2×, 4× smaller (parallel, same steps): skill and training step time
+                (downscale4: the 4× LoRA only, for a second process while another trains the 1× ones)
+    audio       audio-intensity LoRA vs the base: envelope-correlation skill of the generated audio against the
+                sonified control, the held-out clip's video kept as clean context (the modality's setting)
 
-Prints a table, writes OUT/claims.json and a plot (default docs/pocket_claims.png).
+Each figure is a mean over clips (each clip's mean over seeds) with a 95% bootstrap interval over clips; a
+comparison is a paired difference (same clips, seeds and prompts) with its own interval, called a tie when the
+interval holds 0. Writes OUT/claims.json, prints a table, and plots to --plot.
 """
 
 from __future__ import annotations
@@ -24,55 +32,137 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from avctl import pocket
+from avctl.audio import sonify
 from avctl.backbone import load_backbone
-from avctl.metrics import edge_f1
+from avctl.errors import AvctlError
+from avctl.metrics import CANNY_HIGH, CANNY_LOW, ENVELOPE_SAMPLE_RATE, audio_envelope_correlation, tolerant_f1
+from avctl.modalities.audio_intensity import AUDIO_INTENSITY
 from avctl.modalities.base import Clip
 from avctl.modalities.canny import CANNY, CannyExtractor
 from avctl.train import Sample, TrainConfig, train
 from avctl.world import WorldClip, clip_seed, make_clip
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BOOTSTRAP = 4000
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def control_for(clip: WorldClip, downscale: int, line_width: int = 1) -> np.ndarray:
+# ------------------------------------------------------------------------------------------------ scores and intervals
+def plain_edges(frames: np.ndarray) -> np.ndarray:
+    """Plain 1-px Canny edges [F, H, W] (bool), as eval's edge_f1_plain draws them."""
+    return np.stack([cv2.Canny(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), CANNY_LOW, CANNY_HIGH) > 0 for f in frames])
+
+
+def edge_f1(edges: np.ndarray, output: np.ndarray) -> float:
+    count = min(len(edges), len(output))
+    return tolerant_f1(edges[:count], plain_edges(output[:count]), 2)
+
+
+def envelope_corr(control: np.ndarray, output: np.ndarray) -> float:
+    try:
+        return audio_envelope_correlation(control, output, ENVELOPE_SAMPLE_RATE)
+    except AvctlError:  # a constant envelope (silence) has no correlation
+        return float("nan")
+
+
+def skill_table(metric: Callable[[Any, Any], float], controls: list[Any], outputs: list[list[Any]]) -> dict:
+    """outputs[i][s]: clip i's output for seed s. Per (clip, seed): the metric against its own control, its chance
+    level (mean against every other clip's control) and skill = (m − chance) / (1 − chance)."""
+    n = len(controls)
+    value = np.array([[metric(controls[i], o) for o in outs] for i, outs in enumerate(outputs)])
+    chance = np.array([[np.nanmean([metric(controls[j], o) for j in range(n) if j != i]) for o in outs]
+                       for i, outs in enumerate(outputs)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(chance < 1.0, (value - chance) / (1.0 - chance), np.nan)
+    return {"value": value.tolist(), "chance": chance.tolist(), "skill": score.tolist()}
+
+
+def interval(per_clip: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over clips and its 95% percentile bootstrap interval (clips resampled with replacement)."""
+    per_clip = per_clip[np.isfinite(per_clip)]
+    rng = np.random.default_rng(seed)
+    means = per_clip[rng.integers(0, len(per_clip), (BOOTSTRAP, len(per_clip)))].mean(axis=1)
+    return float(per_clip.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summary(table: dict, key: str = "skill") -> dict:
+    per_clip = np.nanmean(np.array(table[key], dtype=float), axis=1)
+    mean, lo, hi = interval(per_clip)
+    return {"mean": mean, "lo": lo, "hi": hi, "clips": int(np.isfinite(per_clip).sum()),
+            "samples": int(np.isfinite(np.array(table[key], dtype=float)).sum())}
+
+
+def paired(a: dict, b: dict, key: str = "skill") -> dict:
+    """a − b over the same clips and seeds, with its interval and a verdict."""
+    diff = np.nanmean(np.array(a[key], dtype=float) - np.array(b[key], dtype=float), axis=1)
+    mean, lo, hi = interval(diff)
+    if max(abs(lo), abs(hi)) < 1e-3:  # float noise between equal outputs is no win
+        verdict = "no difference (the outputs are the same)"
+    else:
+        verdict = "first ahead" if lo > 0 else "second ahead" if hi < 0 else "tie (interval holds 0)"
+    return {"mean": mean, "lo": lo, "hi": hi, "verdict": verdict}
+
+
+def fmt(s: dict) -> str:
+    return f"{s['mean']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]"
+
+
+# ------------------------------------------------------------------------------------------------ data and training
+def control_for(clip: WorldClip, downscale: int, line_width: int) -> np.ndarray:
     """The canny modality's own extractor on the clip, at the reference size."""
     size = clip.frames.shape[1] // downscale, clip.frames.shape[2] // downscale
     c = Clip(frames=clip.frames, fps=clip.fps, key="world", seed=0, reference_size=size)
     return CannyExtractor(line_width=line_width)(c).frames
 
 
+def audio_control(clip: WorldClip, rate: int) -> np.ndarray:
+    """The audio-intensity control (the sonified envelope) at `rate`, [2, N]."""
+    wav = sonify(clip.audio, clip.sample_rate, channels=2)
+    return pocket.resample(torch.from_numpy(wav)[None].float(), clip.sample_rate, rate)[0].numpy()
+
+
+def at_envelope_rate(wav: np.ndarray, rate: int) -> np.ndarray:
+    mono = torch.from_numpy(np.asarray(wav, dtype=np.float32)).reshape(-1, np.asarray(wav).shape[-1]).mean(0)
+    return pocket.resample(mono[None], rate, ENVELOPE_SAMPLE_RATE)[0].numpy()
+
+
 @torch.no_grad()
-def world_samples(backbone: Any, clips: list[WorldClip], downscale: int, line_width: int = 1,
-                  base: list[Sample] | None = None) -> list[Sample]:
-    """Training samples, encoded as avctl.cache does (video, its audio, the reference video, the caption). Pass
-    `base` (samples of the same clips from an earlier call) to encode only the references again."""
+def encode_clips(backbone: Any, clips: list[WorldClip]) -> list[Sample]:
+    """Video, audio and caption of each training clip, encoded once (the reference is filled per variant)."""
     out = []
-    for i, clip in enumerate(clips):
-        ref = backbone.encode_video(torch.from_numpy(control_for(clip, downscale, line_width))[None])[0]
-        if base is not None:
-            out.append(dataclasses.replace(base[i], reference=ref))
-            continue
+    for clip in clips:
         video = backbone.encode_video(torch.from_numpy(clip.frames)[None])[0]
         wav = pocket.resample(torch.from_numpy(clip.audio)[None], clip.sample_rate, backbone.audio_sample_rate)
         audio = backbone.encode_audio(backbone.waveform_to_mel(wav))[0]
         text = backbone.encode_text([clip.caption])
-        out.append(Sample(video, audio, ref, text.video[0], text.audio[0], text.mask[0], clip.fps))
+        out.append(Sample(video, audio, video, text.video[0], text.audio[0], text.mask[0], clip.fps))
     return out
 
 
-def variant_key(layout: str, downscale: int, steps: int, line_width: int) -> str:
-    return f"{layout}-{downscale}x-{steps}" + (f"-lines{line_width}" if line_width != 1 else "")
+@torch.no_grad()
+def with_references(backbone: Any, base: list[Sample], clips: list[WorldClip], modality: Any,
+                    line_width: int) -> list[Sample]:
+    out = []
+    for sample, clip in zip(base, clips, strict=True):
+        if "audio" in modality.streams:
+            wav = torch.from_numpy(audio_control(clip, backbone.audio_sample_rate))[None]
+            ref = backbone.encode_audio(backbone.waveform_to_mel(wav))[0]
+        else:
+            ref = backbone.encode_video(torch.from_numpy(control_for(clip, modality.downscale, line_width))[None])[0]
+        out.append(dataclasses.replace(sample, reference=ref))
+    return out
 
 
 def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argparse.Namespace, steps: int,
@@ -83,227 +173,277 @@ def train_lora(backbone: Any, modality: Any, samples: list[Sample], args: argpar
     transformer = copy.deepcopy(backbone.transformer)
     meta = {"model_id": backbone.model_id, "config_hash": backbone.config_hash()}
     result = train(cfg, modality, samples, transformer, meta, resume=False)
-    per_step = result.seconds / max(1, result.steps)
-    log(f"{modality.name} ({modality.layout}, {modality.downscale}×): {result.steps} steps in {result.seconds:.0f} s, "
-        f"loss {np.mean(result.losses[:10]):.3f} → {np.mean(result.losses[-10:]):.3f}")
-    return {"path": result.lora_path, "seconds": result.seconds, "step_s": per_step,
+    log(f"{out.name}: {result.steps} steps in {result.seconds:.0f} s, loss {np.mean(result.losses[:10]):.3f} → "
+        f"{np.mean(result.losses[-10:]):.3f}")
+    return {"path": str(result.lora_path), "seconds": result.seconds, "step_s": result.seconds / max(1, result.steps),
             "first_loss": float(np.mean(result.losses[:10])), "last_loss": float(np.mean(result.losses[-10:]))}
 
 
-def score(backbone: Any, clips: list[WorldClip], lora_path: Path | None, downscale: int, strength: float,
-          steps: int, keep: dict | None = None, line_width: int = 1, preset: str = "plain") -> tuple[float, float]:
-    """Mean edge F1 over the held-out clips (output vs the clip's plain 1-px Canny control at the LoRA's reference
-    size, whatever line width the LoRA was given) and the mean generation time."""
+# ------------------------------------------------------------------------------------------------ sampling
+def sample_video(backbone: Any, held: list[WorldClip], args: argparse.Namespace, lora_path: str | None,
+                 downscale: int, strength: float) -> list[list[np.ndarray]]:
     from avctl.lora import read_lora
     from avctl.sample import LoraUse, generate
 
-    lora = read_lora(lora_path) if lora_path is not None else None
-    f1s, seconds = [], []
-    for i, clip in enumerate(clips):
-        uses = [LoraUse(lora, 1.0, control_for(clip, downscale, line_width))] if lora is not None else []
-        t0 = time.perf_counter()
-        out = generate(backbone, clip.caption, uses, width=clip.frames.shape[2], height=clip.frames.shape[1],
-                       frames=len(clip.frames), fps=clip.fps, strength=strength, steps=steps, seed=1000 + i,
-                       preset=preset)
-        seconds.append(time.perf_counter() - t0)
-        f1s.append(edge_f1(control_for(clip, downscale), out.frames))
-        if keep is not None and i < 2:
-            keep.setdefault(i, {})[strength] = out.frames
-    return float(np.mean(f1s)), float(np.mean(seconds))
+    lora = read_lora(Path(lora_path)) if lora_path else None
+    outputs = []
+    for i, clip in enumerate(held):
+        uses = [LoraUse(lora, 1.0, control_for(clip, downscale, args.line_width))] if lora is not None else []
+        outputs.append([generate(backbone, clip.caption, uses, width=clip.frames.shape[2], height=clip.frames.shape[1],
+                                 frames=len(clip.frames), fps=clip.fps, strength=strength, steps=args.sample_steps,
+                                 seed=1000 + 100 * s + i, preset=args.preset).frames for s in range(args.seeds)])
+    return outputs
 
 
+def mel_envelope(backbone: Any, mel: torch.Tensor) -> np.ndarray:
+    """Log power per 10 ms mel frame [T] of a log-mel [1, C, T, bins] (channels averaged): the loudness envelope
+    before the vocoder (0.99 correlated with the waveform's 20 ms RMS envelope on world clips)."""
+    return torch.logsumexp(2 * mel.float(), dim=-1).mean(dim=(0, 1)).numpy()
+
+
+def envelope_corr_mel(control: np.ndarray, output: np.ndarray) -> float:
+    count = min(len(control), len(output))
+    a, b = control[:count], output[:count]
+    if a.std() < 1e-6 or b.std() < 1e-6:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def sample_audio(backbone: Any, held: list[WorldClip], args: argparse.Namespace,
+                 lora_path: str | None) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    from avctl.lora import read_lora
+    from avctl.sample import LoraUse, generate
+
+    lora = read_lora(Path(lora_path)) if lora_path else None
+    waves, mels = [], []
+    for i, clip in enumerate(held):
+        control = audio_control(clip, backbone.audio_sample_rate)
+        uses = [LoraUse(lora, 1.0, control_audio=control)] if lora is not None else []
+        wave_row, mel_row = [], []
+        for s in range(args.seeds):
+            out = generate(backbone, clip.caption, uses, width=clip.frames.shape[2], height=clip.frames.shape[1],
+                           frames=len(clip.frames), fps=clip.fps, steps=args.sample_steps, seed=1000 + 100 * s + i,
+                           preset=args.preset, keep_video=clip.frames)
+            wave_row.append(at_envelope_rate(out.audio, out.sample_rate))
+            mel_row.append(mel_envelope(backbone, backbone.decode_audio(out.final_latents["audio"])))
+        waves.append(wave_row)
+        mels.append(mel_row)
+    return waves, mels
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pocket")
-    ap.add_argument("--claims", default="lora,strength,layout,downscale,lines")
+    ap.add_argument("--claims", default="lora,strength,layout,downscale,audio")
     ap.add_argument("--train-clips", type=int, default=32)
-    ap.add_argument("--eval-clips", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=1500, help="training steps of the main LoRA (lora, strength)")
-    ap.add_argument("--compare-steps", type=int, default=400,
-                    help="training steps of each LoRA in the layout and downscale comparisons")
-    ap.add_argument("--line-width", type=int, default=3, choices=(1, 3),
-                    help="Canny line width of the controls (prepare canny --line-width) for every claim but `lines`")
+    ap.add_argument("--eval-clips", type=int, default=12)
+    ap.add_argument("--seeds", type=int, default=3, help="noise seeds per held-out clip")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of every video LoRA")
+    ap.add_argument("--audio-steps", type=int, default=1000, help="training steps of the audio-intensity LoRA")
+    ap.add_argument("--line-width", type=int, default=3, choices=(1, 3))
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--preset", default="plain", choices=("plain", "ltx2", "ltx2.3", "distilled", "auto"),
-                    help="sampling preset (docs/sampler.md); plain = one pass per step, as the claims were measured")
+    ap.add_argument("--preset", default="plain", choices=("plain", "ltx2", "ltx2.3", "distilled", "auto"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="folder for claims.json and LoRAs (default: a temp dir)")
-    ap.add_argument("--plot", type=Path, default=Path("docs/pocket_claims.png"))
-    ap.add_argument("--sheet", type=Path, default=Path("docs/pocket_strength.png"))
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="claims.json files of other processes' runs (same settings) to take tables and LoRAs from")
+    ap.add_argument("--plot", type=Path, default=None, help="plot path (default OUT/claims.png)")
     args = ap.parse_args()
     claims = {c.strip() for c in args.claims.split(",") if c.strip()}
     out = args.out or Path(tempfile.mkdtemp(prefix="pocket-claims-"))
     out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "claims.json"
+    # A second run into the same --out keeps the first one's tables and LoRAs.
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
+    tables: dict[str, dict] = results.setdefault("tables", {})
+    loras: dict[str, dict] = results.setdefault("loras", {})
+    for other in args.merge:  # runs of other claims in parallel processes (same settings)
+        done = json.loads(other.read_text())
+        for key in ("tables", "loras"):
+            for name, value in done.get(key, {}).items():
+                results[key].setdefault(name, value)
+
+    def save() -> None:
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(results_path)
 
     backbone = load_backbone(args.model, device="cpu")
     size, frames = pocket.CLIP_SIZE, pocket.CLIP_FRAMES
-    # World seeds 201 (train) and 202 (held out) are outside pretraining's seed 0 set.
+    # World seeds 201 (train) and 202 (held out) are outside pretraining's seed-0 set.
     train_clips = [make_clip(clip_seed(201, k), size, frames) for k in range(args.train_clips)]
     held = [make_clip(clip_seed(202, k), size, frames) for k in range(args.eval_clips)]
-    # A second run into the same --out adds claims to the first one's results and reuses its LoRAs.
-    previous = out / "claims.json"
-    results: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
-    results.setdefault("settings", {k: str(v) for k, v in vars(args).items()})
-    width = results.setdefault("line_width", args.line_width)
-    if width != args.line_width:
-        raise SystemExit(f"error: {previous} was made with --line-width {width}; use that or another --out")
-    # Runs from before presets sampled as plain.
-    if results.setdefault("sample_preset", "plain" if previous.is_file() else args.preset) != args.preset:
-        raise SystemExit(f"error: {previous} was sampled with --preset {results['sample_preset']}; use that or "
-                         "another --out")
+    edges = [plain_edges(c.frames) for c in held]
+    encoded: list[Sample] = []
 
-    encoded: list[Sample] = []  # the training clips' video, audio and caption, encoded once for all variants
+    def lora(name: str, modality: Any, steps: int) -> str:
+        if name not in loras or not Path(loras[name]["path"]).is_file():
+            if not encoded:
+                encoded.extend(encode_clips(backbone, train_clips))
+            samples = with_references(backbone, encoded, train_clips, modality, args.line_width)
+            loras[name] = train_lora(backbone, modality, samples, args, steps, out / name)
+            save()
+        return loras[name]["path"]
 
-    def variant(layout: str, downscale: int, steps: int, line_width: int) -> dict:
-        key = variant_key(layout, downscale, steps, line_width)
-        if key in results and Path(results[key]["path"]).is_file():
-            results[key]["path"] = Path(results[key]["path"])
-        else:
-            modality = dataclasses.replace(CANNY, layout=layout, downscale=downscale)
-            samples = world_samples(backbone, train_clips, downscale, line_width, base=encoded or None)
-            encoded[:] = encoded or samples
-            results[key] = train_lora(backbone, modality, samples, args, steps, out / key)
-        return results[key]
+    def video_row(name: str, make: Callable[[], list[list[np.ndarray]]]) -> dict:
+        if name not in tables:
+            t0 = time.perf_counter()
+            tables[name] = skill_table(edge_f1, edges, make())
+            tables[name]["seconds"] = time.perf_counter() - t0
+            save()
+        log(f"{name}: skill {fmt(summary(tables[name]))}, edge F1 {summary(tables[name], 'value')['mean']:.3f}")
+        return tables[name]
 
-    # Upper bound: the held-out clips themselves through the VAE.
-    recon = []
-    for clip in held:
-        rec = backbone.decode_video(backbone.encode_video(torch.from_numpy(clip.frames)[None]))[0].numpy()
-        recon.append(edge_f1(control_for(clip, 2), rec))
-    results["vae_reconstruction_f1"] = float(np.mean(recon))
-    if "base" not in results:
-        base_f1, base_s = score(backbone, held, None, 2, 1.0, args.sample_steps, preset=args.preset)
-        results["base"] = {"f1": base_f1, "gen_s": base_s}
-    log(f"VAE-reconstruction edge F1 {results['vae_reconstruction_f1']:.3f}; base (no LoRA) "
-        f"{results['base']['f1']:.3f}")
+    def variant(layout: str, downscale: int) -> tuple[str, Any]:
+        modality = dataclasses.replace(CANNY, layout=layout, downscale=downscale)
+        return f"canny-{layout}-{downscale}x-{args.steps}", modality
 
-    kept: dict = {}
-    if claims & {"lora", "strength"}:
-        main_lora = variant("parallel", 2, args.steps, width)
-        results["main"] = variant_key("parallel", 2, args.steps, width)
-        sweep = {}
-        for s in STRENGTHS if "strength" in claims else (0.0, 1.0):
-            sweep[s], _ = score(backbone, held, main_lora["path"], 2, s, args.sample_steps, keep=kept,
-                                line_width=width, preset=args.preset)
-            log(f"parallel 2× strength {s}: edge F1 {sweep[s]:.3f}")
-        results["strength"] = {str(k): v for k, v in sweep.items()}
-    if "layout" in claims:
-        for layout in ("parallel", "side-by-side"):
-            v = variant(layout, 1, args.compare_steps, width)
-            # generate samples each LoRA on its avctl.layout; scores kept from before it did were all parallel
-            if "f1" not in v or v.get("sampled_layout") != layout:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 1, 1.0, args.sample_steps, line_width=width,
-                                            preset=args.preset)
-                v["sampled_layout"] = layout
-            log(f"{layout} 1×, {width}-px lines, {args.compare_steps} steps: edge F1 {v['f1']:.3f}")
-    if "downscale" in claims:
-        results["compare_steps"] = args.compare_steps
-        for s in (1, 2, 4):
-            v = variant("parallel", s, args.compare_steps, width)
-            if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], s, 1.0, args.sample_steps, line_width=width,
-                                            preset=args.preset)
-            log(f"parallel {s}×: edge F1 {v['f1']:.3f}, train {v['step_s']:.2f} s/step, generate {v['gen_s']:.1f} s")
-    if "lines" in claims:
-        results["compare_steps"] = args.compare_steps
-        for w in (1, 3):
-            v = variant("parallel", 2, args.compare_steps, w)
-            if "f1" not in v:
-                v["f1"], v["gen_s"] = score(backbone, held, v["path"], 2, 1.0, args.sample_steps, line_width=w,
-                                            preset=args.preset)
-            log(f"parallel 2×, {w}-px lines: edge F1 {v['f1']:.3f} (against 1-px Canny)")
+    rng = np.random.default_rng(7)
+    video_row("reference: uniform noise", lambda: [[rng.integers(0, 256, c.frames.shape, dtype=np.uint8)
+                                                     for _ in range(args.seeds)] for c in held])
+    video_row("reference: flat grey", lambda: [[np.full_like(c.frames, 128)] * args.seeds for c in held])
+    video_row("reference: the clip through the VAE", lambda: [
+        [backbone.decode_video(backbone.encode_video(torch.from_numpy(c.frames)[None]))[0].numpy()] * args.seeds
+        for c in held])
+    video_row("reference: the clip itself", lambda: [[c.frames] * args.seeds for c in held])
 
-    for v in results.values():
-        if isinstance(v, dict) and "path" in v:
-            v["path"] = str(v["path"])
-    (out / "claims.json").write_text(json.dumps(results, indent=1))
+    if claims & {"lora", "strength", "downscale"}:
+        video_row("base, no LoRA", lambda: sample_video(backbone, held, args, None, 2, 1.0))
+        name, modality = variant("parallel", 2)
+        path = lora(name, modality, args.steps)
+        for s in STRENGTHS if "strength" in claims else (1.0,):
+            video_row(f"{name} strength {s}", lambda s=s: sample_video(backbone, held, args, path, 2, s))
+    wanted = {("parallel", 1): claims & {"layout", "downscale"}, ("side-by-side", 1): claims & {"layout"},
+              ("parallel", 4): claims & {"downscale", "downscale4"}}
+    if claims & {"layout", "downscale", "downscale4"}:
+        for (layout, downscale), want in wanted.items():
+            if not want:
+                continue
+            name, modality = variant(layout, downscale)
+            path = lora(name, modality, args.steps)
+            video_row(f"{name} strength 1.0", lambda p=path, d=downscale: sample_video(backbone, held, args, p, d, 1.0))
+    if "audio" in claims:
+        # Scored twice: on the waveform (what eval measures) and on the decoded log-mel's envelope, before the
+        # vocoder (pocket's vocoder does not follow loudness even from a clip's true mel; docs/pocket.md).
+        rate = backbone.audio_sample_rate
+        controls = [at_envelope_rate(audio_control(c, rate), rate) for c in held]
+        control_mels = [mel_envelope(backbone, backbone.waveform_to_mel(torch.from_numpy(audio_control(c, rate))[None]))
+                        for c in held]
+        source_mels = [[mel_envelope(backbone, backbone.decode_audio(backbone.encode_audio(backbone.waveform_to_mel(
+            pocket.resample(torch.from_numpy(c.audio)[None], c.sample_rate, rate)))))] * args.seeds for c in held]
+        if "audio (mel): the clip's own audio" not in tables:
+            tables["audio (mel): the clip's own audio"] = skill_table(envelope_corr_mel, control_mels, [
+                [mel_envelope(backbone, backbone.waveform_to_mel(pocket.resample(
+                    torch.from_numpy(c.audio)[None], c.sample_rate, rate)))] * args.seeds for c in held])
+        if "audio (mel): the clip's own audio through the audio VAE" not in tables:
+            tables["audio (mel): the clip's own audio through the audio VAE"] = skill_table(
+                envelope_corr_mel, control_mels, source_mels)
+        for name, path in (("audio: base, no LoRA", None),
+                           (f"audio-intensity-{args.audio_steps}", "train")):
+            if name not in tables:
+                if path == "train":
+                    path = lora(name, AUDIO_INTENSITY, args.audio_steps)
+                t0 = time.perf_counter()
+                waves, mels = sample_audio(backbone, held, args, path)
+                tables[name] = skill_table(envelope_corr, controls, waves)
+                tables[name]["seconds"] = time.perf_counter() - t0
+                tables[f"{name} (mel)"] = skill_table(envelope_corr_mel, control_mels, mels)
+                save()
+            for key in (name, f"{name} (mel)"):
+                log(f"{key}: envelope skill {fmt(summary(tables[key]))}, "
+                    f"correlation {summary(tables[key], 'value')['mean']:.3f}")
+
+    results["summary"] = {name: {"skill": summary(t), "value": summary(t, "value"), "chance": summary(t, "chance")}
+                          for name, t in tables.items()}
+    results["comparisons"] = comparisons(tables, args)
+    save()
     print_table(results)
-    plot(results, args.plot)
-    if kept:
-        sheet(held, kept, args.sheet, results.get("strength", {}), width)
-    log(f"wrote {out / 'claims.json'}, {args.plot}")
+    plot(results, args.plot or out / "claims.png", args)
+    log(f"wrote {results_path}")
+
+
+def comparisons(tables: dict, args: argparse.Namespace) -> dict:
+    main = f"canny-parallel-2x-{args.steps}"
+    pairs = {
+        "LoRA (strength 1) vs base": (f"{main} strength 1.0", "base, no LoRA"),
+        "strength 1 vs strength 0": (f"{main} strength 1.0", f"{main} strength 0.0"),
+        "strength 0.5 vs strength 0": (f"{main} strength 0.5", f"{main} strength 0.0"),
+        "strength 1 vs strength 0.5": (f"{main} strength 1.0", f"{main} strength 0.5"),
+        "parallel 1x vs side-by-side 1x": (f"canny-parallel-1x-{args.steps} strength 1.0",
+                                           f"canny-side-by-side-1x-{args.steps} strength 1.0"),
+        "reference 1x vs 2x": (f"canny-parallel-1x-{args.steps} strength 1.0", f"{main} strength 1.0"),
+        "reference 2x vs 4x": (f"{main} strength 1.0", f"canny-parallel-4x-{args.steps} strength 1.0"),
+        "audio-intensity LoRA vs base": (f"audio-intensity-{args.audio_steps}", "audio: base, no LoRA"),
+        "audio-intensity LoRA vs base (mel)": (f"audio-intensity-{args.audio_steps} (mel)",
+                                               "audio: base, no LoRA (mel)"),
+    }
+    return {k: {"first": a, "second": b, **paired(tables[a], tables[b])} for k, (a, b) in pairs.items()
+            if a in tables and b in tables}
 
 
 def print_table(results: dict) -> None:
-    rows = [("VAE reconstruction (upper bound)", results["vae_reconstruction_f1"], "", ""),
-            ("base, no LoRA", results["base"]["f1"], "", f"{results['base']['gen_s']:.1f}")]
-    main = results.get(results.get("main", ""), {})
-    for s, f1 in results.get("strength", {}).items():
-        rows.append((f"canny LoRA, {results['main']}, strength {s}", f1, f"{main.get('step_s', 0):.2f}", ""))
-    for key, v in results.items():  # the comparisons' LoRAs, in the order they were run
-        if isinstance(v, dict) and "f1" in v and "step_s" in v:
-            rows.append((f"canny LoRA, {key}, strength 1", v["f1"], f"{v['step_s']:.2f}", f"{v['gen_s']:.1f}"))
-    print(f"{'setting':<54} {'edge F1':>8} {'train s/step':>13} {'gen s':>7}")
-    for name, f1, step_s, gen_s in rows:
-        print(f"{name:<54} {f1:>8.3f} {step_s:>13} {gen_s:>7}")
+    print(f"{'setting':<52} {'skill, mean [95% CI]':>26} {'raw':>7} {'chance':>7} {'train s/step':>13}")
+    for name, s in results["summary"].items():
+        step = results["loras"].get(name.rsplit(" strength", 1)[0], {}).get("step_s")
+        print(f"{name:<52} {fmt(s['skill']):>26} {s['value']['mean']:>7.3f} {s['chance']['mean']:>7.3f} "
+              f"{'' if step is None else f'{step:.2f}':>13}")
+    print()
+    for name, c in results["comparisons"].items():
+        print(f"{name:<40} {fmt(c):>26}  {c['verdict']}")
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    width = results.get("line_width", 1)
-    n = results.get("compare_steps")
+    s = results["summary"]
 
-    def f1_of(layout: str, downscale: int, line_width: int = width) -> float | None:
-        return results.get(variant_key(layout, downscale, n, line_width), {}).get("f1")
+    def bar(ax: Any, names: list[tuple[str, str]], title: str) -> None:
+        names = [(label, key) for label, key in names if key in s]
+        means = [s[k]["skill"]["mean"] for _, k in names]
+        err = [[m - s[k]["skill"]["lo"] for m, (_, k) in zip(means, names, strict=True)],
+               [s[k]["skill"]["hi"] - m for m, (_, k) in zip(means, names, strict=True)]]
+        ax.bar([label for label, _ in names], means, yerr=err, capsize=4, color="C0")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    main = f"canny-parallel-2x-{args.steps}"
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     ax = axes[0]
-    if "strength" in results:
-        xs = [float(k) for k in results["strength"]]
-        ax.plot(xs, list(results["strength"].values()), "o-", label=f"canny LoRA ({results['main']})")
-    ax.axhline(results["base"]["f1"], color="grey", ls="--", label="base, no LoRA")
-    ax.axhline(results["vae_reconstruction_f1"], color="green", ls=":", label="VAE reconstruction")
-    ax.set(xlabel="strength", ylabel="edge F1 (held-out)", title="LoRA vs base; strength sweep", ylim=(0, 1))
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    bars = [(label, f1_of(layout, 1), colour) for layout, label, colour in
-            (("parallel", "parallel 1×", "C0"), ("side-by-side", "side-by-side 1×", "C1"))]
-    bars = [b for b in bars if b[1] is not None]
-    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
-    ax.axhline(results["base"]["f1"], color="grey", ls="--")
-    ax.set(ylabel="edge F1", title=f"parallel vs side-by-side ({n} steps, same rank, {width}-px lines)",
-           ylim=(0, 1))
-    ax.title.set_fontsize(9)
-    ax = axes[2]
-    scales = [s for s in (1, 2, 4) if f1_of("parallel", s) is not None]
-    if scales:
-        ax.plot(scales, [f1_of("parallel", s) for s in scales], "o-", label=f"edge F1, {width}-px lines")
-        ax.set(xlabel="reference downscale", ylabel="edge F1", title=f"reference size ({n} steps each)",
-               ylim=(0, 1))
-        other = 1 if width == 3 else 3
-        if f1_of("parallel", 2, other) is not None:
-            ax.plot([2], [f1_of("parallel", 2, other)], "D", color="C2", label=f"2×, {other}-px lines")
-        ax.legend(fontsize=8, loc="upper center")
-        twin = ax.twinx()
-        twin.plot(scales, [results[variant_key("parallel", s, n, width)]["step_s"] for s in scales], "s--",
-                  color="C3", label="train s/step")
-        twin.set_ylabel("train s/step")
-        ax.set_xticks(scales)
+    xs = [x for x in STRENGTHS if f"{main} strength {x}" in s]
+    if xs:
+        ms = [s[f"{main} strength {x}"]["skill"] for x in xs]
+        ax.errorbar(xs, [m["mean"] for m in ms], yerr=[[m["mean"] - m["lo"] for m in ms],
+                                                       [m["hi"] - m["mean"] for m in ms]], fmt="o-", capsize=4,
+                    label="canny LoRA, parallel 2×")
+    for key, colour in (("base, no LoRA", "grey"), ("reference: uniform noise", "red"),
+                        ("reference: the clip through the VAE", "green")):
+        if key in s:
+            ax.axhline(s[key]["skill"]["mean"], color=colour, ls="--", label=key)
+    ax.set(xlabel="strength", ylabel="edge-F1 skill (chance = 0)", title="strength sweep vs base")
+    ax.legend(fontsize=7)
+    bar(axes[1], [("parallel 1×", f"canny-parallel-1x-{args.steps} strength 1.0"),
+                  ("side-by-side 1×", f"canny-side-by-side-1x-{args.steps} strength 1.0")],
+        f"layout ({args.steps} steps each, same rank)")
+    bar(axes[2], [("1×", f"canny-parallel-1x-{args.steps} strength 1.0"), ("2×", f"{main} strength 1.0"),
+                  ("4×", f"canny-parallel-4x-{args.steps} strength 1.0")], "reference downscale")
+    bar(axes[3], [("base", "audio: base, no LoRA (mel)"),
+                  ("audio-intensity LoRA", f"audio-intensity-{args.audio_steps} (mel)"),
+                  ("clip via audio VAE", "audio (mel): the clip's own audio through the audio VAE")],
+        "audio: envelope-correlation skill (decoded mel)")
+    fig.suptitle(f"pocket claims: mean over {args.eval_clips} held-out clips × {args.seeds} seeds, 95% bootstrap "
+                 "interval over clips", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-
-
-def sheet(held: list[WorldClip], kept: dict, path: Path, f1: dict[str, float], line_width: int) -> None:
-    from avctl.metrics import contact_sheet
-
-    rows = []
-    for i, by_strength in kept.items():
-        rows.append((f"held-out clip {i}", held[i].frames))
-        rows.append(("its canny control", control_for(held[i], 2, line_width)))
-        for s, frames in sorted(by_strength.items()):
-            rows.append((f"canny LoRA, strength {s}", frames))
-    scores = ", ".join(f"{float(s):g}: {v:.2f}" for s, v in f1.items())
-    contact_sheet(path, rows, n_columns=6, tile_height=80,
-                  caption=f"pocket + canny LoRA on held-out world clips, same prompt and seed in every row. Mean edge "
-                          f"F1 over the held-out set by strength: {scores}")
 
 
 if __name__ == "__main__":
