@@ -85,13 +85,16 @@ by_strength = defaultdict(list)
 for r in rows:
     by_strength[r["strength"]].append(r["metrics"])
 clips = len(rows) // max(1, len(by_strength))
-print(f"edge F1 of the outputs, mean over {clips} held-out clips (higher = follows the control):")
-print("  strength  vs its 3-px control  vs the clip's plain 1-px edges  each clip (plain)")
+print(f"edge F1 of the outputs, mean over {clips} held-out clips (higher = follows the control), and its skill")
+print("(0 = what the other clips' controls explain, 1 = perfect; docs/eval.md):")
+print("  strength  vs its 3-px control  vs the clip's plain 1-px edges  skill (plain)  each clip (plain)")
 for strength, ms in sorted(by_strength.items()):
     thick = sum(m["edge_f1"] for m in ms) / len(ms)
     plain = sum(m["edge_f1_plain"] for m in ms) / len(ms)
+    skills = [m["edge_f1_plain_skill"] for m in ms if "edge_f1_plain_skill" in m]
+    skill = f"{sum(skills) / len(skills):+.3f}" if skills else "n/a"
     each = " ".join(f"{m['edge_f1_plain']:.2f}" for m in ms)
-    print(f"  {strength:<8}  {thick:<19.3f}  {plain:<30.3f}  {each}")
+    print(f"  {strength:<8}  {thick:<19.3f}  {plain:<30.3f}  {skill:<13}  {each}")
 PY
 
 echo
