@@ -395,12 +395,6 @@ def prepare_cmd(
 
 
 # ------------------------------------------------------------------------------------------------ train
-def _load_config_file(path: Path) -> dict[str, Any]:
-    from avctl.config import read_config_file
-
-    return read_config_file(path)
-
-
 @command("train")
 def train_cmd(
     modality: Annotated[str, typer.Argument(help="Modality name (see `avctl modalities`).")],
