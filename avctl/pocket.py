@@ -334,6 +334,31 @@ def vocoder_loss(vocoder: torch.nn.Module, mels: torch.Tensor, wav24: torch.Tens
     return loss
 
 
+def vocoder_envelope_loss(vocoder: torch.nn.Module, mels: torch.Tensor, wav: torch.Tensor, hop_out: int,
+                          window: int, batch: int = 4, frames: int = 24) -> Callable[[torch.Generator], torch.Tensor]:
+    """L1 between the log power of the vocoder's output and of the true waveform over consecutive `window`-sample
+    windows, per channel, on random mel windows: a loudness objective. With pocket's multi-resolution STFT loss (or
+    a log-mel L1) its vocoder learned no loudness at all (envelope correlation ≤ 0.08 from a clip's true mel);
+    with this one it follows the envelope, though not the timbre (docs/pocket.md)."""
+    n, _, t_mel, _ = mels.shape
+
+    def log_power(w: torch.Tensor) -> torch.Tensor:
+        w = w.reshape(-1, w.shape[-1])
+        usable = w.shape[-1] // window * window
+        return torch.log((w[:, :usable].reshape(w.shape[0], -1, window) ** 2).mean(-1) + 1e-6)
+
+    def loss(g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(n, (batch,), generator=g)
+        t0 = torch.randint(t_mel - frames - 1, (batch,), generator=g)
+        x = torch.stack([mels[i, :, t:t + frames] for i, t in zip(idx.tolist(), t0.tolist(), strict=True)])
+        y = torch.stack([wav[i, :, t * hop_out:(t + frames) * hop_out]
+                         for i, t in zip(idx.tolist(), t0.tolist(), strict=True)])
+        out = vocoder(x)[..., : y.shape[-1]]
+        return (log_power(out) - log_power(y)).abs().mean()
+
+    return loss
+
+
 @torch.no_grad()
 def set_video_latent_stats(backbone: Any, frames: torch.Tensor, batch: int = 8) -> None:
     """latents_mean / latents_std of the video VAE = per-channel statistics of the posterior mean on `frames`."""
