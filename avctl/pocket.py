@@ -337,9 +337,10 @@ def vocoder_loss(vocoder: torch.nn.Module, mels: torch.Tensor, wav24: torch.Tens
 def vocoder_envelope_loss(vocoder: torch.nn.Module, mels: torch.Tensor, wav: torch.Tensor, hop_out: int,
                           window: int, batch: int = 4, frames: int = 24) -> Callable[[torch.Generator], torch.Tensor]:
     """L1 between the log power of the vocoder's output and of the true waveform over consecutive `window`-sample
-    windows, per channel, on random mel windows: a loudness objective. With pocket's multi-resolution STFT loss (or
-    a log-mel L1) its vocoder learned no loudness at all (envelope correlation ≤ 0.08 from a clip's true mel);
-    with this one it follows the envelope, though not the timbre (docs/pocket.md)."""
+    windows, per channel, on random mel windows: a loudness objective. With pocket's multi-resolution STFT loss, a
+    log-mel L1, or the STFT loss added to this one, its vocoder learned no loudness at all (envelope correlation
+    ≤ 0.08 from a clip's true mel); with this one alone it follows the envelope, though not the timbre
+    (docs/pocket.md)."""
     n, _, t_mel, _ = mels.shape
 
     def log_power(w: torch.Tensor) -> torch.Tensor:
